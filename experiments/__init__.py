@@ -1,0 +1,1 @@
+"""Hydra entry points: comparisons, benchmarks, reports."""

@@ -1,0 +1,1 @@
+"""Placeholder package: the Flower fed_server app arrives with the federation issue."""

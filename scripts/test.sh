@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Quickstart, command 2: install FedShape with its dev tools and run lint, types and tests.
+# As root it also installs the Debian tools the network-namespace tests use (iproute2, nftables).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=()
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v nft >/dev/null || need+=(nftables)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "[test] apt-get install ${need[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+fi
+bash scripts/setup.sh dev
+. .venv/bin/activate
+echo "[test] ruff"
+ruff check .
+echo "[test] mypy"
+mypy shaping fed_client fed_server experiments
+echo "[test] pytest"
+set +e
+python -m pytest -q "$@"
+rc=$?
+set -e
+# pytest exits 5 when it collected no tests: that is a failure of the suite, not a pass.
+if [ "$rc" = 5 ]; then
+  echo "[test] pytest collected no tests" >&2
+  exit 1
+fi
+exit "$rc"

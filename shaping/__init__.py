@@ -1,0 +1,1 @@
+"""FedShape tenant side: spec, traffic models, simulator, baselines (and later agents, enforcement)."""

@@ -1,0 +1,170 @@
+"""Typed configuration of a FedShape scenario: paths, tenants, entities, classes, QoS, reward.
+
+These dataclasses are plain Python (no Hydra import) so the core can be used without Hydra;
+`experiments/config.py` registers them in Hydra's ConfigStore as the schemas of `conf/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Applications the traffic models know; a class's `app` must be one of them.
+APPS: tuple[str, ...] = ("gaming", "transactions", "video", "bulk", "web")
+#: Entity kinds of a tenant.
+ENTITY_KINDS: tuple[str, ...] = ("vm", "subnet", "security_group")
+
+
+@dataclass
+class QoSConfig:
+    """QoS requirement (SLA) of one traffic class; a field left at None is not required."""
+
+    max_p99_ms: float | None = None
+    """Maximum 99th-percentile one-way delay through the network, milliseconds."""
+    min_mbps: float | None = None
+    """Minimum delivered throughput, Mbit/s (only owed while the application offers it)."""
+    max_loss: float | None = None
+    """Maximum packet loss fraction in [0, 1]."""
+    app_floor: float | None = None
+    """Minimum application metric in [0, 1] (FPS/60 for gaming, completion rate, ...)."""
+
+
+@dataclass
+class ClassConfig:
+    """One application's traffic of an entity (a traffic class)."""
+
+    name: str = "class"
+    """Unique name within the tenant."""
+    app: str = "web"
+    """Application model: one of gaming, transactions, video, bulk, web."""
+    entity: str = "vm0"
+    """Name of the entity (VM, subnet, security group) the traffic comes from."""
+    mbps: float = 10.0
+    """Mean offered load at peak, Mbit/s; for bulk and video the application's maximum rate."""
+    flows: int = 1
+    """Concurrent flows, players or streams carrying the class."""
+    protocol: str = "tcp"
+    """Transport protocol used for classification: tcp or udp."""
+    ports: list[int] = field(default_factory=list)
+    """Destination ports used for classification (empty: any)."""
+    match_dscp: int | None = None
+    """DSCP value used for classification (None: not matched on DSCP)."""
+    qos: QoSConfig = field(default_factory=QoSConfig)
+    """The class's QoS requirement."""
+
+
+@dataclass
+class EntityConfig:
+    """A VM, subnet or security group of a tenant, matched by addresses."""
+
+    name: str = "vm0"
+    """Unique name within the tenant."""
+    kind: str = "vm"
+    """One of vm, subnet, security_group."""
+    cidrs: list[str] = field(default_factory=lambda: ["10.200.1.0/32"])
+    """Addresses of the entity."""
+    vcpus: int = 2
+    """VM size, used by the CPU model (ignored for subnets and security groups)."""
+    memory_gib: float = 4.0
+    """VM memory, used by the memory model (ignored for subnets and security groups)."""
+
+
+@dataclass
+class TenantConfig:
+    """A tenant: what it pays for and the traffic of its entities."""
+
+    name: str = "tenant0"
+    """Unique tenant name."""
+    cap_mbps: float = 100.0
+    """Egress rate the tenant pays for (root of its HTB tree), Mbit/s."""
+    entities: list[EntityConfig] = field(default_factory=lambda: [EntityConfig()])
+    """The tenant's entities."""
+    classes: list[ClassConfig] = field(default_factory=list)
+    """The tenant's traffic classes."""
+    policy: str = "static_priority"
+    """Baseline policy that drives this tenant when no agent controls it."""
+
+
+@dataclass
+class PathConfig:
+    """One provider path (an interface in deployment) shared by every tenant."""
+
+    name: str = "eth0"
+    """Path name; the interface name in deployment."""
+    capacity_mbps: float = 200.0
+    """Bottleneck capacity, Mbit/s."""
+    base_delay_ms: float = 10.0
+    """One-way propagation and processing delay without queueing, milliseconds."""
+    buffer_ms: float = 100.0
+    """Buffer of each provider queue on the path, in milliseconds of capacity."""
+    ef_cap: float = 0.3
+    """Admission cap of the EF queue, fraction of capacity; EF above it is policed (dropped)."""
+    af_weights: list[float] = field(default_factory=lambda: [4.0, 2.0, 1.0])
+    """WFQ weights of the AF4x, AF2x and best-effort queues served after EF."""
+
+
+@dataclass
+class LoadConfig:
+    """Time variation of the offered load."""
+
+    diurnal_amplitude: float = 0.4
+    """Relative amplitude of the diurnal cycle (load = 1 + a*sin)."""
+    diurnal_period_steps: int = 600
+    """Length of one simulated day in control steps."""
+    burst_prob: float = 0.02
+    """Per step probability that a class starts a burst."""
+    burst_factor: float = 2.0
+    """Load multiplier during a burst."""
+    burst_steps: int = 10
+    """Mean burst length in control steps."""
+    flash_crowd_prob: float = 0.002
+    """Per step probability of a flash crowd on web and video classes of a tenant."""
+    flash_crowd_factor: float = 3.0
+    """Load multiplier during a flash crowd."""
+    flash_crowd_steps: int = 50
+    """Mean flash crowd length in control steps."""
+
+
+@dataclass
+class ScenarioConfig:
+    """A complete simulated scenario: provider paths, tenants and their traffic."""
+
+    name: str = "default"
+    """Scenario name, used in reports."""
+    paths: list[PathConfig] = field(default_factory=lambda: [PathConfig()])
+    """Provider paths shared by all tenants."""
+    tenants: list[TenantConfig] = field(default_factory=list)
+    """Tenants sharing the paths."""
+    load: LoadConfig = field(default_factory=LoadConfig)
+    """Time variation of the offered load."""
+    control_interval_ms: float = 100.0
+    """Control interval of the agent, milliseconds."""
+    substeps: int = 10
+    """Fluid sub-steps per control interval."""
+    episode_steps: int = 600
+    """Control steps per episode (truncation)."""
+    dscp_set: list[int] = field(default_factory=lambda: [0, 18, 34, 46])
+    """DSCP values an agent may mark (BE, AF21, AF41, EF by default)."""
+    rate_levels: list[float] = field(
+        default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0]
+    )
+    """Guaranteed rate choices, fractions of the tenant's cap."""
+    ceil_levels: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 1.0])
+    """Ceiling choices, fractions of the tenant's cap (ceil is at least the rate)."""
+    drop_levels: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.05, 0.1, 0.25])
+    """Drop probability choices for a class."""
+    priority_levels: int = 4
+    """Number of HTB priorities (0 is served first)."""
+
+
+@dataclass
+class RewardConfig:
+    """Weights of the reward terms."""
+
+    throughput: float = 1.0
+    """Weight of the mean delivered/demanded throughput ratio of the classes."""
+    latency: float = 1.0
+    """Weight of the latency score (base delay / p99 delay, mean over classes)."""
+    efficiency: float = 0.5
+    """Weight of bandwidth efficiency (delivered / usable bandwidth)."""
+    sla_penalty: float = 1.0
+    """Penalty per class violating its SLA in a step."""

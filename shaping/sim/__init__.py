@@ -1,0 +1,1 @@
+"""Batched multi-tenant network simulator and its Gymnasium / PettingZoo interfaces."""

@@ -1,0 +1,52 @@
+"""Load scenarios from `conf/scenario/*.yaml` into typed ScenarioConfig objects (no Hydra needed).
+
+The YAML files are the one source of scenarios; Hydra composes the same files in experiments/,
+and this loader lets the Gymnasium and PettingZoo environments use them without Hydra.
+OmegaConf (Hydra's config library) validates the YAML against the dataclass schema.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+from omegaconf import OmegaConf
+
+from shaping.config import ScenarioConfig
+
+#: Environment variable naming a conf/ directory to use instead of the repository's.
+CONF_ENV = "FEDSHAPE_CONF"
+
+
+def conf_dir() -> Path:
+    """The conf/ directory: $FEDSHAPE_CONF, else the one beside the installed sources."""
+    env = os.environ.get(CONF_ENV)
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+    if not (path / "scenario").is_dir():
+        raise FileNotFoundError(
+            f"no scenario directory under {path}; set {CONF_ENV} to the repository's conf/ directory"
+        )
+    return path
+
+
+def available_scenarios() -> list[str]:
+    """Names of the scenarios in conf/scenario."""
+    return sorted(p.stem for p in (conf_dir() / "scenario").glob("*.yaml"))
+
+
+def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
+    """Validate a plain dict (YAML content or Hydra node) against the schema."""
+    merged = OmegaConf.merge(OmegaConf.structured(ScenarioConfig), data)
+    return cast(ScenarioConfig, OmegaConf.to_object(merged))
+
+
+def load_scenario(name: str = "default") -> ScenarioConfig:
+    """Load a scenario by name (conf/scenario/NAME.yaml) or by path to a YAML file."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = conf_dir() / "scenario" / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"unknown scenario {name!r}; available: {available_scenarios()}")
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return scenario_from_dict(cast(dict[str, Any], data))

@@ -1,0 +1,202 @@
+"""Validated, index-friendly view of a tenant: its entities, traffic classes and QoS requirements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shaping.config import APPS, ENTITY_KINDS, QoSConfig, ScenarioConfig, TenantConfig
+
+
+class SpecError(ValueError):
+    """A tenant or scenario configuration that cannot be turned into a spec."""
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A VM, subnet or security group, matched by addresses."""
+
+    name: str
+    kind: str
+    cidrs: tuple[str, ...]
+    vcpus: int
+    memory_gib: float
+
+
+@dataclass(frozen=True)
+class QoSRequirement:
+    """QoS requirement (SLA) of one class; None means not required."""
+
+    max_p99_ms: float | None = None
+    min_mbps: float | None = None
+    max_loss: float | None = None
+    app_floor: float | None = None
+
+    @property
+    def any(self) -> bool:
+        """Whether the class has any requirement at all."""
+        return any(v is not None for v in (self.max_p99_ms, self.min_mbps, self.max_loss, self.app_floor))
+
+    @classmethod
+    def from_config(cls, cfg: QoSConfig) -> QoSRequirement:
+        """Build from a config block."""
+        return cls(cfg.max_p99_ms, cfg.min_mbps, cfg.max_loss, cfg.app_floor)
+
+
+@dataclass(frozen=True)
+class TrafficClass:
+    """One application's traffic of an entity."""
+
+    name: str
+    app: str
+    entity: str
+    mbps: float
+    flows: int
+    protocol: str
+    ports: tuple[int, ...]
+    match_dscp: int | None
+    qos: QoSRequirement
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """Everything the observation, action and reward layouts need to know about one tenant."""
+
+    name: str
+    cap_mbps: float
+    entities: tuple[Entity, ...]
+    classes: tuple[TrafficClass, ...]
+    paths: tuple[str, ...]
+    dscp_set: tuple[int, ...]
+    rate_levels: tuple[float, ...]
+    ceil_levels: tuple[float, ...]
+    drop_levels: tuple[float, ...]
+    priority_levels: int
+
+    @property
+    def vms(self) -> tuple[Entity, ...]:
+        """The entities that are VMs (they have CPU and memory)."""
+        return tuple(e for e in self.entities if e.kind == "vm")
+
+    def entity_index(self, name: str) -> int:
+        """Position of an entity by name."""
+        for i, e in enumerate(self.entities):
+            if e.name == name:
+                return i
+        raise SpecError(f"tenant {self.name!r}: unknown entity {name!r}")
+
+    def fingerprint(self) -> str:
+        """A short string that changes whenever the observation or action layout changes."""
+        parts = [
+            f"E={[(e.name, e.kind) for e in self.entities]}",
+            f"C={[(c.name, c.app, c.entity) for c in self.classes]}",
+            f"P={len(self.paths)}",
+            f"D={list(self.dscp_set)}",
+            f"R={list(self.rate_levels)}",
+            f"L={list(self.ceil_levels)}",
+            f"X={list(self.drop_levels)}",
+            f"Q={self.priority_levels}",
+        ]
+        return ";".join(parts)
+
+
+def _check_tenant(cfg: TenantConfig) -> None:
+    where = f"tenant {cfg.name!r}"
+    if cfg.cap_mbps <= 0:
+        raise SpecError(f"{where}: cap_mbps must be > 0, got {cfg.cap_mbps}")
+    if not cfg.entities:
+        raise SpecError(f"{where}: needs at least one entity")
+    if not cfg.classes:
+        raise SpecError(f"{where}: needs at least one traffic class")
+    names = [e.name for e in cfg.entities]
+    if len(set(names)) != len(names):
+        raise SpecError(f"{where}: duplicate entity names {names}")
+    for e in cfg.entities:
+        if e.kind not in ENTITY_KINDS:
+            raise SpecError(f"{where}: entity {e.name!r} has kind {e.kind!r}, expected one of {ENTITY_KINDS}")
+    cnames = [c.name for c in cfg.classes]
+    if len(set(cnames)) != len(cnames):
+        raise SpecError(f"{where}: duplicate class names {cnames}")
+    for c in cfg.classes:
+        if c.app not in APPS:
+            raise SpecError(f"{where}: class {c.name!r} has app {c.app!r}, expected one of {APPS}")
+        if c.entity not in names:
+            raise SpecError(f"{where}: class {c.name!r} names unknown entity {c.entity!r} (have {names})")
+        if c.mbps <= 0 or c.flows < 1:
+            raise SpecError(f"{where}: class {c.name!r} needs mbps > 0 and flows >= 1")
+        if c.protocol not in ("tcp", "udp"):
+            raise SpecError(f"{where}: class {c.name!r} protocol must be tcp or udp, got {c.protocol!r}")
+        if c.match_dscp is not None and not 0 <= c.match_dscp <= 63:
+            raise SpecError(f"{where}: class {c.name!r} match_dscp must be in 0..63")
+        q = c.qos
+        if q.max_loss is not None and not 0.0 <= q.max_loss <= 1.0:
+            raise SpecError(f"{where}: class {c.name!r} max_loss must be in [0, 1]")
+        if q.app_floor is not None and not 0.0 <= q.app_floor <= 1.0:
+            raise SpecError(f"{where}: class {c.name!r} app_floor must be in [0, 1]")
+
+
+def tenant_spec(scenario: ScenarioConfig, tenant: int | str) -> TenantSpec:
+    """Validate one tenant of a scenario and return its spec.
+
+    Args:
+        scenario: the scenario holding the tenant, paths and action levels.
+        tenant: index or name of the tenant.
+    Raises:
+        SpecError: with a message naming the offending field.
+    """
+    cfgs = scenario.tenants
+    if isinstance(tenant, str):
+        matches = [t for t in cfgs if t.name == tenant]
+        if not matches:
+            raise SpecError(f"unknown tenant {tenant!r}; scenario has {[t.name for t in cfgs]}")
+        cfg = matches[0]
+    else:
+        if not 0 <= tenant < len(cfgs):
+            raise SpecError(f"tenant index {tenant} out of range (scenario has {len(cfgs)})")
+        cfg = cfgs[tenant]
+    _check_tenant(cfg)
+    if not scenario.paths:
+        raise SpecError("scenario needs at least one path")
+    for d in scenario.dscp_set:
+        if not 0 <= d <= 63:
+            raise SpecError(f"dscp_set value {d} is outside 0..63")
+    if any(not 0 < r <= 1 for r in [*scenario.rate_levels, *scenario.ceil_levels]):
+        raise SpecError("rate_levels and ceil_levels must be fractions in (0, 1]")
+    if any(not 0 <= p <= 1 for p in scenario.drop_levels):
+        raise SpecError("drop_levels must be probabilities in [0, 1]")
+    return TenantSpec(
+        name=cfg.name,
+        cap_mbps=float(cfg.cap_mbps),
+        entities=tuple(
+            Entity(e.name, e.kind, tuple(e.cidrs), int(e.vcpus), float(e.memory_gib)) for e in cfg.entities
+        ),
+        classes=tuple(
+            TrafficClass(
+                name=c.name,
+                app=c.app,
+                entity=c.entity,
+                mbps=float(c.mbps),
+                flows=int(c.flows),
+                protocol=c.protocol,
+                ports=tuple(c.ports),
+                match_dscp=c.match_dscp,
+                qos=QoSRequirement.from_config(c.qos),
+            )
+            for c in cfg.classes
+        ),
+        paths=tuple(p.name for p in scenario.paths),
+        dscp_set=tuple(int(d) for d in scenario.dscp_set),
+        rate_levels=tuple(float(x) for x in scenario.rate_levels),
+        ceil_levels=tuple(float(x) for x in scenario.ceil_levels),
+        drop_levels=tuple(float(x) for x in scenario.drop_levels),
+        priority_levels=int(scenario.priority_levels),
+    )
+
+
+def scenario_specs(scenario: ScenarioConfig) -> list[TenantSpec]:
+    """Specs of every tenant of a scenario, validated."""
+    if not scenario.tenants:
+        raise SpecError(f"scenario {scenario.name!r} has no tenants")
+    names = [t.name for t in scenario.tenants]
+    if len(set(names)) != len(names):
+        raise SpecError(f"duplicate tenant names {names}")
+    return [tenant_spec(scenario, i) for i in range(len(scenario.tenants))]

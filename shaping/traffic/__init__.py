@@ -1,0 +1,1 @@
+"""Traffic and application models: what each application sends and how it experiences the network."""

@@ -1,0 +1,89 @@
+"""Time variation of offered load: a diurnal cycle, per-class bursts and per-tenant flash crowds.
+
+Assumptions: the diurnal cycle is a sinusoid with a random phase per environment; bursts start
+independently per class with a fixed probability per control step and last a geometric number
+of steps; flash crowds hit the web and video classes of one tenant at a time. Web load also
+carries a Pareto multiplier per control step (heavy-tailed page-load volume).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from shaping.config import LoadConfig
+from shaping.traffic.apps import VIDEO, WEB, WEB_MULT_CAP, WEB_PARETO_ALPHA
+
+
+class LoadState(NamedTuple):
+    """Per-environment state of the load processes."""
+
+    phase: torch.Tensor  # (B,) diurnal phase offset in steps
+    burst_left: torch.Tensor  # (B, K, C) steps left in a burst
+    flash_left: torch.Tensor  # (B, K) steps left in a flash crowd
+
+
+def initial_load_state(
+    b: int, k: int, c: int, cfg: LoadConfig, gen: torch.Generator, device: torch.device
+) -> LoadState:
+    """Fresh load state with a random diurnal phase."""
+    phase = torch.rand(b, generator=gen, device=device) * cfg.diurnal_period_steps
+    return LoadState(
+        phase=phase,
+        burst_left=torch.zeros(b, k, c, device=device),
+        flash_left=torch.zeros(b, k, device=device),
+    )
+
+
+def _geometric(shape: tuple[int, ...], mean: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    u = torch.rand(shape, generator=gen, device=device).clamp_min(1e-6)
+    p = 1.0 / max(mean, 1.0)
+    return torch.ceil(torch.log(u) / math.log1p(-p) if p < 1.0 else torch.ones(shape, device=device))
+
+
+def advance_load(
+    state: LoadState, t: torch.Tensor, app: torch.Tensor, cfg: LoadConfig, gen: torch.Generator
+) -> tuple[LoadState, torch.Tensor]:
+    """Advance the load processes by one control step.
+
+    Args:
+        state: current state.
+        t: (B,) control step of each environment.
+        app: (K, C) application codes.
+        cfg: load configuration.
+        gen: random generator.
+    Returns:
+        The new state and the load multiplier of shape (B, K, C).
+    """
+    dev = t.device
+    b, k, c = state.burst_left.shape
+    angle = 2.0 * math.pi * (t.float() + state.phase) / cfg.diurnal_period_steps
+    diurnal = (1.0 + cfg.diurnal_amplitude * torch.sin(angle)).view(b, 1, 1)
+
+    start = torch.rand(b, k, c, generator=gen, device=dev) < cfg.burst_prob
+    new_len = _geometric((b, k, c), cfg.burst_steps, gen, dev)
+    burst_left = torch.where((state.burst_left <= 0) & start, new_len, (state.burst_left - 1).clamp_min(0))
+    burst = torch.where(burst_left > 0, cfg.burst_factor, 1.0)
+
+    fstart = torch.rand(b, k, generator=gen, device=dev) < cfg.flash_crowd_prob
+    flen = _geometric((b, k), cfg.flash_crowd_steps, gen, dev)
+    flash_left = torch.where((state.flash_left <= 0) & fstart, flen, (state.flash_left - 1).clamp_min(0))
+    crowd_app = ((app == WEB) | (app == VIDEO)).unsqueeze(0)
+    flash = torch.where(crowd_app & (flash_left > 0).unsqueeze(-1), cfg.flash_crowd_factor, 1.0)
+
+    # Pareto(alpha) with mean 1: x_m = (alpha - 1) / alpha; capped so one sample stays bounded.
+    u = torch.rand(b, k, c, generator=gen, device=dev).clamp_min(1e-6)
+    xm = (WEB_PARETO_ALPHA - 1.0) / WEB_PARETO_ALPHA
+    pareto = (xm * u.pow(-1.0 / WEB_PARETO_ALPHA)).clamp(max=WEB_MULT_CAP)
+    web = torch.where(app.unsqueeze(0) == WEB, pareto, 1.0)
+
+    return LoadState(state.phase, burst_left, flash_left), diurnal * burst * flash * web
+
+
+def reset_where(state: LoadState, fresh: LoadState, mask: torch.Tensor) -> LoadState:
+    """Take `fresh` for the environments where mask (B,) is True."""
+    return LoadState(
+        *(torch.where(mask.view(-1, *([1] * (a.dim() - 1))), f, a) for a, f in zip(state, fresh, strict=True))
+    )
