@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shaping.config import APPS, ENTITY_KINDS, QoSConfig, ScenarioConfig, TenantConfig
+from shaping.config import APPS, ENTITY_KINDS, ClassConfig, QoSConfig, ScenarioConfig, TenantConfig
 
 
 class SpecError(ValueError):
@@ -117,21 +117,25 @@ def _check_tenant(cfg: TenantConfig) -> None:
     if len(set(cnames)) != len(cnames):
         raise SpecError(f"{where}: duplicate class names {cnames}")
     for c in cfg.classes:
-        if c.app not in APPS:
-            raise SpecError(f"{where}: class {c.name!r} has app {c.app!r}, expected one of {APPS}")
-        if c.entity not in names:
-            raise SpecError(f"{where}: class {c.name!r} names unknown entity {c.entity!r} (have {names})")
-        if c.mbps <= 0 or c.flows < 1:
-            raise SpecError(f"{where}: class {c.name!r} needs mbps > 0 and flows >= 1")
-        if c.protocol not in ("tcp", "udp"):
-            raise SpecError(f"{where}: class {c.name!r} protocol must be tcp or udp, got {c.protocol!r}")
-        if c.match_dscp is not None and not 0 <= c.match_dscp <= 63:
-            raise SpecError(f"{where}: class {c.name!r} match_dscp must be in 0..63")
-        q = c.qos
-        if q.max_loss is not None and not 0.0 <= q.max_loss <= 1.0:
-            raise SpecError(f"{where}: class {c.name!r} max_loss must be in [0, 1]")
-        if q.app_floor is not None and not 0.0 <= q.app_floor <= 1.0:
-            raise SpecError(f"{where}: class {c.name!r} app_floor must be in [0, 1]")
+        _check_class(where, c, names)
+
+
+def _check_class(where: str, c: ClassConfig, entities: list[str]) -> None:
+    if c.app not in APPS:
+        raise SpecError(f"{where}: class {c.name!r} has app {c.app!r}, expected one of {APPS}")
+    if c.entity not in entities:
+        raise SpecError(f"{where}: class {c.name!r} names unknown entity {c.entity!r} (have {entities})")
+    if c.mbps <= 0 or c.flows < 1:
+        raise SpecError(f"{where}: class {c.name!r} needs mbps > 0 and flows >= 1")
+    if c.protocol not in ("tcp", "udp"):
+        raise SpecError(f"{where}: class {c.name!r} protocol must be tcp or udp, got {c.protocol!r}")
+    if c.match_dscp is not None and not 0 <= c.match_dscp <= 63:
+        raise SpecError(f"{where}: class {c.name!r} match_dscp must be in 0..63")
+    q = c.qos
+    if q.max_loss is not None and not 0.0 <= q.max_loss <= 1.0:
+        raise SpecError(f"{where}: class {c.name!r} max_loss must be in [0, 1]")
+    if q.app_floor is not None and not 0.0 <= q.app_floor <= 1.0:
+        raise SpecError(f"{where}: class {c.name!r} app_floor must be in [0, 1]")
 
 
 def tenant_spec(scenario: ScenarioConfig, tenant: int | str) -> TenantSpec:
