@@ -11,7 +11,7 @@ from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
 from shaping.config import RewardConfig, ScenarioConfig
-from shaping.sim.gym_env import MultiTenantSim, episode_length, TenantView, resolve_scenario
+from shaping.sim.tenant_view import MultiTenantSim, TenantView, episode_length, resolve_scenario
 from shaping.sim.simulator import StepOutput
 
 

@@ -19,7 +19,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
 
 from shaping.config import RewardConfig, ScenarioConfig
-from shaping.sim.gym_env import MultiTenantSim, episode_length, Policy, resolve_scenario, tenant_index
+from shaping.sim.tenant_view import MultiTenantSim, Policy, episode_length, resolve_scenario, tenant_index
 from shaping.sim.simulator import StepOutput
 from shaping.spec import RewardTerms
 
