@@ -6,7 +6,9 @@ Each baseline is a fixed plan per tenant plus whether the tenant's leaf queues r
   bulk best effort and last; SLA minimum rates guaranteed.
 - fair_share: every class the same guaranteed rate, borrowing allowed, no marking.
 - fq_codel: per-flow fair queueing (guarantees proportional to flow counts) with CoDel on every
-  leaf (target 5 ms, interval 100 ms), the strong default most operators pick.
+  leaf (target 5 ms, interval 100 ms) behind a shaper set to 95% of the tenant's share of the
+  bottleneck, so the queue forms where fq_codel manages it: the strong default most operators
+  pick (as with cake's bandwidth setting).
 - greedy_premium: every class marked EF and given top priority (every tenant asking for premium).
 """
 
@@ -20,6 +22,8 @@ from shaping.spec import ClassShaping, ShapingPlan, TenantSpec, burst_bytes
 EF, AF41, AF21, BE = 46, 34, 18, 0
 #: Minimum guaranteed share of the cap of a class (HTB needs a positive rate).
 MIN_SHARE = 0.01
+#: Fraction of the bottleneck share an fq_codel shaper is set to (below it, so the queue is ours).
+SHAPER_HEADROOM = 0.95
 #: Priority and DSCP of each application in the static priority rules.
 _RULES: dict[str, tuple[int, int]] = {
     "gaming": (0, EF),
@@ -55,7 +59,7 @@ def _cls(spec: TenantSpec, rate: float, priority: int, dscp: int, ceil: float | 
 
 def fifo_plan(spec: TenantSpec) -> ShapingPlan:
     """No shaping: one level, tiny guarantees, everything borrowed in proportion to demand."""
-    return ShapingPlan(spec.name, tuple(_cls(spec, 0.0, 0, BE) for _ in spec.classes))
+    return ShapingPlan(spec.name, tuple(_cls(spec, 0.0, 0, BE) for _ in spec.classes), spec.cap_mbps)
 
 
 def static_priority_plan(spec: TenantSpec) -> ShapingPlan:
@@ -65,27 +69,27 @@ def static_priority_plan(spec: TenantSpec) -> ShapingPlan:
         prio, dscp = _RULES[tc.app]
         rate = tc.qos.min_mbps if tc.qos.min_mbps is not None else 0.1 * spec.cap_mbps
         out.append(_cls(spec, rate, prio, dscp))
-    return ShapingPlan(spec.name, tuple(out))
+    return ShapingPlan(spec.name, tuple(out), spec.cap_mbps)
 
 
 def fair_share_plan(spec: TenantSpec) -> ShapingPlan:
     """Equal guaranteed share per class, borrowing allowed, one priority, no marking."""
     share = spec.cap_mbps / len(spec.classes)
-    return ShapingPlan(spec.name, tuple(_cls(spec, share, 0, BE) for _ in spec.classes))
+    return ShapingPlan(spec.name, tuple(_cls(spec, share, 0, BE) for _ in spec.classes), spec.cap_mbps)
 
 
 def fq_codel_plan(spec: TenantSpec) -> ShapingPlan:
     """Per-flow fairness: guarantees in proportion to each class's flow count, one priority."""
     flows = sum(tc.flows for tc in spec.classes)
-    return ShapingPlan(
-        spec.name, tuple(_cls(spec, spec.cap_mbps * tc.flows / flows, 0, BE) for tc in spec.classes)
-    )
+    root = SHAPER_HEADROOM * spec.bottleneck_share_mbps
+    classes = tuple(_cls(spec, root * tc.flows / flows, 0, BE, ceil=root) for tc in spec.classes)
+    return ShapingPlan(spec.name, classes, root)
 
 
 def greedy_premium_plan(spec: TenantSpec) -> ShapingPlan:
     """Everything EF at top priority: what a selfish tenant would ask for."""
     share = spec.cap_mbps / len(spec.classes)
-    return ShapingPlan(spec.name, tuple(_cls(spec, share, 0, EF) for _ in spec.classes))
+    return ShapingPlan(spec.name, tuple(_cls(spec, share, 0, EF) for _ in spec.classes), spec.cap_mbps)
 
 
 BASELINES: dict[str, Baseline] = {

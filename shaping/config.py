@@ -122,6 +122,9 @@ class LoadConfig:
     """Load multiplier during a flash crowd."""
     flash_crowd_steps: int = 50
     """Mean flash crowd length in control steps."""
+    web_pareto: bool = True
+    """Whether web classes carry the heavy-tailed Pareto load multiplier per control step (off gives
+    web a constant mean load, which validation against queueing theory needs)."""
 
 
 @dataclass
@@ -150,6 +153,9 @@ class ScenarioConfig:
     """Guaranteed rate choices, fractions of the tenant's cap."""
     ceil_levels: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 1.0])
     """Ceiling choices, fractions of the tenant's cap (ceil is at least the rate)."""
+    root_levels: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    """Aggregate (HTB root) rate choices, fractions of the tenant's cap: shaping the aggregate below
+    the provider's share moves the tenant's queue into its own HTB, where its priorities apply."""
     drop_levels: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.05, 0.1, 0.25])
     """Drop probability choices for a class."""
     priority_levels: int = 4

@@ -46,7 +46,7 @@ def htb_stage(
     Args:
         backlog, arrivals: (B, K, C) volumes queued and arriving this sub-step.
         rate_kbit, ceil_kbit: (B, K, C) volumes each class may send at its rate and ceil.
-        cap_kbit: (K, 1) volume of the tenant's root class.
+        cap_kbit: (B, K, 1) or (K, 1) volume of the tenant's root class.
         higher: (B, K, C, C) float mask, [c', c] = 1 when c' has strictly higher priority than c.
         same: (B, K, C, C) float mask, [c', c] = 1 when c' has the same priority as c.
         limit_kbit: (K, C) leaf queue limits; the excess is dropped (tail drop).
@@ -161,7 +161,9 @@ def provider_stage(
     )
 
 
-def residual_work(served_kbit: torch.Tensor, pkt_kbit: torch.Tensor, cs2: torch.Tensor, link_kbit: torch.Tensor) -> torch.Tensor:
+def residual_work(
+    served_kbit: torch.Tensor, pkt_kbit: torch.Tensor, cs2: torch.Tensor, link_kbit: torch.Tensor
+) -> torch.Tensor:
     """Each class's share of the M/G/1 mean residual service time lambda * E[S^2] / 2, in sub-steps.
 
     With lambda = served / (pkt * dt) packets per ms and S = pkt / capacity,
@@ -172,7 +174,9 @@ def residual_work(served_kbit: torch.Tensor, pkt_kbit: torch.Tensor, cs2: torch.
     return served_kbit * pkt_kbit * (1.0 + cs2) / (2.0 * link_kbit * link_kbit)
 
 
-def priority_wait_ms(w0: torch.Tensor, rho_before: torch.Tensor, rho_through: torch.Tensor, dt_ms: float) -> torch.Tensor:
+def priority_wait_ms(
+    w0: torch.Tensor, rho_before: torch.Tensor, rho_through: torch.Tensor, dt_ms: float
+) -> torch.Tensor:
     """Cobham's mean wait of a non-preemptive priority M/G/1 queue.
 
     W_k = W0 / ((1 - sigma_{k-1}) (1 - sigma_k)), with sigma the load of higher priorities

@@ -8,6 +8,7 @@ the ClassMetrics and HostMetrics the spec turns into observations and rewards.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -22,6 +23,9 @@ from shaping.traffic.load import LoadState, advance_load, initial_load_state, re
 #: CoDel target sojourn and interval (RFC 8289 defaults), used by tenants running fq_codel.
 CODEL_TARGET_MS = 5.0
 CODEL_INTERVAL_MS = 100.0
+#: Intervals over which CoDel remembers its drop count after leaving the dropping state: RFC 8289
+#: resumes from the last episode's count when dropping restarts within 16 intervals.
+CODEL_MEMORY_INTERVALS = 16.0
 
 
 class SimState(NamedTuple):
@@ -110,13 +114,12 @@ class Simulator:
             self.state = fresh
             return
         m = mask.to(self.device)
-        fields = []
-        for old, new in zip(self.state, fresh, strict=True):
-            if isinstance(old, LoadState):
-                fields.append(reset_where(old, new, m))
-            else:
-                fields.append(torch.where(m.view(-1, *([1] * (old.dim() - 1))), new, old))
-        self.state = SimState(*fields)
+
+        def pick(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+            return torch.where(m.view(-1, *([1] * (old.dim() - 1))), new, old)
+
+        tensors = {f: pick(getattr(fresh, f), getattr(self.state, f)) for f in SimState._fields if f != "load"}
+        self.state = SimState(**tensors, load=reset_where(self.state.load, fresh.load, m))
 
     # ------------------------------------------------------------------- step
     def step(self, plan: PlanBatch, aqm: torch.Tensor | None = None) -> StepOutput:
@@ -136,15 +139,18 @@ class Simulator:
         is_video = apps.app == A.VIDEO
         streams = st.flows * mult
         bitrate = self.ladder[s.video_level] * streams
-        video_rate = torch.minimum(
-            bitrate * torch.where(s.video_buffer_s < A.VIDEO_TARGET_BUFFER_S, 1.5, 1.0), demand
-        )
+        # The player fetches segments as fast as TCP allows while its buffer is below target and
+        # paces at the playback bitrate once full (the usual on-off pattern of DASH players).
+        filling = s.video_buffer_s < A.VIDEO_TARGET_BUFFER_S
+        video_rate = torch.where(filling, demand, torch.minimum(bitrate, demand))
         open_rate = torch.where(is_video, video_rate, demand)
 
         # Plan-derived quantities, constant over the interval.
         rate_kbit = plan.rate_mbps * dt
         ceil_kbit = plan.ceil_mbps * dt
-        cap_kbit = (st.cap_mbps * dt).view(k, 1)
+        # The tenant's HTB root serves at its plan's root rate, never above what it pays for.
+        root_mbps = torch.minimum(st.cap_mbps.view(k, 1), plan.root_mbps[..., :1])
+        cap_kbit = root_mbps * dt
         pr = plan.priority
         higher = (pr.unsqueeze(-1) < pr.unsqueeze(-2)).to(mult.dtype)
         same = (pr.unsqueeze(-1) == pr.unsqueeze(-2)).to(mult.dtype)
@@ -157,8 +163,9 @@ class Simulator:
         drop = plan.drop_prob
         codel = torch.zeros(k, dtype=torch.bool, device=self.device) if aqm is None else aqm.to(self.device)
         codel_c = codel.view(1, k, 1)
+        codel_keep = math.exp(-dt / (CODEL_MEMORY_INTERVALS * CODEL_INTERVAL_MS))
         pkt, cs2 = apps.pkt_kbit, apps.size_cs2
-        tx_tenant = pkt / st.cap_mbps.view(k, 1)
+        tx_tenant = pkt / root_mbps
         tx_path = pkt / st.path_mbps[plan.path]
 
         acc = {
@@ -175,14 +182,19 @@ class Simulator:
             rate = torch.where(is_bulk, torch.minimum(win / rtt, demand), open_rate)
             offered = rate * dt
             nft = offered * drop
-            ten = network.htb_stage(q_t, offered - nft, rate_kbit, ceil_kbit, cap_kbit, higher, same, st.leaf_limit_kbit, dt)
+            ten = network.htb_stage(
+                q_t, offered - nft, rate_kbit, ceil_kbit, cap_kbit, higher, same, st.leaf_limit_kbit, dt
+            )
             # CoDel control law (RFC 8289): once the sojourn stays above target for an
             # interval, drop at interval / sqrt(count) spacing until it falls below target.
             above = torch.where(ten.fluid_delay_ms > CODEL_TARGET_MS, above + dt, torch.zeros_like(above))
             dropping = (above >= CODEL_INTERVAL_MS) & codel_c
             n_drop = dt * torch.sqrt(count + 1.0) / CODEL_INTERVAL_MS
             codel_drop = torch.where(dropping, torch.minimum(ten.backlog, n_drop * pkt), torch.zeros_like(above))
-            count = torch.where(dropping, count + n_drop, count * 0.5)
+            # Outside the dropping state the count fades over CODEL_MEMORY_INTERVALS, so a new episode
+            # starts near the drop rate that last controlled the queue (halving it every sub-step
+            # forgot that rate within one interval and let 16 Reno flows hold 15 ms instead of ~5 ms).
+            count = torch.where(dropping, count + n_drop, count * codel_keep)
             q_t = ten.backlog - codel_drop
 
             prov = network.provider_stage(
@@ -240,11 +252,15 @@ class Simulator:
         )
         on_time = acc["on_time"] / acc["offered"].clamp_min(1e-9)
         metric = A.per_step_metric(apps.app, on_time, loss, delivered_mbps / demand.clamp_min(1e-9))
-        quality = self.ladder[s.video_level] / self.ladder[-1]
+        # Quality relative to the best rung the stream can use (its per-stream peak demand).
+        top = A.video_level(st.mbps / 0.9, st.flows, self.ladder)
+        quality = (self.ladder[s.video_level] / self.ladder[top]).clamp(max=1.0)
         metric = torch.where(is_video, quality * (1.0 - rebuffer / interval), metric) * valid
 
         # The video player adapts its rung to what it measured (throughput EWMA, buffer guard).
-        tput = 0.7 * s.video_tput + 0.3 * delivered_mbps
+        # Throughput is only measured while fetching at full speed: paced playback reveals nothing
+        # about the available bandwidth (and would walk the player down the ladder).
+        tput = torch.where(filling, 0.7 * s.video_tput + 0.3 * delivered_mbps, s.video_tput)
         level = A.video_level(tput, streams.clamp_min(1e-6), self.ladder)
         level = torch.where(buf < 2.0, (level - 1).clamp_min(0), level)
 

@@ -21,7 +21,6 @@ from shaping.sim.layout import ScenarioTensors
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import Simulator, StepOutput
 from shaping.spec import (
-    ACTION_FIELDS,
     ActionLayout,
     ClassMetrics,
     HostMetrics,
@@ -195,8 +194,8 @@ class MultiTenantSim:
             raise ValueError(f"tenant {k}: actions of shape {tuple(actions.shape)}, expected {expected}")
         if bool(((actions < 0) | (actions >= nvec)).any()):
             raise ValueError(f"tenant {k}: actions outside the MultiDiscrete sizes {view.action.nvec.tolist()}")
-        idx = actions.long().view(self.batch_size, 1, view.n_classes, len(ACTION_FIELDS))
-        return decode_batch(idx, self.sim.tensors.cap_mbps[k : k + 1], self.sim.tensors.levels)
+        flat = actions.long().view(self.batch_size, 1, -1)
+        return decode_batch(flat, view.n_classes, self.sim.tensors.cap_mbps[k : k + 1], self.sim.tensors.levels)
 
     def _callable_actions(self, k: int, f: Callable[[np.ndarray], Any]) -> torch.Tensor:
         assert self.last is not None

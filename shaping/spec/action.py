@@ -1,9 +1,9 @@
 """Action layout: per traffic class a DSCP mark, rate, ceil, priority, drop probability and path.
 
-An action is a vector of integer choices, ACTION_FIELDS per class in the spec's class order
-(a gymnasium MultiDiscrete space). Decoding turns choices into a ShapingPlan: rate and ceil are
-fractions of the tenant's cap picked from the scenario's levels, ceil is raised to the rate when
-lower, DSCP comes from the configured set.
+An action is a vector of integer choices, ACTION_FIELDS per class in the spec's class order, then
+one choice of the tenant's aggregate (root) rate (a gymnasium MultiDiscrete space). Decoding turns
+choices into a ShapingPlan: rate, ceil and root are fractions of the tenant's cap picked from the
+scenario's levels, ceil is raised to the rate when lower, DSCP comes from the configured set.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ class ActionLayout:
 
     @property
     def nvec(self) -> np.ndarray:
-        """MultiDiscrete sizes of the flat action (classes x fields)."""
-        return np.tile(np.array(self.per_class, dtype=np.int64), len(self.spec.classes))
+        """MultiDiscrete sizes of the flat action: classes x fields, then the root rate."""
+        per_class = np.tile(np.array(self.per_class, dtype=np.int64), len(self.spec.classes))
+        return np.concatenate([per_class, np.array([len(self.spec.root_levels)], dtype=np.int64)])
 
     def levels(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Lookup tables for decoding."""
@@ -52,16 +53,16 @@ class ActionLayout:
             "rate": torch.tensor(s.rate_levels, dtype=torch.float32, device=device),
             "ceil": torch.tensor(s.ceil_levels, dtype=torch.float32, device=device),
             "drop": torch.tensor(s.drop_levels, dtype=torch.float32, device=device),
+            "root": torch.tensor(s.root_levels, dtype=torch.float32, device=device),
         }
 
     def decode(self, action: np.ndarray | list[int]) -> ShapingPlan:
         """Decode one flat action into the tenant's ShapingPlan."""
-        a = np.asarray(action, dtype=np.int64).reshape(len(self.spec.classes), len(ACTION_FIELDS))
-        if (a < 0).any() or (a >= np.array(self.per_class)).any():
-            raise SpecError(f"action {a.tolist()} outside the layout {self.per_class} per class")
-        idx = torch.as_tensor(a).view(1, 1, *a.shape)
+        a = np.asarray(action, dtype=np.int64).reshape(-1)
+        if a.shape != self.nvec.shape or (a < 0).any() or (a >= self.nvec).any():
+            raise SpecError(f"action {a.tolist()} outside the layout {self.nvec.tolist()}")
         cap = torch.tensor([self.spec.cap_mbps])
-        batch = decode_batch(idx, cap, self.levels())
+        batch = decode_batch(torch.as_tensor(a).view(1, 1, -1), len(self.spec.classes), cap, self.levels())
         return batch.plan(0, 0, self.spec)
 
     def encode(self, plan: ShapingPlan) -> np.ndarray:
@@ -77,6 +78,7 @@ class ActionLayout:
                 _nearest(s.drop_levels, c.drop_prob),
                 c.path,
             ]
+        out.append(_nearest(s.root_levels, plan.root_mbps / s.cap_mbps))
         return np.array(out, dtype=np.int64)
 
 
@@ -84,15 +86,21 @@ def _nearest(levels: tuple[float, ...] | tuple[int, ...], value: float) -> int:
     return int(np.argmin([abs(float(v) - value) for v in levels]))
 
 
-def decode_batch(idx: torch.Tensor, cap_mbps: torch.Tensor, levels: dict[str, torch.Tensor]) -> PlanBatch:
-    """Decode choices of shape (B, K, C, len(ACTION_FIELDS)) into a PlanBatch.
+def decode_batch(
+    actions: torch.Tensor, n_classes: int, cap_mbps: torch.Tensor, levels: dict[str, torch.Tensor]
+) -> PlanBatch:
+    """Decode flat actions of shape (B, K, n_classes * len(ACTION_FIELDS) + 1) into a PlanBatch.
 
     Args:
-        idx: integer choices per environment, tenant, class and field.
+        actions: integer choices per environment and tenant, in the ActionLayout order.
+        n_classes: classes per tenant C (the same for the K tenants decoded together).
         cap_mbps: the tenants' caps, shape (K,).
         levels: lookup tables from ActionLayout.levels (the scenario's levels).
     """
+    b, k = actions.shape[:2]
+    idx = actions[..., :-1].reshape(b, k, n_classes, len(ACTION_FIELDS))
     cap = cap_mbps.view(1, -1, 1)
+    root = (levels["root"][actions[..., -1]].unsqueeze(-1) * cap).expand(b, k, n_classes)
     rate = levels["rate"][idx[..., 1]] * cap
     ceil = torch.maximum(levels["ceil"][idx[..., 2]] * cap, rate)
     return PlanBatch(
@@ -102,4 +110,5 @@ def decode_batch(idx: torch.Tensor, cap_mbps: torch.Tensor, levels: dict[str, to
         dscp=levels["dscp"][idx[..., 0]],
         drop_prob=levels["drop"][idx[..., 4]],
         path=idx[..., 5],
+        root_mbps=root,
     )

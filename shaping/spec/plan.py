@@ -40,9 +40,13 @@ class ShapingPlan:
 
     tenant: str
     classes: tuple[ClassShaping, ...]
+    root_mbps: float
+    """Aggregate rate of the tenant's HTB root (at most its cap)."""
 
     def validate(self, spec: TenantSpec) -> None:
         """Raise SpecError when the plan does not fit the tenant's spec."""
+        if not 0 < self.root_mbps <= spec.cap_mbps * (1 + 1e-6):
+            raise SpecError(f"tenant {spec.name!r}: root rate {self.root_mbps} outside (0, cap {spec.cap_mbps}]")
         if len(self.classes) != len(spec.classes):
             raise SpecError(f"plan has {len(self.classes)} classes, tenant {spec.name!r} has {len(spec.classes)}")
         for c, tc in zip(self.classes, spec.classes, strict=True):
@@ -64,7 +68,11 @@ def burst_bytes(rate_mbps: float) -> int:
 
 
 class PlanBatch(NamedTuple):
-    """Plans of every tenant of B environments as tensors of shape (B, K, C)."""
+    """Plans of every tenant of B environments as tensors of shape (B, K, C).
+
+    root_mbps is a per-tenant value repeated over the classes, so every field has the same
+    shape and generic code (expand, where, slicing per tenant) treats the fields alike.
+    """
 
     rate_mbps: torch.Tensor
     ceil_mbps: torch.Tensor
@@ -72,13 +80,15 @@ class PlanBatch(NamedTuple):
     dscp: torch.Tensor  # int64
     drop_prob: torch.Tensor
     path: torch.Tensor  # int64
+    root_mbps: torch.Tensor  # the tenant's root rate, repeated over its classes
 
     def plan(self, env: int, tenant: int, spec: TenantSpec) -> ShapingPlan:
         """The typed plan of one tenant of one environment."""
         n = len(spec.classes)
-        cols = [x[env, tenant, :n].tolist() for x in self]
+        cols = [x[env, tenant, :n].tolist() for x in self[:-1]]
         return ShapingPlan(
             tenant=spec.name,
+            root_mbps=float(self.root_mbps[env, tenant, 0]),
             classes=tuple(
                 ClassShaping(
                     rate_mbps=float(r),
@@ -104,9 +114,11 @@ def stack_plans(plans: list[list[ShapingPlan]], n_classes: int, device: torch.de
         "dscp": torch.zeros(b, k, n_classes, dtype=torch.long),
         "drop_prob": torch.zeros(b, k, n_classes),
         "path": torch.zeros(b, k, n_classes, dtype=torch.long),
+        "root_mbps": torch.ones(b, k, n_classes),
     }
     for i, row in enumerate(plans):
         for j, plan in enumerate(row):
+            out["root_mbps"][i, j, :] = plan.root_mbps
             for c, cs in enumerate(plan.classes):
                 out["rate_mbps"][i, j, c] = cs.rate_mbps
                 out["ceil_mbps"][i, j, c] = cs.ceil_mbps

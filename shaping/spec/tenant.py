@@ -69,8 +69,11 @@ class TenantSpec:
     dscp_set: tuple[int, ...]
     rate_levels: tuple[float, ...]
     ceil_levels: tuple[float, ...]
+    root_levels: tuple[float, ...]
     drop_levels: tuple[float, ...]
     priority_levels: int
+    bottleneck_share_mbps: float
+    """The tenant's cap-weighted share of the first path: what an operator sets a shaper to."""
 
     @property
     def vms(self) -> tuple[Entity, ...]:
@@ -93,6 +96,7 @@ class TenantSpec:
             f"D={list(self.dscp_set)}",
             f"R={list(self.rate_levels)}",
             f"L={list(self.ceil_levels)}",
+            f"T={list(self.root_levels)}",
             f"X={list(self.drop_levels)}",
             f"Q={self.priority_levels}",
         ]
@@ -163,8 +167,8 @@ def tenant_spec(scenario: ScenarioConfig, tenant: int | str) -> TenantSpec:
     for d in scenario.dscp_set:
         if not 0 <= d <= 63:
             raise SpecError(f"dscp_set value {d} is outside 0..63")
-    if any(not 0 < r <= 1 for r in [*scenario.rate_levels, *scenario.ceil_levels]):
-        raise SpecError("rate_levels and ceil_levels must be fractions in (0, 1]")
+    if any(not 0 < r <= 1 for r in [*scenario.rate_levels, *scenario.ceil_levels, *scenario.root_levels]):
+        raise SpecError("rate_levels, ceil_levels and root_levels must be fractions in (0, 1]")
     if any(not 0 <= p <= 1 for p in scenario.drop_levels):
         raise SpecError("drop_levels must be probabilities in [0, 1]")
     return TenantSpec(
@@ -191,8 +195,13 @@ def tenant_spec(scenario: ScenarioConfig, tenant: int | str) -> TenantSpec:
         dscp_set=tuple(int(d) for d in scenario.dscp_set),
         rate_levels=tuple(float(x) for x in scenario.rate_levels),
         ceil_levels=tuple(float(x) for x in scenario.ceil_levels),
+        root_levels=tuple(float(x) for x in scenario.root_levels),
         drop_levels=tuple(float(x) for x in scenario.drop_levels),
         priority_levels=int(scenario.priority_levels),
+        bottleneck_share_mbps=min(
+            float(cfg.cap_mbps),
+            scenario.paths[0].capacity_mbps * cfg.cap_mbps / sum(t.cap_mbps for t in cfgs),
+        ),
     )
 
 

@@ -1,0 +1,308 @@
+"""Typed schemas of FedShape's Hydra config groups (conf/), registered in Hydra's ConfigStore.
+
+Each group option under conf/GROUP/ names its schema first in its defaults list (e.g. ``ppo_schema``),
+so composing any option validates it against the dataclass here. The scenario and reward groups
+reuse shaping.config's dataclasses; scenario YAMLs carry no defaults list because
+shaping.sim.scenarios.load_scenario reads them without Hydra, so the primary configs' typed
+``scenario`` field validates them instead.
+
+Entry points compose a primary config (conf/compare.yaml, ...), convert it with to_object and
+hand plain dataclasses to plain functions. flat_config turns a config into the flat
+``section.key -> scalar`` mapping that Flower's run_config and node_config take.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from shaping.config import RewardConfig, ScenarioConfig
+
+#: Known values of the string-typed choices (checked in __post_init__ so OmegaConf.to_object fails early).
+FL_STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed_mean")
+PRIVACY_MODES = ("none", "central", "distributed")
+SHAPER_BACKENDS = ("sim", "kernel")
+
+
+def _check_choice(what: str, value: str, known: tuple[str, ...]) -> None:
+    if value not in known:
+        raise ValueError(f"{what} must be one of {known}, got {value!r}")
+
+
+@dataclass
+class EnvConfig:
+    """The simulated training environment (consumed by the Gymnasium/PettingZoo envs and the agents)."""
+
+    batch_size: int = 16
+    """Environments simulated together: the batch dimension of one Simulator."""
+    device: str = "cpu"
+    """Torch device of the simulator and the policy: cpu, cuda, cuda:1, ..."""
+    seed: int = 0
+    """Base seed of the simulator's random generator (and of the policies' initialisation)."""
+    episode_steps: int | None = None
+    """Control steps per episode before truncation; None: the scenario's episode_steps."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"env.batch_size must be >= 1, got {self.batch_size}")
+        if self.episode_steps is not None and self.episode_steps < 1:
+            raise ValueError(f"env.episode_steps must be >= 1 or null, got {self.episode_steps}")
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyperparameters (CleanRL names); consumed by the agents issue (shaping/agents, pretraining)."""
+
+    name: str = "ppo"
+    """Agent kind; the agents issue dispatches on it."""
+    total_timesteps: int = 1_000_000
+    """Environment steps of training, summed over the batch."""
+    learning_rate: float = 2.5e-4
+    """Adam learning rate."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over training."""
+    num_steps: int = 128
+    """Rollout length per environment between updates."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    num_minibatches: int = 4
+    """Minibatches per update epoch."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    norm_adv: bool = True
+    """Normalize advantages per minibatch."""
+    clip_coef: float = 0.2
+    """Surrogate clipping coefficient."""
+    clip_vloss: bool = True
+    """Clip the value loss like the policy loss."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping norm."""
+    target_kl: float | None = None
+    """Stop an update early once the approximate KL exceeds this; None: never."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
+    """Widths of the hidden layers of the actor and critic MLPs."""
+
+
+@dataclass
+class DQNConfig:
+    """DQN hyperparameters (CleanRL names); consumed by the agents issue, which decides how the
+    MultiDiscrete action is factored into Q heads (e.g. one head per class and field)."""
+
+    name: str = "dqn"
+    """Agent kind; the agents issue dispatches on it."""
+    total_timesteps: int = 500_000
+    """Environment steps of training, summed over the batch."""
+    learning_rate: float = 1e-4
+    """Adam learning rate."""
+    buffer_size: int = 100_000
+    """Replay buffer capacity, transitions."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 1.0
+    """Target network update rate (1.0: hard copy)."""
+    target_network_frequency: int = 1000
+    """Steps between target network updates."""
+    batch_size: int = 128
+    """Replay minibatch size."""
+    start_e: float = 1.0
+    """Initial epsilon of epsilon-greedy exploration."""
+    end_e: float = 0.05
+    """Final epsilon."""
+    exploration_fraction: float = 0.5
+    """Fraction of training over which epsilon decays linearly."""
+    learning_starts: int = 10_000
+    """Steps collected before learning starts."""
+    train_frequency: int = 10
+    """Steps between gradient updates."""
+    double_q: bool = True
+    """Use double Q-learning targets."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
+    """Widths of the hidden layers of the Q network."""
+
+
+@dataclass
+class FLConfig:
+    """Federated learning run (Flower strategy); consumed by the federation issue (fed_server, fed_client)."""
+
+    strategy: str = "fedavg"
+    """Aggregation: fedavg, fedprox, fedadam or trimmed_mean (Flower FedAvg, FedProx, FedAdam, FedTrimmedAvg)."""
+    rounds: int = 10
+    """Federated rounds."""
+    clients: int = 4
+    """Clients (tenants, one SuperNode each) in the federation."""
+    fraction_fit: float = 1.0
+    """Fraction of clients sampled for training each round."""
+    min_fit_clients: int = 2
+    """Fewest clients a training round needs."""
+    local_epochs: int = 1
+    """Local training epochs (PPO iterations) per round on each client."""
+    proximal_mu: float = 0.0
+    """FedProx proximal term weight (0: plain FedAvg local objective)."""
+    server_lr: float = 1e-2
+    """FedAdam server learning rate (Flower's eta)."""
+    client_lr: float = 1e-2
+    """FedAdam client-side learning rate hint (Flower's eta_l)."""
+    beta_1: float = 0.9
+    """FedAdam first moment decay."""
+    beta_2: float = 0.99
+    """FedAdam second moment decay."""
+    tau: float = 1e-9
+    """FedAdam adaptivity (epsilon)."""
+    trim_beta: float = 0.2
+    """Fraction trimmed from each end before averaging (FedTrimmedAvg's beta)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("fl.strategy", self.strategy, FL_STRATEGIES)
+        if self.rounds < 1 or self.clients < 1:
+            raise ValueError("fl.rounds and fl.clients must be >= 1")
+        if not 0.0 <= self.trim_beta < 0.5:
+            raise ValueError(f"fl.trim_beta must be in [0, 0.5), got {self.trim_beta}")
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy of the federated updates; consumed by the federation issue."""
+
+    mode: str = "none"
+    """none; central (server clips and adds noise); distributed (clients clip and noise, SecAgg+ sums)."""
+    noise_multiplier: float = 0.0
+    """Gaussian noise standard deviation as a multiple of the clipping norm."""
+    clipping_norm: float = 1.0
+    """L2 norm each client's model update is clipped to."""
+    delta: float = 1e-5
+    """Delta of the (epsilon, delta) guarantee the accountant reports."""
+    target_epsilon: float | None = None
+    """Stop federating once the spent epsilon would exceed this; None: no budget."""
+    secure_aggregation: bool = False
+    """Mask client updates with SecAgg+ so the server sees only their sum."""
+
+    def __post_init__(self) -> None:
+        _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
+        if self.noise_multiplier < 0 or self.clipping_norm <= 0 or not 0 < self.delta < 1:
+            raise ValueError("privacy needs noise_multiplier >= 0, clipping_norm > 0, 0 < delta < 1")
+        if self.mode != "none" and self.noise_multiplier == 0:
+            raise ValueError(f"privacy.mode={self.mode} needs noise_multiplier > 0")
+
+
+@dataclass
+class ShaperConfig:
+    """Where the tenant agent's plans are applied; consumed by the kernel-enforcement issue."""
+
+    backend: str = "sim"
+    """sim (the batched simulator) or kernel (Linux tc and nftables through netlink)."""
+    interfaces: list[str] = field(default_factory=list)
+    """Interface of each scenario path, in path order; empty: the scenario's path names."""
+    control_interval_ms: float = 100.0
+    """Time between two control steps (observe, decide, apply)."""
+    dry_run: bool = False
+    """Record the operations a plan needs instead of applying them (kernel backend)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("shaper.backend", self.backend, SHAPER_BACKENDS)
+        if self.control_interval_ms <= 0:
+            raise ValueError("shaper.control_interval_ms must be > 0")
+
+
+@dataclass
+class OutputConfig:
+    """What the comparison writes."""
+
+    dir: str | None = None
+    """Directory of the results; None: Hydra's run directory (outputs/DATE/TIME/)."""
+    plots: bool = True
+    """Write the PNG plots."""
+    print_table: bool = True
+    """Print results.md to stdout."""
+
+
+@dataclass
+class CompareConfig:
+    """Primary config of experiments.compare: policies against each other on one scenario."""
+
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    """The scenario (conf/scenario/)."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Device and base seed (env.batch_size is not used: `seeds` is the comparison's batch)."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward weights used for mean_reward."""
+    policies: list[str] = field(default_factory=lambda: ["fifo", "static_priority", "fair_share", "fq_codel"])
+    """Policy references (shaping.policies.make_policy): baseline names, later ``kind:checkpoint``."""
+    seeds: int = 4
+    """Environments per policy, simulated as one batch."""
+    steps: int | None = 300
+    """Control steps per episode; None: env.episode_steps, else the scenario's episode_steps."""
+    episodes: int = 1
+    """Episodes per environment, run one after another."""
+    progress: bool = True
+    """Show a progress bar per policy."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """What to write and where."""
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise ValueError("policies must name at least one policy")
+        if self.seeds < 1 or self.episodes < 1 or (self.steps is not None and self.steps < 1):
+            raise ValueError("seeds, episodes and steps must be >= 1")
+
+
+#: (group, schema name, schema) registered by register_configs.
+GROUP_SCHEMAS: tuple[tuple[str, str, type], ...] = (
+    ("env", "env_schema", EnvConfig),
+    ("agent", "ppo_schema", PPOConfig),
+    ("agent", "dqn_schema", DQNConfig),
+    ("reward", "reward_schema", RewardConfig),
+    ("fl", "fl_schema", FLConfig),
+    ("privacy", "privacy_schema", PrivacyConfig),
+    ("shaper", "shaper_schema", ShaperConfig),
+)
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent); entry points call it before composing."""
+    cs = ConfigStore.instance()
+    cs.store(name="compare_schema", node=CompareConfig)
+    for group, name, node in GROUP_SCHEMAS:
+        cs.store(group=group, name=name, node=node)
+
+
+def to_compare_config(cfg: DictConfig) -> CompareConfig:
+    """The composed config as a CompareConfig instance (validated)."""
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, CompareConfig):
+        raise TypeError(f"expected a CompareConfig, got {type(obj).__name__}")
+    return obj
+
+
+def flat_config(cfg: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Flatten a dataclass or DictConfig to ``a.b.c -> scalar`` (Flower's run_config / node_config).
+
+    Lists and None become JSON strings, since Flower's config values are scalars.
+    """
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if is_dataclass(cfg) and not isinstance(cfg, type):
+        items: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    elif isinstance(cfg, dict):
+        items = cfg
+    else:
+        raise TypeError(f"cannot flatten {type(cfg).__name__}")
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in items.items():
+        name = f"{prefix}{key}"
+        if (is_dataclass(value) and not isinstance(value, type)) or isinstance(value, dict):
+            out.update(flat_config(value, prefix=f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value, default=asdict)
+    return out

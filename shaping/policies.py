@@ -1,0 +1,123 @@
+"""Policies that drive every tenant of a batched simulator, and the table that names them.
+
+A policy maps what the simulator shows at a control step (PolicyInput) to the plans of every
+tenant of every environment (a PlanBatch). The static baselines are policies; the agents issue
+adds learned policies by putting a factory into POLICY_KINDS, e.g. ``"ppo": load_ppo`` so that
+``make_policy("ppo:outputs/run/agent.pt")`` loads a checkpoint. Evaluation, the comparison
+entry point and the reports only ever see the Policy protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+
+from shaping.baselines import BASELINES, Baseline, get_baseline
+from shaping.sim.layout import ScenarioTensors
+from shaping.sim.simulator import SimState, StepOutput
+from shaping.spec import PlanBatch, stack_plans
+
+
+class PolicyInput(NamedTuple):
+    """What a policy sees at one control step of a batch of B environments."""
+
+    step: int
+    """Control step within the episode (0 right after a reset)."""
+    tensors: ScenarioTensors
+    """The scenario's static tensors: tenant specs, caps, QoS, action levels."""
+    state: SimState
+    """The simulator's dynamic state (queues, windows, load processes), batch size B."""
+    last: StepOutput | None
+    """Measurements of the previous step (None at step 0); feed ObservationLayout.build."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Maps a PolicyInput to the plans of every tenant, a PlanBatch of shape (B, K, C)."""
+
+    @property
+    def name(self) -> str:
+        """Name used in reports."""
+        ...
+
+    @property
+    def aqm(self) -> bool:
+        """Whether the tenants' leaf queues run CoDel (the simulator's aqm switch)."""
+        ...
+
+    def __call__(self, inp: PolicyInput) -> PlanBatch:
+        """Plans for every environment and tenant."""
+        ...
+
+
+@dataclass
+class StaticPolicy:
+    """A static baseline as a policy: the same plan every step, built once per scenario and batch."""
+
+    baseline: Baseline
+    _key: tuple[ScenarioTensors, int] | None = field(default=None, init=False, repr=False)
+    _plans: PlanBatch | None = field(default=None, init=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The baseline's name."""
+        return self.baseline.name
+
+    @property
+    def aqm(self) -> bool:
+        """Whether the baseline runs CoDel on the leaves (fq_codel)."""
+        return self.baseline.aqm
+
+    def __call__(self, inp: PolicyInput) -> PlanBatch:
+        """The baseline's plans, expanded over the batch."""
+        b = int(inp.state.t.shape[0])
+        if self._plans is None or self._key is None or self._key[0] is not inp.tensors or self._key[1] != b:
+            st = inp.tensors
+            row = [self.baseline.plan(spec) for spec in st.specs]
+            one = stack_plans([row], st.n_classes, st.device)
+            self._plans = PlanBatch(*(x.expand(b, *x.shape[1:]).contiguous() for x in one))
+            self._key = (inp.tensors, b)
+        return self._plans
+
+
+def baseline_policy(name: str) -> Policy:
+    """A static baseline (shaping.baselines.BASELINES) by name."""
+    return StaticPolicy(get_baseline(name))
+
+
+#: Builds a policy from the argument of a reference ``kind:argument`` (a name, a checkpoint path).
+PolicyFactory = Callable[[str], Policy]
+
+#: Policy kinds by name. The agents issue adds its checkpoint loaders here (e.g. "ppo", "dqn").
+POLICY_KINDS: dict[str, PolicyFactory] = {
+    "baseline": baseline_policy,
+}
+
+
+def make_policy(ref: str) -> Policy:
+    """A policy from a reference: ``kind:argument``, or a bare baseline name (``fifo``).
+
+    Raises:
+        KeyError: unknown kind or baseline, with the known names in the message.
+    """
+    kind, sep, arg = ref.partition(":")
+    if not sep:
+        kind, arg = "baseline", ref
+    try:
+        factory = POLICY_KINDS[kind]
+    except KeyError:
+        raise KeyError(f"unknown policy kind {kind!r} in {ref!r}; known kinds: {sorted(POLICY_KINDS)}") from None
+    return factory(arg)
+
+
+def known_policies() -> list[str]:
+    """References that need no argument beyond their name: the static baselines."""
+    return list(BASELINES)
+
+
+def aqm_mask(policy: Policy, n_tenants: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(K,) bool: the simulator's aqm argument when every tenant runs the policy."""
+    return torch.full((n_tenants,), bool(policy.aqm), dtype=torch.bool, device=device)
