@@ -73,7 +73,7 @@ class ActionLayout:
             out += [
                 _nearest(s.dscp_set, c.dscp),
                 _nearest(s.rate_levels, c.rate_mbps / s.cap_mbps),
-                _nearest(s.ceil_levels, c.ceil_mbps / s.cap_mbps),
+                _ceil_index(s.ceil_levels, c.rate_mbps / s.cap_mbps, c.ceil_mbps / s.cap_mbps),
                 min(max(c.priority, 0), s.priority_levels - 1),
                 _nearest(s.drop_levels, c.drop_prob),
                 c.path,
@@ -84,6 +84,16 @@ class ActionLayout:
 
 def _nearest(levels: tuple[float, ...] | tuple[int, ...], value: float) -> int:
     return int(np.argmin([abs(float(v) - value) for v in levels]))
+
+
+def _ceil_index(levels: tuple[float, ...], rate: float, ceil: float) -> int:
+    """Ceil choice of a class: decoding raises a ceil below the rate to the rate, so a plan whose
+    ceil equals its rate (no borrowing) is encoded by the highest level at or below the rate; the
+    nearest level could be above it and let the class borrow."""
+    below = [i for i, v in enumerate(levels) if v <= rate * (1 + 1e-6)]
+    if ceil <= rate * (1 + 1e-6) and below:
+        return max(below, key=lambda i: levels[i])
+    return _nearest(levels, ceil)
 
 
 def decode_batch(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from shaping.config import APPS, ENTITY_KINDS, ClassConfig, QoSConfig, ScenarioConfig, TenantConfig
@@ -117,11 +118,23 @@ def _check_tenant(cfg: TenantConfig) -> None:
     for e in cfg.entities:
         if e.kind not in ENTITY_KINDS:
             raise SpecError(f"{where}: entity {e.name!r} has kind {e.kind!r}, expected one of {ENTITY_KINDS}")
+        _check_cidrs(f"{where}: entity {e.name!r}", e.cidrs)
     cnames = [c.name for c in cfg.classes]
     if len(set(cnames)) != len(cnames):
         raise SpecError(f"{where}: duplicate class names {cnames}")
     for c in cfg.classes:
         _check_class(where, c, names)
+
+
+def _check_cidrs(where: str, cidrs: list[str]) -> None:
+    # The kernel backend matches on these addresses; a malformed one must fail here, not in netlink.
+    if not cidrs:
+        raise SpecError(f"{where} needs at least one address (cidrs)")
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as err:
+            raise SpecError(f"{where} has an invalid address {cidr!r}: {err}") from None
 
 
 def _check_class(where: str, c: ClassConfig, entities: list[str]) -> None:
@@ -135,7 +148,14 @@ def _check_class(where: str, c: ClassConfig, entities: list[str]) -> None:
         raise SpecError(f"{where}: class {c.name!r} protocol must be tcp or udp, got {c.protocol!r}")
     if c.match_dscp is not None and not 0 <= c.match_dscp <= 63:
         raise SpecError(f"{where}: class {c.name!r} match_dscp must be in 0..63")
+    if any(not 1 <= port <= 65535 for port in c.ports):
+        raise SpecError(f"{where}: class {c.name!r} ports must be in 1..65535, got {list(c.ports)}")
     q = c.qos
+    # A non-positive latency bound or a negative minimum rate is always (or never) met: a typo, not an SLA.
+    if q.max_p99_ms is not None and q.max_p99_ms <= 0:
+        raise SpecError(f"{where}: class {c.name!r} max_p99_ms must be > 0, got {q.max_p99_ms}")
+    if q.min_mbps is not None and q.min_mbps < 0:
+        raise SpecError(f"{where}: class {c.name!r} min_mbps must be >= 0, got {q.min_mbps}")
     if q.max_loss is not None and not 0.0 <= q.max_loss <= 1.0:
         raise SpecError(f"{where}: class {c.name!r} max_loss must be in [0, 1]")
     if q.app_floor is not None and not 0.0 <= q.app_floor <= 1.0:
@@ -171,6 +191,19 @@ def tenant_spec(scenario: ScenarioConfig, tenant: int | str) -> TenantSpec:
         raise SpecError("rate_levels, ceil_levels and root_levels must be fractions in (0, 1]")
     if any(not 0 <= p <= 1 for p in scenario.drop_levels):
         raise SpecError("drop_levels must be probabilities in [0, 1]")
+    # An empty choice list would give the MultiDiscrete action space a dimension of size 0.
+    levels = {
+        "dscp_set": scenario.dscp_set,
+        "rate_levels": scenario.rate_levels,
+        "ceil_levels": scenario.ceil_levels,
+        "root_levels": scenario.root_levels,
+        "drop_levels": scenario.drop_levels,
+    }
+    empty = [name for name, values in levels.items() if not values]
+    if empty or scenario.priority_levels < 1:
+        raise SpecError(
+            f"every action choice needs at least one level: empty {empty}, priority_levels {scenario.priority_levels}"
+        )
     return TenantSpec(
         name=cfg.name,
         cap_mbps=float(cfg.cap_mbps),

@@ -43,6 +43,29 @@ def _geometric(shape: tuple[int, ...], mean: float, gen: torch.Generator, device
     return torch.ceil(torch.log(u) / math.log1p(-p) if p < 1.0 else torch.ones(shape, device=device))
 
 
+def capped_pareto_xm(alpha: float, cap: float) -> float:
+    """Scale x_m of a Pareto(alpha) law such that min(X, cap) has mean 1.
+
+    E[min(X, cap)] = (alpha x_m - x_m^alpha cap^(1 - alpha)) / (alpha - 1) for x_m < cap; it rises
+    with x_m, so bisection finds the root. The uncapped choice x_m = (alpha - 1) / alpha has mean 1
+    only without the cap (with alpha 1.5 and cap 8 the capped mean is 0.86, which would silently
+    lower every web class's load by 14%).
+    """
+
+    def capped_mean(xm: float) -> float:
+        return (alpha * xm - xm**alpha * cap ** (1.0 - alpha)) / (alpha - 1.0)
+
+    lo, hi = 0.0, cap
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if capped_mean(mid) < 1.0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+#: x_m of the web multiplier: min(Pareto, WEB_MULT_CAP) has mean 1.
+_WEB_XM = capped_pareto_xm(WEB_PARETO_ALPHA, WEB_MULT_CAP)
+
+
 def advance_load(
     state: LoadState, t: torch.Tensor, app: torch.Tensor, cfg: LoadConfig, gen: torch.Generator
 ) -> tuple[LoadState, torch.Tensor]:
@@ -73,11 +96,12 @@ def advance_load(
     crowd_app = ((app == WEB) | (app == VIDEO)).unsqueeze(0)
     flash = torch.where(crowd_app & (flash_left > 0).unsqueeze(-1), cfg.flash_crowd_factor, 1.0)
 
-    # Pareto(alpha) with mean 1: x_m = (alpha - 1) / alpha; capped so one sample stays bounded.
+    # Pareto(alpha) capped so one sample stays bounded, with x_m chosen so the capped law has mean 1.
     u = torch.rand(b, k, c, generator=gen, device=dev).clamp_min(1e-6)
-    xm = (WEB_PARETO_ALPHA - 1.0) / WEB_PARETO_ALPHA
-    pareto = (xm * u.pow(-1.0 / WEB_PARETO_ALPHA)).clamp(max=WEB_MULT_CAP)
-    web = torch.where(app.unsqueeze(0) == WEB, pareto, 1.0)
+    pareto = (_WEB_XM * u.pow(-1.0 / WEB_PARETO_ALPHA)).clamp(max=WEB_MULT_CAP)
+    # The draw happens even with the multiplier off, so the generator's stream (and every other
+    # random process of a seeded run) does not depend on the flag.
+    web = torch.where((app.unsqueeze(0) == WEB) & cfg.web_pareto, pareto, 1.0)
 
     return LoadState(state.phase, burst_left, flash_left), diurnal * burst * flash * web
 
