@@ -129,15 +129,20 @@ def check_stage_invariants(trials: int = 200, seed: int = 0) -> Json:
     ceil = rate + rnd(b, k, c, scale=800.0)
     cap = 200.0 + rnd(b, k, 1, scale=2000.0)
     pr = (rnd(b, k, c) * 3).long()
-    higher = (pr.unsqueeze(-1) < pr.unsqueeze(-2)).float()
-    same = (pr.unsqueeze(-1) == pr.unsqueeze(-2)).float()
     limit = rnd(k, c, scale=600.0)
-    ten = network.htb_stage(backlog, arrivals, rate, ceil, cap, higher, same, limit, dt)
+    # The stages work batch-last: class tensors (K, C, B), queue tensors (P * N_QUEUES, B).
+    last = lambda x: x.permute(1, 2, 0).contiguous()  # noqa: E731
+    higher, same = network.priority_masks(last(pr))
+    ten = network.htb_stage(
+        last(backlog), last(arrivals), last(rate), last(ceil), last(cap), higher, same, limit.unsqueeze(-1), dt
+    )
+    served = ten.served.permute(2, 0, 1)
     demand = backlog + arrivals
-    htb_balance = (ten.served + ten.backlog + ten.overflow - demand).abs().max() / demand.max()
+    htb_balance = (served + ten.backlog.permute(2, 0, 1) + ten.overflow.permute(2, 0, 1) - demand).abs().max()
+    htb_balance = htb_balance / demand.max()
     want = torch.minimum(cap.squeeze(-1), torch.minimum(demand, ceil).sum(-1))
-    htb_work = ((ten.served.sum(-1) - want).abs() / want).max()
-    htb_ceil = (ten.served - ceil).clamp_min(0.0).max() / ceil.max()
+    htb_work = ((served.sum(-1) - want).abs() / want).max()
+    htb_ceil = (served - ceil).clamp_min(0.0).max() / ceil.max()
 
     queue = (rnd(b, k, c) * 4).long()
     path_of = (rnd(b, k, c) * p).long()
@@ -145,13 +150,23 @@ def check_stage_invariants(trials: int = 200, seed: int = 0) -> Json:
     path_kbit = torch.tensor([1000.0, 400.0])
     ef_limit = 0.3 * path_kbit
     buffer = torch.tensor([3000.0, 500.0])
+    flat = lambda x: x.reshape(b, -1).t().contiguous()  # noqa: E731  (B, K, C) -> (K * C, B)
     prov = network.provider_stage(
-        backlog, arrivals, qi, path_kbit, ef_limit, buffer, torch.tensor([[4.0, 2.0, 1.0]] * p), dt
+        flat(backlog),
+        flat(arrivals),
+        network.queue_mask(qi.t().contiguous(), p * 4),
+        path_kbit,
+        ef_limit,
+        buffer,
+        torch.tensor([[4.0, 2.0, 1.0]] * p),
+        dt,
     )
-    prov_balance = (prov.delivered + prov.backlog + prov.policed + prov.overflow - demand).abs().max() / demand.max()
-    admitted = (demand - prov.policed).view(b, -1)
+    delivered, policed = prov.delivered.t(), prov.policed.t()
+    total = prov.delivered + prov.backlog + prov.policed + prov.overflow
+    prov_balance = (total.t() - demand.view(b, -1)).abs().max() / demand.max()
+    admitted = demand.view(b, -1) - policed
     per_path_demand = torch.zeros(b, p).scatter_add_(1, path_of.view(b, -1), admitted)
-    per_path_served = torch.zeros(b, p).scatter_add_(1, path_of.view(b, -1), prov.delivered.view(b, -1))
+    per_path_served = torch.zeros(b, p).scatter_add_(1, path_of.view(b, -1), delivered.contiguous())
     want_p = torch.minimum(path_kbit, per_path_demand)
     prov_work = ((per_path_served - want_p).abs() / want_p.clamp_min(1.0)).max()
     return {

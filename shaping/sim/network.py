@@ -3,6 +3,11 @@
 Volumes are in kbit, rates in Mbit/s and times in ms, so volume / rate is a delay in ms.
 Within a sub-step traffic is a fluid; packet-scale queueing on top of the fluid backlog uses
 M/G/1 results (Pollaczek-Khinchine, and Cobham's formula for non-preemptive priorities).
+
+Layout: the batch of environments is the LAST dimension. Class tensors are (..., C, B) (the
+simulator uses (K, C, B)), provider queue tensors are (P * N_QUEUES, B). With B innermost every
+operation, reductions over classes and queues included, runs over contiguous vectors of
+environments, which is what lets torch.compile fuse and vectorize the sub-step.
 """
 
 from __future__ import annotations
@@ -22,12 +27,22 @@ MAX_DELAY_MS = 10_000.0
 
 
 class TenantStage(NamedTuple):
-    """Result of a tenant HTB sub-step, each (B, K, C)."""
+    """Result of a tenant HTB sub-step, each (..., C, B)."""
 
     served: torch.Tensor
     backlog: torch.Tensor
     overflow: torch.Tensor
     fluid_delay_ms: torch.Tensor
+
+
+def over_classes(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """For each class c, the sum of x over the classes c' with mask[c', c] = 1.
+
+    Args:
+        x: (..., C, B) per-class values.
+        mask: (..., C, C, B) float mask indexed [c', c].
+    """
+    return (x.unsqueeze(-2) * mask).sum(-3)
 
 
 def htb_stage(
@@ -44,24 +59,23 @@ def htb_stage(
     """Serve each tenant's classes like HTB: guaranteed rates, then borrowing by priority up to ceil.
 
     Args:
-        backlog, arrivals: (B, K, C) volumes queued and arriving this sub-step.
-        rate_kbit, ceil_kbit: (B, K, C) volumes each class may send at its rate and ceil.
-        cap_kbit: (B, K, 1) or (K, 1) volume of the tenant's root class.
-        higher: (B, K, C, C) float mask, [c', c] = 1 when c' has strictly higher priority than c.
-        same: (B, K, C, C) float mask, [c', c] = 1 when c' has the same priority as c.
-        limit_kbit: (K, C) leaf queue limits; the excess is dropped (tail drop).
+        backlog, arrivals: (..., C, B) volumes queued and arriving this sub-step.
+        rate_kbit, ceil_kbit: (..., C, B) volumes each class may send at its rate and ceil.
+        cap_kbit: (..., 1, B) or (..., 1, 1) volume of the tenant's root class.
+        higher: (..., C, C, B) float mask, [c', c] = 1 when c' has strictly higher priority than c.
+        same: (..., C, C, B) float mask, [c', c] = 1 when c' has the same priority as c.
+        limit_kbit: (..., C, 1) leaf queue limits; the excess is dropped (tail drop).
         dt_ms: sub-step length.
     """
     demand = backlog + arrivals
     guaranteed = torch.minimum(demand, rate_kbit)
     # Rates that oversubscribe the root are scaled down to fit it.
-    total = guaranteed.sum(-1, keepdim=True)
+    total = guaranteed.sum(-2, keepdim=True)
     guaranteed = guaranteed * (cap_kbit / total.clamp_min(_EPS)).clamp(max=1.0)
     excess = torch.minimum(demand - guaranteed, (ceil_kbit - rate_kbit).clamp_min(0.0))
-    spare = (cap_kbit - guaranteed.sum(-1, keepdim=True)).clamp_min(0.0)
-    ex = excess.unsqueeze(-2)
-    before = (ex @ higher).squeeze(-2)  # excess demand of strictly higher priorities
-    level = (ex @ same).squeeze(-2)  # excess demand of the class's own priority level
+    spare = (cap_kbit - torch.minimum(total, cap_kbit)).clamp_min(0.0)
+    before = over_classes(excess, higher)  # excess demand of strictly higher priorities
+    level = over_classes(excess, same)  # excess demand of the class's own priority level
     share = ((spare - before).clamp_min(0.0) / level.clamp_min(_EPS)).clamp(max=1.0)
     served = guaranteed + excess * share
     left = demand - served
@@ -75,38 +89,70 @@ def wfq_serve(demand: torch.Tensor, budget: torch.Tensor, weights: torch.Tensor)
     """Weighted fair (work-conserving) service of Q queues: water-filling in Q passes.
 
     Args:
-        demand: (..., Q) volumes waiting.
-        budget: (...) volume that can be served.
-        weights: (..., Q) positive weights, broadcastable to demand.
+        demand: (..., Q, B) volumes waiting.
+        budget: (..., B) volume that can be served.
+        weights: (..., Q, 1) positive weights, broadcastable to demand.
     """
     served = torch.zeros_like(demand)
     left = budget
     active = torch.ones_like(demand)
-    for _ in range(demand.shape[-1]):
+    for _ in range(demand.shape[-2]):
         w = weights * active
-        share = left.unsqueeze(-1) * w / w.sum(-1, keepdim=True).clamp_min(_EPS)
+        share = left.unsqueeze(-2) * w / w.sum(-2, keepdim=True).clamp_min(_EPS)
         add = torch.minimum(demand - served, share)
         served = served + add
-        left = (left - add.sum(-1)).clamp_min(0.0)
+        left = (left - add.sum(-2)).clamp_min(0.0)
         active = (demand - served > _EPS).to(demand.dtype)
     return served
 
 
+def queue_mask(index: torch.Tensor, n_queues: int) -> torch.Tensor:
+    """One-hot (N, Q, B) float map from each class's queue index (N, B).
+
+    Built where it is used rather than stored: under torch.compile the comparison fuses into the
+    reductions below and the (N, Q, B) tensor is never materialized.
+    """
+    q = torch.arange(n_queues, device=index.device, dtype=index.dtype).view(1, -1, 1)
+    return (index.unsqueeze(1) == q).to(torch.float32)
+
+
+def to_queues(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Sum per-class values (N, B) into their queues (Q, B) through a one-hot (N, Q, B) map.
+
+    A masked sum rather than scatter_add: it vectorizes over B and fuses under torch.compile.
+    """
+    return (x.unsqueeze(-2) * onehot).sum(-3)
+
+
+def from_queues(v: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Read each class's queue value: (Q, B) through a one-hot (N, Q, B) map to (N, B)."""
+    return (v.unsqueeze(-3) * onehot).sum(-2)
+
+
+def priority_masks(priority: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float masks (..., C, C, B) [c', c]: c' has strictly higher priority than c; the same priority.
+
+    Computed where used for the same reason as queue_mask.
+    """
+    a, b = priority.unsqueeze(-2), priority.unsqueeze(-3)
+    return (a < b).to(torch.float32), (a == b).to(torch.float32)
+
+
 class ProviderStage(NamedTuple):
-    """Result of a provider sub-step, each (B, K, C)."""
+    """Result of a provider sub-step: per class (N, B), and per queue (P * N_QUEUES, B)."""
 
     delivered: torch.Tensor
     backlog: torch.Tensor
     policed: torch.Tensor
     overflow: torch.Tensor
     fluid_delay_ms: torch.Tensor
-    queue_util: torch.Tensor  # (B, P * N_QUEUES) served / capacity of each queue's path
+    queue_util: torch.Tensor  # (P * N_QUEUES, B) served / capacity of each queue's path
 
 
 def provider_stage(
     backlog: torch.Tensor,
     arrivals: torch.Tensor,
-    queue_index: torch.Tensor,
+    onehot: torch.Tensor,
     path_kbit: torch.Tensor,
     ef_limit_kbit: torch.Tensor,
     buffer_kbit: torch.Tensor,
@@ -116,47 +162,45 @@ def provider_stage(
     """Serve the provider's DSCP queues on each path: EF strict (policed), then WFQ of AF-high, AF-low, BE.
 
     Args:
-        backlog, arrivals: (B, K, C) each class's volume in, and arriving at, its provider queue.
-        queue_index: (B, K * C) flat queue of each class: path * N_QUEUES + queue.
+        backlog, arrivals: (N, B) each class's volume in, and arriving at, its provider queue.
+        onehot: (N, P * N_QUEUES, B) float map of each class to its queue (path * N_QUEUES + queue).
         path_kbit: (P,) volume each path serves per sub-step.
         ef_limit_kbit: (P,) EF volume admitted per sub-step; the rest is policed (dropped).
         buffer_kbit: (P,) buffer of each queue; the excess is dropped.
         af_weights: (P, 3) WFQ weights of AF-high, AF-low, best effort.
         dt_ms: sub-step length.
     """
-    b = backlog.shape[0]
-    shape = backlog.shape
     p = path_kbit.shape[0]
-    x = arrivals.reshape(b, -1)
-    q = backlog.reshape(b, -1)
-    arr_q = torch.zeros(b, p * N_QUEUES, device=x.device, dtype=x.dtype).scatter_add_(1, queue_index, x)
-    back_q = torch.zeros_like(arr_q).scatter_add_(1, queue_index, q)
-    limit = torch.full((p, N_QUEUES), float("inf"), device=x.device, dtype=x.dtype)
-    limit[:, 0] = ef_limit_kbit
-    admit_q = (limit.view(1, -1) / arr_q.clamp_min(_EPS)).clamp(max=1.0)
-    x_adm = x * admit_q.gather(1, queue_index)
-    demand_q = (back_q + arr_q * admit_q).view(b, p, N_QUEUES)
-    ef = torch.minimum(demand_q[..., 0], path_kbit)
-    rest = wfq_serve(demand_q[..., 1:], path_kbit - ef, af_weights)
-    served_q = torch.cat([ef.unsqueeze(-1), rest], dim=-1).view(b, -1)
-    demand_q = demand_q.view(b, -1)
+    b = arrivals.shape[-1]
+    arr_q = to_queues(arrivals, onehot)
+    back_q = to_queues(backlog, onehot)
+    inf = torch.full_like(ef_limit_kbit, float("inf"))
+    limit = torch.stack([ef_limit_kbit, inf, inf, inf], dim=-1).view(-1, 1)
+    admit_q = (limit / arr_q.clamp_min(_EPS)).clamp(max=1.0)
+    x_adm = arrivals * from_queues(admit_q, onehot)
+    demand_q = (back_q + arr_q * admit_q).view(p, N_QUEUES, b)
+    cap = path_kbit.view(p, 1)
+    ef = torch.minimum(demand_q[:, 0], cap)
+    rest = wfq_serve(demand_q[:, 1:], cap - ef, af_weights.unsqueeze(-1))
+    served_q = torch.cat([ef.unsqueeze(1), rest], dim=1).view(p * N_QUEUES, b)
+    demand_q = demand_q.view(p * N_QUEUES, b)
     frac = served_q / demand_q.clamp_min(_EPS)
-    demand_c = q + x_adm
-    delivered = demand_c * frac.gather(1, queue_index)
+    demand_c = backlog + x_adm
+    delivered = demand_c * from_queues(frac, onehot)
     left_c = demand_c - delivered
     left_q = demand_q - served_q
-    buf = buffer_kbit.repeat_interleave(N_QUEUES).view(1, -1)
+    buf = buffer_kbit.repeat_interleave(N_QUEUES).view(-1, 1)
     over_frac = ((left_q - buf).clamp_min(0.0) / left_q.clamp_min(_EPS)).clamp(max=1.0)
-    overflow = left_c * over_frac.gather(1, queue_index)
+    overflow = left_c * from_queues(over_frac, onehot)
     left_c = left_c - overflow
     delay_q = (left_q * (1.0 - over_frac) * dt_ms / served_q.clamp_min(_EPS)).clamp(max=MAX_DELAY_MS)
-    util = served_q / path_kbit.repeat_interleave(N_QUEUES).view(1, -1)
+    util = served_q / path_kbit.repeat_interleave(N_QUEUES).view(-1, 1)
     return ProviderStage(
-        delivered=delivered.view(shape),
-        backlog=left_c.view(shape),
-        policed=(x - x_adm).view(shape),
-        overflow=overflow.view(shape),
-        fluid_delay_ms=delay_q.gather(1, queue_index).view(shape),
+        delivered=delivered,
+        backlog=left_c,
+        policed=arrivals - x_adm,
+        overflow=overflow,
+        fluid_delay_ms=from_queues(delay_q, onehot),
         queue_util=util,
     )
 
