@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from shaping.config import ClassConfig, EntityConfig, PathConfig, QoSConfig, ScenarioConfig, TenantConfig
-from shaping.spec import TenantSpec, tenant_spec
+from shaping.spec import ClassMetrics, TenantSpec, tenant_spec
+
+
+def class_metrics(base: dict[str, list[float]], **over: list[float]) -> ClassMetrics:
+    """ClassMetrics from per-field lists, with some fields replaced."""
+    return ClassMetrics(**{k: torch.tensor(v) for k, v in {**base, **over}.items()})
 
 
 def small_scenario() -> ScenarioConfig:

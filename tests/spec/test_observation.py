@@ -7,22 +7,23 @@ import torch
 
 from shaping.spec import ClassMetrics, HostMetrics, ObservationLayout, TenantSpec
 from shaping.spec.observation import LOAD_CLIP, RTT_CLIP, RTT_SCALE_MS
+from tests.spec.conftest import class_metrics
+
+BASE = {
+    "offered_mbps": [10.0, 50.0, 20.0],
+    "delivered_mbps": [9.0, 40.0, 20.0],
+    "demand_mbps": [10.0, 100.0, 20.0],
+    "loss": [0.1, 0.2, 0.0],
+    "delay_mean_ms": [15.0, 300.0, 900.0],
+    "delay_p99_ms": [20.0, 500.0, 2000.0],
+    "base_delay_ms": [10.0, 10.0, 10.0],
+    "app_metric": [0.9, 0.4, 0.5],
+}
 
 
 def metrics(**over: list[float]) -> ClassMetrics:
     """Metrics of game, backup, site (see conftest) with the given fields replaced."""
-    base = {
-        "offered_mbps": [10.0, 50.0, 20.0],
-        "delivered_mbps": [9.0, 40.0, 20.0],
-        "demand_mbps": [10.0, 100.0, 20.0],
-        "loss": [0.1, 0.2, 0.0],
-        "delay_mean_ms": [15.0, 300.0, 900.0],
-        "delay_p99_ms": [20.0, 500.0, 2000.0],
-        "base_delay_ms": [10.0, 10.0, 10.0],
-        "app_metric": [0.9, 0.4, 0.5],
-    }
-    base.update(over)
-    return ClassMetrics(**{k: torch.tensor(v) for k, v in base.items()})
+    return class_metrics(BASE, **over)
 
 
 HOST = HostMetrics(cpu=torch.tensor([0.3]), memory=torch.tensor([0.6]))

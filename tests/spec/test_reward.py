@@ -16,24 +16,26 @@ from shaping.spec import (
     tenant_spec,
 )
 from shaping.spec.reward import MIN_RATE_SLACK
+from tests.spec.conftest import class_metrics
 
 CAP = torch.tensor([100.0])
 
 
+BASE = {
+    "offered_mbps": [10.0, 40.0, 20.0],
+    "delivered_mbps": [9.0, 40.0, 20.0],
+    "demand_mbps": [10.0, 100.0, 20.0],
+    "loss": [0.02, 0.0, 0.0],
+    "delay_mean_ms": [15.0, 30.0, 25.0],
+    "delay_p99_ms": [20.0, 50.0, 25.0],
+    "base_delay_ms": [10.0, 10.0, 25.0],
+    "app_metric": [0.9, 0.4, 0.5],
+}
+
+
 def metrics(**over: list[float]) -> ClassMetrics:
     """game, backup, site: demand 10/100/20, delivered 9/40/20, p99 20/50/25 over base 10/10/25."""
-    base = {
-        "offered_mbps": [10.0, 40.0, 20.0],
-        "delivered_mbps": [9.0, 40.0, 20.0],
-        "demand_mbps": [10.0, 100.0, 20.0],
-        "loss": [0.02, 0.0, 0.0],
-        "delay_mean_ms": [15.0, 30.0, 25.0],
-        "delay_p99_ms": [20.0, 50.0, 25.0],
-        "base_delay_ms": [10.0, 10.0, 25.0],
-        "app_metric": [0.9, 0.4, 0.5],
-    }
-    base.update(over)
-    return ClassMetrics(**{k: torch.tensor(v) for k, v in base.items()})
+    return class_metrics(BASE, **over)
 
 
 def tenant_qos(spec: TenantSpec, n_classes: int = 3) -> QoSTensors:
