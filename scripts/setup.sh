@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
+# Some machines' pip configs name local indexes that lack most packages; pip warns once per
+# package about them, which buries real errors. Everything else pip says is kept.
+quiet_pip() { pip --quiet "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PY --version)"
@@ -14,9 +17,9 @@ fi
 . .venv/bin/activate
 if ! python -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch==${FEDSHAPE_TORCH:-2.13.0}"
-  pip install --quiet "torch==${FEDSHAPE_TORCH:-2.13.0}"
+  quiet_pip install "torch==${FEDSHAPE_TORCH:-2.13.0}"
 fi
 spec="."
 [ -n "$extra" ] && spec=".[$extra]"
 echo "[setup] installing fedshape ($spec)"
-pip install --quiet -e "$spec"
+quiet_pip install -e "$spec"

@@ -64,8 +64,8 @@ class Interval(NamedTuple):
     """Quantities constant over one control interval, batch-last."""
 
     demand: torch.Tensor  # (K, C, B) what the applications want, Mbit/s
-    open_rate: torch.Tensor  # (K, C, B) rate of the non-TCP-driven sources
-    is_bulk: torch.Tensor  # (K, C, 1)
+    app_rate: torch.Tensor  # (K, C, B) what the application sends, or lets TCP send at most
+    is_tcp: torch.Tensor  # (K, C, 1) window-limited classes (bulk, video)
     rate_kbit: torch.Tensor  # (K, C, B)
     ceil_kbit: torch.Tensor  # (K, C, B)
     cap_kbit: torch.Tensor  # (K, 1, B) the root's volume per sub-step
@@ -119,7 +119,7 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     higher, same = network.priority_masks(iv.priority)
     onehot = network.queue_mask(iv.queue, iv.path_kbit.shape[0] * N_QUEUES)
     path_onehot = network.queue_mask(iv.path, iv.path_kbit.shape[0])
-    rate = torch.where(iv.is_bulk, torch.minimum(s.win / s.rtt, iv.demand), iv.open_rate)
+    rate = torch.where(iv.is_tcp, torch.minimum(s.win / s.rtt, iv.app_rate), iv.app_rate)
     offered = rate * dt
     nft = offered * iv.drop
     ten = network.htb_stage(
@@ -182,7 +182,7 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     # Sources react: TCP to loss and delay, the video player to what arrived.
     rtt = iv.base_delay + fixed + micro
     loss_p = lost / offered.clamp_min(1e-9)
-    win = A.tcp_window_update(s.win, iv.flows, rtt, loss_p, dt, iv.demand * rtt)
+    win = A.tcp_window_update(s.win, iv.flows, rtt, loss_p, dt, iv.app_rate * rtt)
     got_s = delivered / (iv.bitrate * dt).clamp_min(1e-9) * dt / 1000.0
     playing = (s.buf > 0).to(s.buf.dtype)
     buf = (s.buf + got_s - playing * dt / 1000.0).clamp(0.0, 2.0 * A.VIDEO_TARGET_BUFFER_S)
@@ -253,7 +253,7 @@ class Simulator:
         self._deadline = st.apps.deadline_ms.unsqueeze(-1)
         self._flows = st.flows.unsqueeze(-1)
         self._leaf = st.leaf_limit_kbit.unsqueeze(-1)
-        self._is_bulk = (st.apps.app == A.BULK).unsqueeze(-1)
+        self._is_tcp = ((st.apps.app == A.BULK) | (st.apps.app == A.VIDEO)).unsqueeze(-1)
         self._is_video = (st.apps.app == A.VIDEO).unsqueeze(-1)
         self._valid = st.class_valid.unsqueeze(-1).float()
         self._top_rung = A.video_level(st.mbps / 0.9, st.flows, self.ladder).unsqueeze(-1)
@@ -319,8 +319,8 @@ class Simulator:
         video_rate = torch.where(filling, demand, torch.minimum(bitrate, demand))
         return Interval(
             demand=demand,
-            open_rate=torch.where(self._is_video, video_rate, demand),
-            is_bulk=self._is_bulk,
+            app_rate=torch.where(self._is_video, video_rate, demand),
+            is_tcp=self._is_tcp,
             rate_kbit=rate * dt,
             ceil_kbit=ceil * dt,
             cap_kbit=root_mbps * dt,

@@ -12,8 +12,9 @@ Assumptions, per application (each a deliberate simplification; see docs/simulat
   completion = (1 - loss)^2 * P(delay <= deadline).
 - video: adaptive bitrate over TCP with a bitrate ladder; the player picks the highest rung
   below 90% of its throughput estimate and keeps a playout buffer; QoE = (bitrate / best rung
-  the stream's peak rate allows) * (1 - rebuffering fraction). Segments are fetched at full
-  speed while the buffer is below target and paced at the bitrate once it is full.
+  the stream's peak rate allows) * (1 - rebuffering fraction). Segments are fetched as fast as the
+  TCP window allows (the same fluid model as bulk) while the buffer is below target, and paced at
+  the bitrate once it is full.
 - bulk: backup over long-lived TCP flows, elastic: the aggregate window follows the fluid
   AIMD model of Misra, Gong and Towsley (2000), so it fills any buffer it is given (the
   bufferbloat that shaping is for) and backs off on loss; metric = goodput / demand.
