@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shaping.agents.dqn import BranchingQNetwork
 from shaping.agents.envelope import EnvelopeConfig, build_envelope
 from shaping.agents.ppo import ActorCritic
 from shaping.spec import SPEC_VERSION, SpecError, TenantSpec
@@ -25,7 +26,7 @@ from shaping.spec import SPEC_VERSION, SpecError, TenantSpec
 CHECKPOINT_FORMAT = 1
 
 #: Model classes by kind; each takes the keyword arguments its model_kwargs() returned.
-MODEL_KINDS: dict[str, Callable[..., nn.Module]] = {"ppo": ActorCritic}
+MODEL_KINDS: dict[str, Callable[..., nn.Module]] = {"ppo": ActorCritic, "dqn": BranchingQNetwork}
 
 
 class CheckpointMismatchError(SpecError):
