@@ -1,10 +1,10 @@
 """Typed schemas of FedShape's Hydra config groups (conf/), registered in Hydra's ConfigStore.
 
 Each group option under conf/GROUP/ names its schema first in its defaults list (e.g. ``ppo_schema``),
-so composing any option validates it against the dataclass here. The scenario and reward groups
-reuse shaping.config's dataclasses; scenario YAMLs carry no defaults list because
-shaping.sim.scenarios.load_scenario reads them without Hydra, so the primary configs' typed
-``scenario`` field validates them instead.
+so composing any option validates it against the dataclass here. The scenario, reward and agent
+groups use shaping.config's dataclasses (re-exported here), which the core imports without Hydra.
+Scenario YAMLs carry no defaults list because shaping.sim.scenarios.load_scenario reads them
+without Hydra, so the primary configs' typed ``scenario`` field validates them instead.
 
 Entry points compose a primary config (conf/compare.yaml, ...), convert it with to_object and
 hand plain dataclasses to plain functions. flat_config turns a config into the flat
@@ -20,7 +20,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from shaping.config import RewardConfig, ScenarioConfig
+from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 
 #: Known values of the string-typed choices (checked in __post_init__ so OmegaConf.to_object fails early).
 FL_STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed_mean")
@@ -51,83 +51,6 @@ class EnvConfig:
             raise ValueError(f"env.batch_size must be >= 1, got {self.batch_size}")
         if self.episode_steps is not None and self.episode_steps < 1:
             raise ValueError(f"env.episode_steps must be >= 1 or null, got {self.episode_steps}")
-
-
-@dataclass
-class PPOConfig:
-    """PPO hyperparameters (CleanRL names); consumed by the agents issue (shaping/agents, pretraining)."""
-
-    name: str = "ppo"
-    """Agent kind; the agents issue dispatches on it."""
-    total_timesteps: int = 1_000_000
-    """Environment steps of training, summed over the batch."""
-    learning_rate: float = 2.5e-4
-    """Adam learning rate."""
-    anneal_lr: bool = True
-    """Decay the learning rate linearly to 0 over training."""
-    num_steps: int = 128
-    """Rollout length per environment between updates."""
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
-    num_minibatches: int = 4
-    """Minibatches per update epoch."""
-    update_epochs: int = 4
-    """Passes over each rollout."""
-    norm_adv: bool = True
-    """Normalize advantages per minibatch."""
-    clip_coef: float = 0.2
-    """Surrogate clipping coefficient."""
-    clip_vloss: bool = True
-    """Clip the value loss like the policy loss."""
-    ent_coef: float = 0.01
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Gradient clipping norm."""
-    target_kl: float | None = None
-    """Stop an update early once the approximate KL exceeds this; None: never."""
-    hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
-    """Widths of the hidden layers of the actor and critic MLPs."""
-
-
-@dataclass
-class DQNConfig:
-    """DQN hyperparameters (CleanRL names); consumed by the agents issue, which decides how the
-    MultiDiscrete action is factored into Q heads (e.g. one head per class and field)."""
-
-    name: str = "dqn"
-    """Agent kind; the agents issue dispatches on it."""
-    total_timesteps: int = 500_000
-    """Environment steps of training, summed over the batch."""
-    learning_rate: float = 1e-4
-    """Adam learning rate."""
-    buffer_size: int = 100_000
-    """Replay buffer capacity, transitions."""
-    gamma: float = 0.99
-    """Discount factor."""
-    tau: float = 1.0
-    """Target network update rate (1.0: hard copy)."""
-    target_network_frequency: int = 1000
-    """Steps between target network updates."""
-    batch_size: int = 128
-    """Replay minibatch size."""
-    start_e: float = 1.0
-    """Initial epsilon of epsilon-greedy exploration."""
-    end_e: float = 0.05
-    """Final epsilon."""
-    exploration_fraction: float = 0.5
-    """Fraction of training over which epsilon decays linearly."""
-    learning_starts: int = 10_000
-    """Steps collected before learning starts."""
-    train_frequency: int = 10
-    """Steps between gradient updates."""
-    double_q: bool = True
-    """Use double Q-learning targets."""
-    hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
-    """Widths of the hidden layers of the Q network."""
 
 
 @dataclass
@@ -255,6 +178,46 @@ class CompareConfig:
             raise ValueError("seeds, episodes and steps must be >= 1")
 
 
+@dataclass
+class FinalEvalConfig:
+    """The evaluation after pretraining: the agent against static baselines on held-out seeds."""
+
+    baselines: list[str] = field(default_factory=lambda: ["static_priority", "fq_codel"])
+    """Static baselines every tenant runs, compared with the agent driving its tenant."""
+    seeds: int = 8
+    """Environments (held-out seeds) simulated together."""
+    steps: int = 300
+    """Control steps of the evaluation episode."""
+    seed: int = 1000
+    """Base seed of the evaluation; training draws its seeds from train.seed, so these are held out."""
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1 or self.steps < 1:
+            raise ValueError("evaluation.seeds and evaluation.steps must be >= 1")
+
+
+@dataclass
+class PretrainConfig:
+    """Primary config of experiments.pretrain: offline PPO training of one tenant, then a comparison."""
+
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    """The training scenario (conf/scenario/); the final evaluation runs on it."""
+    extra_scenarios: list[str] = field(default_factory=list)
+    """Names or paths of further scenarios trained in turn (they must give the tenant the same spec)."""
+    tenant: str | None = None
+    """Name of the controlled tenant; None: the scenario's first tenant."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward weights of training and evaluation."""
+    agent: PPOConfig = field(default_factory=PPOConfig)
+    """PPO hyperparameters (conf/agent/); agent=dqn is not trained by this entry point yet."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Batch, seeds, periodic evaluation and logging of the training loop."""
+    evaluation: FinalEvalConfig = field(default_factory=FinalEvalConfig)
+    """The final comparison against static baselines."""
+    output_dir: str | None = None
+    """Directory of the checkpoints, logs and summary; None: Hydra's run directory."""
+
+
 #: (group, schema name, schema) registered by register_configs.
 GROUP_SCHEMAS: tuple[tuple[str, str, type], ...] = (
     ("env", "env_schema", EnvConfig),
@@ -271,6 +234,7 @@ def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (idempotent); entry points call it before composing."""
     cs = ConfigStore.instance()
     cs.store(name="compare_schema", node=CompareConfig)
+    cs.store(name="pretrain_schema", node=PretrainConfig)
     for group, name, node in GROUP_SCHEMAS:
         cs.store(group=group, name=name, node=node)
 

@@ -174,3 +174,117 @@ class RewardConfig:
     """Weight of bandwidth efficiency (delivered / usable bandwidth)."""
     sla_penalty: float = 1.0
     """Penalty per class violating its SLA in a step."""
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyperparameters (CleanRL names); consumed by shaping.agents (train_ppo, the Flower client)."""
+
+    name: str = "ppo"
+    """Agent kind; the agents issue dispatches on it."""
+    total_timesteps: int = 1_000_000
+    """Environment steps of training, summed over the batch."""
+    learning_rate: float = 2.5e-4
+    """Adam learning rate."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over training."""
+    num_steps: int = 128
+    """Rollout length per environment between updates."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    num_minibatches: int = 4
+    """Minibatches per update epoch."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    norm_adv: bool = True
+    """Normalize advantages per minibatch."""
+    clip_coef: float = 0.2
+    """Surrogate clipping coefficient."""
+    clip_vloss: bool = True
+    """Clip the value loss like the policy loss."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping norm."""
+    target_kl: float | None = None
+    """Stop an update early once the approximate KL exceeds this; None: never."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
+    """Widths of the hidden layers of the actor and critic MLPs."""
+
+
+@dataclass
+class DQNConfig:
+    """DQN hyperparameters (CleanRL names); consumed by the DQN agent (shaping.agents)."""
+
+    name: str = "dqn"
+    """Agent kind; the agents issue dispatches on it."""
+    total_timesteps: int = 500_000
+    """Environment steps of training, summed over the batch."""
+    learning_rate: float = 1e-4
+    """Adam learning rate."""
+    buffer_size: int = 100_000
+    """Replay buffer capacity, transitions."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 1.0
+    """Target network update rate (1.0: hard copy)."""
+    target_network_frequency: int = 1000
+    """Steps between target network updates."""
+    batch_size: int = 128
+    """Replay minibatch size."""
+    start_e: float = 1.0
+    """Initial epsilon of epsilon-greedy exploration."""
+    end_e: float = 0.05
+    """Final epsilon."""
+    exploration_fraction: float = 0.5
+    """Fraction of training over which epsilon decays linearly."""
+    learning_starts: int = 10_000
+    """Steps collected before learning starts."""
+    train_frequency: int = 10
+    """Steps between gradient updates."""
+    double_q: bool = True
+    """Use double Q-learning targets."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
+    """Widths of the hidden layers of the Q network."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop around the agent's updates (shaping.agents.train.train_ppo)."""
+
+    num_envs: int = 64
+    """Environments simulated together (the batch of the ShapingVectorEnv)."""
+    device: str = "cpu"
+    """Torch device of the simulator and the agent."""
+    seed: int = 0
+    """Seed of the environments' generator, the network initialisation and the action sampling."""
+    episode_steps: int | None = None
+    """Control steps per training episode; None: the scenario's episode_steps."""
+    stagger_episodes: bool = True
+    """Start the environments at random points of their first episode, so truncations are spread over time."""
+    norm_reward: bool = True
+    """Scale rewards by a running standard deviation of the discounted return (as SB3's VecNormalize)."""
+    eval_every: int = 10
+    """Iterations between deterministic evaluations (0: only after the last iteration)."""
+    eval_envs: int = 8
+    """Environments of each evaluation, on held-out seeds."""
+    eval_steps: int = 200
+    """Control steps of each evaluation episode."""
+    eval_seed: int = 10_000
+    """Seed of the evaluation environments (the same for every evaluation, unlike the training seeds)."""
+    progress: bool = True
+    """Show a tqdm progress bar over iterations."""
+    tensorboard: bool = True
+    """Write TensorBoard event files (needs the tensorboard package)."""
+    max_wall_s: float | None = None
+    """Stop after the iteration that crosses this wall-clock budget, seconds; None: run every iteration."""
+
+    def __post_init__(self) -> None:
+        if self.num_envs < 1 or self.eval_envs < 1 or self.eval_steps < 1 or self.eval_every < 0:
+            raise ValueError("train needs num_envs, eval_envs, eval_steps >= 1 and eval_every >= 0")
+        if self.episode_steps is not None and self.episode_steps < 1:
+            raise ValueError(f"train.episode_steps must be >= 1 or null, got {self.episode_steps}")

@@ -1,10 +1,10 @@
 """Policies that drive every tenant of a batched simulator, and the table that names them.
 
 A policy maps what the simulator shows at a control step (PolicyInput) to the plans of every
-tenant of every environment (a PlanBatch). The static baselines are policies; the agents issue
-adds learned policies by putting a factory into POLICY_KINDS, e.g. ``"ppo": load_ppo`` so that
-``make_policy("ppo:outputs/run/agent.pt")`` loads a checkpoint. Evaluation, the comparison
-entry point and the reports only ever see the Policy protocol.
+tenant of every environment (a PlanBatch). The static baselines are policies, and so are agent
+checkpoints: POLICY_KINDS maps ``ppo`` to a loader, so ``make_policy("ppo:outputs/run/best.pt")``
+drives the checkpoint's tenant with the agent and the other tenants with their baselines.
+Evaluation, the comparison entry point and the reports only ever see the Policy protocol.
 """
 
 from __future__ import annotations
@@ -91,9 +91,18 @@ def baseline_policy(name: str) -> Policy:
 #: Builds a policy from the argument of a reference ``kind:argument`` (a name, a checkpoint path).
 PolicyFactory = Callable[[str], Policy]
 
-#: Policy kinds by name. The agents issue adds its checkpoint loaders here (e.g. "ppo", "dqn").
+
+def ppo_policy(path: str) -> Policy:
+    """A PPO checkpoint (shaping.agents.train_ppo) driving its tenant; the other tenants keep their baselines."""
+    from shaping.agents.policy import AgentPolicy  # deferred: shaping.agents.policy imports this module
+
+    return AgentPolicy(path)
+
+
+#: Policy kinds by name: ``baseline:fifo``, ``ppo:outputs/pretrain/best.pt``.
 POLICY_KINDS: dict[str, PolicyFactory] = {
     "baseline": baseline_policy,
+    "ppo": ppo_policy,
 }
 
 

@@ -108,7 +108,9 @@ def test_policy_table():
     with pytest.raises(KeyError, match="known"):
         make_policy("no_such_baseline")
     with pytest.raises(KeyError, match="kinds"):
-        make_policy("ppo:agent.pt")
+        make_policy("no_such_kind:agent.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_policy("ppo:no/such/agent.pt")  # a known kind: the checkpoint loader runs
 
 
 def test_custom_policy_kind(monkeypatch):
