@@ -43,7 +43,7 @@ from shaping.agents.replay import ReplayBatch, ReplayBuffer
 
 
 class DQNHyperparams(Protocol):
-    """The update's hyperparameters; experiments.config.DQNConfig has them (CleanRL names)."""
+    """The update's hyperparameters; shaping.config.DQNConfig has them (CleanRL names)."""
 
     @property
     def gamma(self) -> float: ...

@@ -58,7 +58,7 @@ class TorchVecEnv(Protocol):
 
 
 class PPOHyperparams(Protocol):
-    """The update's hyperparameters; experiments.config.PPOConfig has them (CleanRL names)."""
+    """The update's hyperparameters; shaping.config.PPOConfig has them (CleanRL names)."""
 
     @property
     def gamma(self) -> float: ...
