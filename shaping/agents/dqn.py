@@ -30,14 +30,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shaping.agents.envelope import Envelope, mask_logits, pad_index, random_actions
-from shaping.agents.normalize import RunningNorm
+from shaping.agents.envelope import Envelope, mask_logits, random_actions
+from shaping.agents.heads import MaskedMultiDiscrete
 from shaping.agents.ppo import TorchVecEnv
 from shaping.agents.replay import ReplayBatch, ReplayBuffer
 
@@ -59,7 +59,7 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class BranchingQNetwork(nn.Module):
+class BranchingQNetwork(MaskedMultiDiscrete):
     """Branching dueling Q-network for a MultiDiscrete action, with the observation normalizer inside.
 
     Q-values are laid out padded, (..., D, max choices), like ActorCritic's logits. The dueling mean is
@@ -76,9 +76,6 @@ class BranchingQNetwork(nn.Module):
     """
 
     kind = "dqn"
-    _index: torch.Tensor
-    _real: torch.Tensor
-    _allowed: torch.Tensor
 
     def __init__(
         self,
@@ -88,39 +85,11 @@ class BranchingQNetwork(nn.Module):
         envelope: Envelope | None = None,
         clip_obs: float = 10.0,
     ) -> None:
-        super().__init__()
-        self.obs_dim = int(obs_dim)
-        self.nvec = tuple(int(n) for n in nvec)
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.clip_obs = float(clip_obs)
-        self.obs_norm = RunningNorm(self.obs_dim, clip=self.clip_obs)
+        super().__init__(obs_dim, nvec, hidden_sizes, envelope, clip_obs)
         self.torso = _mlp([self.obs_dim, *self.hidden_sizes])
         width = self.hidden_sizes[-1] if self.hidden_sizes else self.obs_dim
         self.value = nn.Linear(width, 1)
         self.advantage = nn.Linear(width, sum(self.nvec))
-        index, real = pad_index(self.nvec)
-        # Not persistent: the layout follows from nvec, and the envelope is the tenant's, not the model's.
-        self.register_buffer("_index", index, persistent=False)
-        self.register_buffer("_real", real, persistent=False)
-        self.register_buffer("_allowed", real.clone(), persistent=False)
-        self.envelope: Envelope | None = None
-        self.set_envelope(envelope)
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """Constructor arguments that rebuild this architecture (stored in checkpoints)."""
-        return {
-            "obs_dim": self.obs_dim,
-            "nvec": list(self.nvec),
-            "hidden_sizes": list(self.hidden_sizes),
-            "clip_obs": self.clip_obs,
-        }
-
-    def set_envelope(self, envelope: Envelope | None) -> None:
-        """Restrict the policy to an envelope's choices (None: every choice)."""
-        if envelope is not None and envelope.nvec != self.nvec:
-            raise ValueError(f"envelope for action sizes {list(envelope.nvec)}, policy has {list(self.nvec)}")
-        self._allowed = self._real.clone() if envelope is None else envelope.padded(self._real.device)
-        self.envelope = envelope
 
     def q_values(self, nobs: torch.Tensor) -> torch.Tensor:
         """(..., D, max choices) Q-values of normalized observations; padding holds 0 (mask before argmax)."""

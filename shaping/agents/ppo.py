@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
 
-from shaping.agents.envelope import Envelope, mask_logits, pad_index
-from shaping.agents.normalize import RunningNorm
+from shaping.agents.envelope import Envelope, mask_logits
+from shaping.agents.heads import MaskedMultiDiscrete
 
 
 class TorchStepLike(Protocol):
@@ -107,7 +107,7 @@ def _gumbel_argmax(logits: torch.Tensor) -> torch.Tensor:
     return (logits - torch.log(-torch.log(u))).argmax(-1)
 
 
-class ActorCritic(nn.Module):
+class ActorCritic(MaskedMultiDiscrete):
     """Actor-critic for a MultiDiscrete action, with the observation normalizer inside the model.
 
     The actor is an MLP torso whose last layer holds one categorical head per action dimension (the
@@ -125,8 +125,6 @@ class ActorCritic(nn.Module):
     """
 
     kind = "ppo"
-    _index: torch.Tensor
-    _allowed: torch.Tensor
 
     def __init__(
         self,
@@ -136,37 +134,9 @@ class ActorCritic(nn.Module):
         envelope: Envelope | None = None,
         clip_obs: float = 10.0,
     ) -> None:
-        super().__init__()
-        self.obs_dim = int(obs_dim)
-        self.nvec = tuple(int(n) for n in nvec)
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.clip_obs = float(clip_obs)
-        self.obs_norm = RunningNorm(self.obs_dim, clip=self.clip_obs)
+        super().__init__(obs_dim, nvec, hidden_sizes, envelope, clip_obs)
         self.critic = _mlp([self.obs_dim, *self.hidden_sizes], 1, out_std=1.0)
         self.actor = _mlp([self.obs_dim, *self.hidden_sizes], sum(self.nvec), out_std=0.01)
-        index, real = pad_index(self.nvec)
-        # Not persistent: the layout follows from nvec, and the envelope is the tenant's, not the model's.
-        self.register_buffer("_index", index, persistent=False)
-        self.register_buffer("_allowed", real, persistent=False)
-        self.envelope: Envelope | None = None
-        self.set_envelope(envelope)
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """Constructor arguments that rebuild this architecture (stored in checkpoints)."""
-        return {
-            "obs_dim": self.obs_dim,
-            "nvec": list(self.nvec),
-            "hidden_sizes": list(self.hidden_sizes),
-            "clip_obs": self.clip_obs,
-        }
-
-    def set_envelope(self, envelope: Envelope | None) -> None:
-        """Restrict the policy to an envelope's choices (None: every choice)."""
-        if envelope is not None and envelope.nvec != self.nvec:
-            raise ValueError(f"envelope for action sizes {list(envelope.nvec)}, policy has {list(self.nvec)}")
-        dev = self._index.device
-        self._allowed = pad_index(self.nvec, dev)[1] if envelope is None else envelope.padded(dev)
-        self.envelope = envelope
 
     def get_value(self, nobs: torch.Tensor) -> torch.Tensor:
         """(...,) state values of normalized observations."""
