@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,15 +23,6 @@ from shaping.agents.replay import ReplayBatch, ReplayBuffer
 from shaping.sim import ShapingVectorEnv
 from shaping.sim.scenarios import load_scenario
 from tests.agents.test_ppo import ContextBandit
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny networks: one thread is fastest and leaves the CPU to tests running beside these."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _no_last_choice(nvec: tuple[int, ...]) -> Envelope:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import pytest
@@ -24,15 +23,6 @@ from shaping.agents import (
 )
 from shaping.sim import ShapingVectorEnv
 from shaping.sim.scenarios import load_scenario
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny networks: one thread is fastest and leaves the CPU to tests running beside these."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class ToyStep(NamedTuple):
