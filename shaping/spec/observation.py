@@ -18,7 +18,7 @@ numbers on a real host:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,6 +38,10 @@ class ObservationLayout:
     """The observation layout of one tenant."""
 
     spec: TenantSpec
+    #: Constant tensors of build(), per device: built once, not at every control step.
+    _consts: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def blocks(self) -> list[tuple[str, list[str]]]:
@@ -83,13 +87,16 @@ class ObservationLayout:
         """Observation of shape (..., size) from class metrics (..., C) and VM metrics (..., V)."""
         dev = m.offered_mbps.device
         cap = self.spec.cap_mbps
-        ent = self.entity_matrix(dev)
+        key = str(dev)
+        if key not in self._consts:
+            self._consts[key] = (self.entity_matrix(dev), self.rtt_scale(dev))
+        ent, rtt_scale = self._consts[key]
         offered_e = m.offered_mbps @ ent
         lost_e = (m.offered_mbps * m.loss) @ ent
         parts = [
             (m.delivered_mbps @ ent) / cap,
             lost_e / offered_e.clamp_min(1e-9),
-            (m.delay_p99_ms / self.rtt_scale(dev)).clamp(0.0, RTT_CLIP),
+            (m.delay_p99_ms / rtt_scale).clamp(0.0, RTT_CLIP),
             m.app_metric,
             (m.offered_mbps / cap).clamp(0.0, LOAD_CLIP),
             m.delivered_mbps / cap,
