@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Quickstart, command 2: install FedShape with its dev tools and run lint, types and tests.
-# As root it also installs the Debian tools the network-namespace tests use (iproute2, nftables).
+# As root it also installs the Debian tools the network-namespace tests use (iproute2, nftables,
+# iperf3, tcpdump, ethtool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   command -v ip >/dev/null || need+=(iproute2)
   command -v nft >/dev/null || need+=(nftables)
+  command -v iperf3 >/dev/null || need+=(iperf3)
+  command -v tcpdump >/dev/null || need+=(tcpdump)
+  command -v ethtool >/dev/null || need+=(ethtool)
   if [ ${#need[@]} -gt 0 ]; then
     echo "[test] apt-get install ${need[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
