@@ -1,0 +1,94 @@
+"""The batched HTB fast path and the struct-decoded counters: encoding (pure) and kernel round trips (root)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+from shaping.enforce import HtbClass, HtbFastPath, KernelEnforcer, NetlinkBackend
+from shaping.enforce.fast_stats import FastStats
+from shaping.enforce.fastpath import FastPathError, encode_change
+from shaping.enforce.kinds.htb import buffer_ticks
+from shaping.enforce.testing import NetnsPair
+from shaping.spec import TenantSpec
+from tests.enforce.conftest import make_plan, pair_target, with_class
+
+
+def decode(data: bytes) -> tcmsg:
+    msg = tcmsg(bytes(data))
+    msg.decode()
+    return msg
+
+
+def test_patched_message_decodes_like_pyroute2_encoding() -> None:
+    fp = HtbFastPath(sock=object())  # type: ignore[arg-type]  # _message never touches the socket
+    first = HtbClass("change", "eth0", 0x10010, 0x10001, 1_000_000, 2_000_000, 10_000, 20_000, 1)
+    fp._message(7, first, 1)  # builds the template
+    second = HtbClass("change", "eth0", 0x10010, 0x10001, 3_000_000, 5_000_000, 30_000, 50_000, 4)
+    patched = bytes(fp._message(7, second, 99))
+    msg = decode(patched)
+    parms = msg.get_attr("TCA_OPTIONS").get_attr("TCA_HTB_PARMS")
+    assert (msg["index"], msg["handle"], msg["parent"]) == (7, 0x10010, 0x10001)
+    assert (parms["rate"], parms["ceil"], parms["prio"]) == (3_000_000, 5_000_000, 4)
+    assert parms["buffer"] == buffer_ticks(3_000_000, 30_000) and parms["cbuffer"] == buffer_ticks(5_000_000, 50_000)
+    assert struct.unpack_from("=I", patched, 8)[0] == 99
+    # Same bytes as a fresh encoding of the second class (apart from the sequence number).
+    fresh = bytearray(encode_change(7, second))
+    struct.pack_into("=I", fresh, 8, 99)
+    assert patched == bytes(fresh)
+    assert len(patched) < 200  # no 2 KB rate tables
+
+
+def test_supports_only_32bit_changes() -> None:
+    fp = HtbFastPath(sock=object())  # type: ignore[arg-type]
+    assert fp.supports(HtbClass("change", "e", 1, 1, 10, 10, 1, 1, 0))
+    assert not fp.supports(HtbClass("add", "e", 1, 1, 10, 10, 1, 1, 0))
+    assert not fp.supports(HtbClass("change", "e", 1, 1, 10, 1 << 33, 1, 1, 0))
+
+
+@pytest.mark.root
+def test_fast_changes_reach_kernel_and_errors_are_reported(spec: TenantSpec, pair: NetnsPair) -> None:
+    target = pair_target(spec, pair)
+    with KernelEnforcer(spec, target) as enf:
+        enf.apply(make_plan(spec))
+        backend = enf.backend
+        assert isinstance(backend, NetlinkBackend)
+        for step in range(1, 4):
+            res = enf.apply(with_class(make_plan(spec), 0, rate_mbps=5.0 * step, burst_bytes=6250 * step))
+            assert res.fast
+            got = backend.read_state().classes[(pair.a_links[0], 0x10010)]
+            assert got.rate == 625_000 * step
+        idx = backend.ipr.link_lookup(ifname=pair.a_links[0])[0]
+        fp = HtbFastPath(pair.a)
+        try:
+            missing = HtbClass("change", pair.a_links[0], 0x10099, 0x10001, 1000, 1000, 3000, 3000, 0)
+            ok = HtbClass("change", pair.a_links[0], 0x10011, 0x10001, 7000, 9000, 3000, 3000, 2)
+            with pytest.raises(FastPathError, match="0x10099"):
+                fp.change([(idx, missing), (idx, ok)])
+            assert backend.read_state().classes[(pair.a_links[0], 0x10011)].rate == 7000  # the rest still applied
+        finally:
+            fp.close()
+
+
+@pytest.mark.root
+def test_fast_stats_match_pyroute2(spec: TenantSpec, pair: NetnsPair) -> None:
+    target = pair_target(spec, pair)
+    with KernelEnforcer(spec, target) as enf:
+        enf.apply(make_plan(spec))
+        backend = enf.backend
+        assert isinstance(backend, NetlinkBackend)
+        idx = [backend.ipr.link_lookup(ifname=n)[0] for n in pair.a_links]
+        fast = FastStats(pair.a)
+        try:
+            stats = fast.read_classes(idx)
+            assert set(stats) == {k for _, k in backend.read_state().classes}
+            for i in idx:
+                for msg in backend.ipr.get_classes(index=i):
+                    basic = msg.get_attr("TCA_STATS2").get_attr("TCA_STATS_BASIC")
+                    assert stats[msg["handle"]].packets >= basic["packets"]
+            (link,) = backend.ipr.get_links(idx[0])
+            assert fast.read_links(idx[:1])[idx[0]].tx_bytes == link.get_attr("IFLA_STATS64")["tx_bytes"]
+        finally:
+            fast.close()

@@ -1,0 +1,174 @@
+"""Golden and diff tests of the pure planner through the recording backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shaping.enforce import (
+    EnforceConfig,
+    EnforceTarget,
+    HtbClass,
+    HtbQdisc,
+    KernelEnforcer,
+    NftRule,
+    PolicyRule,
+    RecordingBackend,
+    plan_operations,
+    target_from_spec,
+    teardown_operations,
+)
+from shaping.enforce.kinds import NftChain
+from shaping.spec import SpecError, TenantSpec
+from tests.enforce.conftest import make_plan, make_spec, with_class
+
+GOLDEN = Path(__file__).parent / "golden" / "initial_plan.txt"
+
+
+def recorded(spec: TenantSpec, target: EnforceTarget) -> KernelEnforcer:
+    return KernelEnforcer(spec, target, backend=RecordingBackend(target), fast_path=False)
+
+
+def test_initial_plan_matches_golden(spec: TenantSpec, target: EnforceTarget) -> None:
+    text = "\n".join(op.describe() for op in plan_operations(spec, make_plan(spec), target)) + "\n"
+    if os.environ.get("FEDSHAPE_REGEN_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "planner output changed; review, then FEDSHAPE_REGEN_GOLDEN=1"
+
+
+def test_initial_plan_shape(spec: TenantSpec, target: EnforceTarget) -> None:
+    ops = plan_operations(spec, make_plan(spec), target)
+    qdiscs = [o for o in ops if isinstance(o, HtbQdisc)]
+    classes = [o for o in ops if isinstance(o, HtbClass)]
+    assert [q.interface for q in qdiscs] == ["eth-p0", "eth-p1"]
+    # root + default + one per traffic class, on each interface
+    assert len(classes) == 2 * (2 + len(spec.classes))
+    game = next(c for c in classes if c.interface == "eth-p0" and c.classid == 0x10010)
+    assert (game.rate, game.ceil, game.prio, game.parent) == (1_250_000, 6_250_000, 0, 0x10001)
+    rules = [o for o in ops if isinstance(o, PolicyRule)]
+    assert {(r.priority, r.fwmark, r.table) for r in rules} == {(20000 + i, 0x4600 + i + 1, 100) for i in range(3)}
+    # Kinds in registry order: htb, then nft, then routing.
+    kinds = [o.kind for o in ops]
+    assert kinds == sorted(kinds, key=["htb", "nft", "routing"].index)
+
+
+def test_same_plan_twice_is_no_op(spec: TenantSpec, target: EnforceTarget) -> None:
+    enf = recorded(spec, target)
+    assert enf.apply(make_plan(spec)).ops
+    assert enf.apply(make_plan(spec)).ops == ()
+    assert plan_operations(spec, make_plan(spec), target, enf.backend.read_state()) == []
+
+
+def test_rate_change_touches_only_that_class(spec: TenantSpec, target: EnforceTarget) -> None:
+    enf = recorded(spec, target)
+    plan = make_plan(spec)
+    enf.apply(plan)
+    ops = enf.apply(with_class(plan, 2, rate_mbps=20.0, burst_bytes=25_000)).ops
+    assert {type(o) for o in ops} == {HtbClass}
+    assert {(o.interface, o.classid, o.verb) for o in ops if isinstance(o, HtbClass)} == {
+        ("eth-p0", 0x10012, "change"),
+        ("eth-p1", 0x10012, "change"),
+    }
+
+
+def test_dscp_change_replaces_only_that_class_rules(spec: TenantSpec, target: EnforceTarget) -> None:
+    enf = recorded(spec, target)
+    plan = make_plan(spec)
+    enf.apply(plan)
+    ops = enf.apply(with_class(plan, 1, dscp=46)).ops
+    assert all(isinstance(o, NftRule) and o.verb == "replace" for o in ops)
+    assert {o.rule.key for o in ops if isinstance(o, NftRule)} == {"c1.ip.dport", "c1.ip.sport"}
+
+
+def test_drop_change_rebuilds_egress_then_replaces(spec: TenantSpec, target: EnforceTarget) -> None:
+    enf = recorded(spec, target)
+    plan = with_class(make_plan(spec), 2, drop_prob=0.1)
+    enf.apply(make_plan(spec))
+    ops = enf.apply(plan).ops
+    # A new drop rule sits between two existing rules: the chain is flushed and refilled in one transaction.
+    assert isinstance(ops[0], NftChain) and ops[0].verb == "change"
+    assert all(isinstance(o, NftRule) and o.rule.chain == "egress" for o in ops[1:])
+    ops = enf.apply(with_class(plan, 2, drop_prob=0.25)).ops
+    assert [(type(o).__name__, o.verb) for o in ops] == [("NftRule", "replace")]
+
+
+def test_path_change_moves_one_rule(spec: TenantSpec, target: EnforceTarget) -> None:
+    enf = recorded(spec, target)
+    enf.apply(make_plan(spec))
+    ops = enf.apply(with_class(make_plan(spec), 1, path=1)).ops
+    assert [(o.verb, o.table) for o in ops if isinstance(o, PolicyRule)] == [("delete", 100), ("add", 101)]
+    assert len(ops) == 2
+
+
+def test_teardown_empties_state(spec: TenantSpec, target: EnforceTarget) -> None:
+    enf = recorded(spec, target)
+    enf.apply(make_plan(spec))
+    removed = enf.teardown()
+    assert removed and enf.backend.read_state().empty()
+    assert teardown_operations(target, enf.backend.read_state()) == []
+
+
+def test_fewer_classes_delete_stale(target: EnforceTarget) -> None:
+    big = make_spec(4)
+    enf = recorded(big, target)
+    enf.apply(make_plan(big))
+    small = make_spec(2)
+    state = enf.backend.read_state()
+    ops = plan_operations(small, make_plan(small), target, state)
+    deleted = {(o.interface, o.classid) for o in ops if isinstance(o, HtbClass) and o.verb == "delete"}
+    assert deleted == {(i, 0x10010 + k) for i in ("eth-p0", "eth-p1") for k in (2, 3)}
+
+
+def test_kinds_filter(spec: TenantSpec, target: EnforceTarget) -> None:
+    ops = plan_operations(spec, make_plan(spec), target, kinds=("htb",))
+    assert ops and all(o.kind == "htb" for o in ops)
+    with pytest.raises(ValueError, match="unknown operation kinds"):
+        plan_operations(spec, make_plan(spec), target, kinds=("tbf",))
+
+
+def test_refuses_foreign_interface(spec: TenantSpec, target: EnforceTarget) -> None:
+    backend = RecordingBackend(target)
+    with pytest.raises(PermissionError, match="not named in the enforcement target"):
+        backend.apply([HtbQdisc("add", "eth9", 0x10000, 2)])
+    assert backend.log == []
+
+
+def test_plan_must_fit_spec(spec: TenantSpec, target: EnforceTarget) -> None:
+    other = make_spec(2)
+    with pytest.raises(SpecError, match="classes"):
+        plan_operations(spec, make_plan(other), target)
+    with pytest.raises(SpecError, match="interfaces"):
+        target_from_spec(spec, EnforceConfig(interfaces=("eth0",)))
+
+
+def test_single_path_has_no_policy_routing() -> None:
+    spec = make_spec()
+    spec = type(spec)(**{**spec.__dict__, "paths": ("p0",)})
+    target = target_from_spec(spec, EnforceConfig(interfaces=("eth0",)))
+    ops = plan_operations(spec, make_plan(spec), target)
+    assert not [o for o in ops if o.kind == "routing"]
+    assert target.nft_table == "fedshape_acme"
+
+
+def test_ipv6_entity_gets_ip6_rules() -> None:
+    spec = make_spec(2, cidrs=("10.200.10.1/32", "fd00:200::/64"))
+    target = target_from_spec(spec, EnforceConfig(interfaces=("a", "b")))
+    keys = [o.rule.key for o in plan_operations(spec, make_plan(spec), target) if isinstance(o, NftRule)]
+    assert "c0.ip6.dport" in keys and "c0.ip.dport" in keys
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        (EnforceConfig(interfaces=("eth/0", "eth1")), "not a valid interface name"),
+        (EnforceConfig(interfaces=("a", "b"), table_base=253), "reserved"),
+        (EnforceConfig(interfaces=("a", "b"), fwmark_base=0x4601), "low byte"),
+        (EnforceConfig(interfaces=("a", "b"), handle_major=0), "handle_major"),
+    ],
+)
+def test_target_validation(spec: TenantSpec, cfg: EnforceConfig, match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        target_from_spec(spec, cfg)
