@@ -1,0 +1,199 @@
+"""``python -m shaping.control`` / ``fedshape-agent``: run the control loop for one tenant on a real interface."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from shaping.agents.envelope import EnvelopeConfig
+from shaping.baselines import get_baseline
+from shaping.config import ScenarioConfig
+from shaping.control.experience import ExperienceStore
+from shaping.control.kernel_backend import KernelBackend, KernelSetup, make_enforcer
+from shaping.control.loop import ControlLoop, LoopConfig, StepRecord
+from shaping.control.metrics import ControlMetrics
+from shaping.control.policy import ControlPolicy, ModelPolicy, StaticPolicy
+from shaping.control.watchdog import WatchdogConfig
+from shaping.monitor import (
+    AppMetrics,
+    CgroupV2Source,
+    HostSampler,
+    Monitor,
+    MonitorConfig,
+    NetlinkClassStats,
+    NullClassStats,
+    ProbeScheduler,
+    ProcPidSource,
+    SockDiagRtt,
+    TcpConnectProbe,
+    UdpEchoProbe,
+    VmSource,
+)
+from shaping.monitor.probes import Probe
+from shaping.sim.scenarios import load_scenario
+from shaping.spec import TenantSpec, tenant_spec
+
+LOG = logging.getLogger("fedshape.agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    p = argparse.ArgumentParser(
+        prog="fedshape-agent",
+        description="Run FedShape's control loop (observe, policy, guard, apply) for one tenant on real interfaces.",
+    )
+    p.add_argument("--tenant-config", required=True, help="scenario YAML file (or conf/scenario name) of the tenant")
+    p.add_argument("--tenant", help="tenant name in the file (default: the only tenant)")
+    p.add_argument("--netns", help="network namespace (under /run/netns) of the interfaces; default: this one")
+    p.add_argument("--iface", required=True, action="append",
+                   help="interface of a path, once per path of the scenario, in path order")  # fmt: skip
+    p.add_argument("--checkpoint", help="agent checkpoint (PPO/DQN); default: run the static rules only")
+    p.add_argument("--rules", default="static_priority", help="baseline whose plan is the static rules (fallback)")
+    p.add_argument("--interval-ms", type=float, help="control interval (default: the scenario's)")
+    p.add_argument("--steps", type=int, help="stop after N intervals (default: run until SIGINT/SIGTERM)")
+    p.add_argument("--dry-run", action="store_true", help="record the operations instead of changing the kernel")
+    p.add_argument("--epsilon", type=float, default=0.0, help="epsilon-greedy exploration inside the envelope")
+    p.add_argument("--sample", action="store_true", help="sample the policy's actions instead of greedy ones")
+    p.add_argument("--experience", help="directory of the experience store (default: not recorded)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--app-socket", help="Unix datagram socket for pushed application metrics (JSON lines)")
+    p.add_argument("--cgroup", action="append", default=[], metavar="VM=PATH", help="cgroup v2 path of a VM")
+    p.add_argument("--cgroup-root", default="/sys/fs/cgroup", help="cgroup2 mount")
+    p.add_argument("--pid", action="append", default=[], metavar="VM=PID", help="process holding a VM")
+    p.add_argument("--proc-root", default="/proc", help="proc mount")
+    p.add_argument("--probe", action="append", default=[], metavar="CLASS=tcp|udp:HOST:PORT",
+                   help="active delay probe of a class (TCP connect time or UDP echo)")  # fmt: skip
+    p.add_argument("--base-delay-ms", type=float, action="append", default=[],
+                   help="one-way propagation delay of a path, once per path (default: TCP min_rtt / 2)")  # fmt: skip
+    p.add_argument("--sla-threshold", type=float, default=0.5, help="fall back above this SLA violation rate")
+    p.add_argument("--recover-intervals", type=int, default=20, help="healthy intervals before adaptive again")
+    p.add_argument("--teardown", action="store_true", help="remove the tenant's shaping on exit")
+    p.add_argument("--log-level", default="INFO", help="logging level")
+    return p
+
+
+def _pick_tenant(scenario: ScenarioConfig, name: str | None) -> TenantSpec:
+    if name is None:
+        if len(scenario.tenants) != 1:
+            raise ValueError(f"the file has tenants {[t.name for t in scenario.tenants]}: pick one with --tenant")
+        return tenant_spec(scenario, 0)
+    return tenant_spec(scenario, name)
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{what} {item!r}: expected NAME=VALUE")
+        out[key] = value
+    return out
+
+
+def _probes(spec: TenantSpec, items: Sequence[str]) -> dict[int, list[Probe]]:
+    names = {c.name: i for i, c in enumerate(spec.classes)}
+    out: dict[int, list[Probe]] = {}
+    for cls, target in _pairs(items, "--probe").items():
+        if cls not in names:
+            raise ValueError(f"--probe names unknown class {cls!r}; classes: {sorted(names)}")
+        kind, _, rest = target.partition(":")
+        host, _, port = rest.rpartition(":")
+        if kind not in ("tcp", "udp") or not host or not port.isdigit():
+            raise ValueError(f"--probe {cls}={target}: expected tcp:HOST:PORT or udp:HOST:PORT")
+        probe: Probe = (TcpConnectProbe if kind == "tcp" else UdpEchoProbe)(host.strip("[]"), int(port))
+        out.setdefault(names[cls], []).append(probe)
+    return out
+
+
+def build_monitor(args: argparse.Namespace, spec: TenantSpec, classids: Sequence[int]) -> Monitor:
+    """The monitor the arguments describe (no netlink at all in a dry run)."""
+    sources: dict[str, VmSource] = {vm: CgroupV2Source(path, args.cgroup_root)
+                                    for vm, path in _pairs(args.cgroup, "--cgroup").items()}  # fmt: skip
+    for vm, pid in _pairs(args.pid, "--pid").items():
+        sources[vm] = ProcPidSource(int(pid), args.proc_root)
+    host = HostSampler(spec, sources) if sources else None
+    app = AppMetrics(spec, args.app_socket) if args.app_socket else None
+    probe_map = _probes(spec, args.probe)
+    probes = ProbeScheduler(probe_map, netns=args.netns).start() if probe_map else None
+    base = tuple(args.base_delay_ms)
+    config = MonitorConfig(base_delay_ms=base, labels={"interfaces": list(args.iface), "netns": args.netns})
+    if args.dry_run:
+        return Monitor(spec, NullClassStats(), classids, probes=probes, host=host, app=app, config=config)
+    stats = NetlinkClassStats(args.iface, netns=args.netns)
+    return Monitor(spec, stats, classids, rtt=SockDiagRtt(args.netns), probes=probes, host=host, app=app,
+                   config=config)  # fmt: skip
+
+
+def _summary(records: list[StepRecord], loop: ControlLoop, backend: KernelBackend) -> dict[str, Any]:
+    modes = Counter(r.mode.value for r in records)
+    recorded = getattr(getattr(backend.enforcer, "backend", None), "log", None)
+    return {
+        "tenant": loop.spec.name,
+        "steps": len(records),
+        "modes": dict(modes),
+        "fallbacks": sum(
+            s.value for m in loop.metrics.fallbacks.collect() for s in m.samples if s.name.endswith("_total")
+        ),
+        "mean_reward": sum(r.reward for r in records) / len(records) if records else None,
+        "policy": loop.policy.name,
+        "recorded_operations": len(recorded) if recorded is not None else None,
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the agent as the parsed arguments say; returns the summary printed at the end."""
+    scenario = load_scenario(args.tenant_config)
+    spec = _pick_tenant(scenario, args.tenant)
+    if len(args.iface) != len(spec.paths):
+        raise ValueError(f"tenant {spec.name!r} has {len(spec.paths)} paths {list(spec.paths)}: give --iface "
+                         f"{len(spec.paths)} times (got {args.iface})")  # fmt: skip
+    rules = get_baseline(args.rules).plan(spec)
+    envelope = EnvelopeConfig()
+    policy: ControlPolicy = StaticPolicy(spec, rules, name=f"rules:{args.rules}")
+    if args.checkpoint:
+        policy = ModelPolicy.from_checkpoint(args.checkpoint, spec, epsilon=args.epsilon,
+                                             deterministic=not args.sample)  # fmt: skip
+    enforcer, classids = make_enforcer(spec, KernelSetup(tuple(args.iface), args.netns), dry_run=args.dry_run)
+    backend = KernelBackend(spec, build_monitor(args, spec, classids), enforcer, teardown_on_close=args.teardown)
+    registry = CollectorRegistry()
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port, registry=registry)
+    interval = (args.interval_ms or scenario.control_interval_ms) / 1e3
+    config = LoopConfig(interval_s=interval, watchdog=WatchdogConfig(sla_threshold=args.sla_threshold,
+                        recover_intervals=args.recover_intervals))  # fmt: skip
+    store = ExperienceStore(Path(args.experience), spec) if args.experience else None
+    loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config,
+                       metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))  # fmt: skip
+    records: list[StepRecord] = []
+    previous = {s: signal.signal(s, lambda *_: loop.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        LOG.info("tenant %s: %s on %s (netns %s), interval %.0f ms%s", spec.name, policy.name, ",".join(args.iface),
+                 args.netns or "-", interval * 1e3, " [dry run]" if args.dry_run else "")  # fmt: skip
+        loop.run(args.steps, on_step=records.append)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        loop.close()
+    return _summary(records, loop, backend)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run, print a JSON summary; 2 on a configuration error."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run(args)
+    except (ValueError, FileNotFoundError, LookupError, PermissionError) as err:
+        print(f"fedshape-agent: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
