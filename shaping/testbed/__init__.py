@@ -1,0 +1,1 @@
+"""The real testbed: a namespaced tenant host, router and sink with real traffic."""
