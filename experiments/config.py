@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 
 #: Known values of the string-typed choices (checked in __post_init__ so OmegaConf.to_object fails early).
-FL_STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed_mean")
-PRIVACY_MODES = ("none", "central", "distributed")
+FL_STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed_mean", "krum")
+PRIVACY_MODES = ("none", "clip", "central", "distributed")
 SHAPER_BACKENDS = ("sim", "kernel")
 
 
@@ -58,7 +58,7 @@ class FLConfig:
     """Federated learning run (Flower strategy); consumed by the federation issue (fed_server, fed_client)."""
 
     strategy: str = "fedavg"
-    """Aggregation: fedavg, fedprox, fedadam or trimmed_mean (Flower FedAvg, FedProx, FedAdam, FedTrimmedAvg)."""
+    """Aggregation: fedavg, fedprox, fedadam, trimmed_mean or krum (Flower's strategies of those names)."""
     rounds: int = 10
     """Federated rounds."""
     clients: int = 4
@@ -83,6 +83,8 @@ class FLConfig:
     """FedAdam adaptivity (epsilon)."""
     trim_beta: float = 0.2
     """Fraction trimmed from each end before averaging (FedTrimmedAvg's beta)."""
+    krum_malicious: int = 1
+    """Malicious clients Krum tolerates (Flower Krum's num_malicious_clients)."""
 
     def __post_init__(self) -> None:
         _check_choice("fl.strategy", self.strategy, FL_STRATEGIES)
@@ -97,7 +99,8 @@ class PrivacyConfig:
     """Differential privacy of the federated updates; consumed by the federation issue."""
 
     mode: str = "none"
-    """none; central (server clips and adds noise); distributed (clients clip and noise, SecAgg+ sums)."""
+    """none; clip (clients clip, no noise); central (clients clip, server adds noise); distributed (clients clip
+    and add noise shares, SecAgg+ sums)."""
     noise_multiplier: float = 0.0
     """Gaussian noise standard deviation as a multiple of the clipping norm."""
     clipping_norm: float = 1.0
@@ -108,12 +111,16 @@ class PrivacyConfig:
     """Stop federating once the spent epsilon would exceed this; None: no budget."""
     secure_aggregation: bool = False
     """Mask client updates with SecAgg+ so the server sees only their sum."""
+    dpsgd_noise_multiplier: float = 0.0
+    """Opacus DP-SGD noise multiplier of local training (sample-level DP); 0: off."""
+    dpsgd_max_grad_norm: float = 1.0
+    """Opacus DP-SGD per-sample gradient clipping bound."""
 
     def __post_init__(self) -> None:
         _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
         if self.noise_multiplier < 0 or self.clipping_norm <= 0 or not 0 < self.delta < 1:
             raise ValueError("privacy needs noise_multiplier >= 0, clipping_norm > 0, 0 < delta < 1")
-        if self.mode != "none" and self.noise_multiplier == 0:
+        if self.mode in ("central", "distributed") and self.noise_multiplier == 0:
             raise ValueError(f"privacy.mode={self.mode} needs noise_multiplier > 0")
 
 
@@ -190,6 +197,8 @@ class FinalEvalConfig:
     """Control steps of the evaluation episode."""
     seed: int = 1000
     """Base seed of the evaluation; training draws its seeds from train.seed, so these are held out."""
+    heldout_scenarios: list[str] = field(default_factory=list)
+    """Scenarios not trained on, evaluated too where they hold the tenant with the same spec (others are skipped)."""
 
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.steps < 1:
@@ -208,8 +217,10 @@ class PretrainConfig:
     """Name of the controlled tenant; None: the scenario's first tenant."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward weights of training and evaluation."""
-    agent: PPOConfig = field(default_factory=PPOConfig)
-    """PPO hyperparameters (conf/agent/); agent=dqn is not trained by this entry point yet."""
+    # Any, not PPOConfig | DQNConfig: OmegaConf has no unions of structured types; the agent group's
+    # schema (ppo_schema, dqn_schema) types the node when it is composed, and MISSING makes one required.
+    agent: Any = MISSING
+    """PPOConfig (agent=ppo) or DQNConfig (agent=dqn) from conf/agent/; train_ppo or train_dqn runs by its type."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Batch, seeds, periodic evaluation and logging of the training loop."""
     evaluation: FinalEvalConfig = field(default_factory=FinalEvalConfig)

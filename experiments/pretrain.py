@@ -1,12 +1,16 @@
-"""Offline pretraining of a tenant's PPO agent: ``python -m experiments.pretrain [overrides]``.
+"""Offline pretraining of a tenant's PPO (or DQN) agent: ``python -m experiments.pretrain [overrides]``.
 
-Trains with shaping.agents.train.train_ppo (progress bar, train.csv, TensorBoard events in tensorboard/,
-best.pt and last.pt), then evaluates the best checkpoint against static baselines on held-out seeds
-with shaping.evaluation and writes summary.json into the output directory (Hydra's run directory).
+Trains with shaping.agents.train.train_ppo, or shaping.agents.train_dqn.train_dqn for ``agent=dqn``
+(progress bar, train.csv, TensorBoard events in tensorboard/, best.pt and last.pt), then evaluates the
+best checkpoint against static baselines on held-out seeds of the training scenario and on the held-out
+scenarios (evaluation.heldout_scenarios, never trained on) with shaping.evaluation, and writes
+summary.json into the output directory (Hydra's run directory).
 
     python -m experiments.pretrain
+    python -m experiments.pretrain agent=dqn
     python -m experiments.pretrain scenario=small_congested tenant=studio agent.total_timesteps=200000
     python -m experiments.compare policies=[static_priority,fq_codel,ppo:outputs/DATE/TIME/best.pt]
+    python -m experiments.compare scenario=default_heldout_paths policies=[fq_codel,ppo:outputs/DATE/TIME/best.pt]
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import PretrainConfig, register_configs
 from shaping.agents.policy import AgentPolicy
-from shaping.agents.train import train_ppo
+from shaping.agents.train import TrainResult, train_ppo
+from shaping.agents.train_dqn import train_dqn
+from shaping.config import DQNConfig, PPOConfig, ScenarioConfig
 from shaping.evaluation import PolicyResult, evaluate_policies
 from shaping.policies import Policy, make_policy
 from shaping.sim.scenarios import load_scenario
+from shaping.spec import SpecError, scenario_specs
 
 log = logging.getLogger(__name__)
 
@@ -72,44 +79,90 @@ def comparison_summary(results: dict[str, PolicyResult], agent_name: str, tenant
     return out
 
 
+def heldout_mismatch(scenario: ScenarioConfig, tenant: str, reference: ScenarioConfig) -> str | None:
+    """Why an agent trained for `tenant` on `reference` cannot run on `scenario` (None: it can)."""
+    try:
+        ours = {s.name: s for s in scenario_specs(scenario)}
+        ref = {s.name: s for s in scenario_specs(reference)}[tenant]
+    except SpecError as err:
+        return str(err)
+    if tenant not in ours:
+        return f"no tenant {tenant!r} (tenants: {sorted(ours)})"
+    if ours[tenant].fingerprint() != ref.fingerprint():
+        return f"tenant {tenant!r} has another spec (classes, entities, paths or levels differ)"
+    return None
+
+
+def _train(cfg: PretrainConfig, scenarios: list[ScenarioConfig], tenant: str, out_dir: Path) -> TrainResult:
+    """train_ppo or train_dqn, by the type of cfg.agent."""
+    if isinstance(cfg.agent, DQNConfig):
+        return train_dqn(scenarios, cfg.agent, cfg.train, tenant=tenant, reward=cfg.reward, out_dir=out_dir)
+    if isinstance(cfg.agent, PPOConfig):
+        return train_ppo(scenarios, cfg.agent, cfg.train, tenant=tenant, reward=cfg.reward, out_dir=out_dir)
+    raise TypeError(f"agent must be a PPOConfig or a DQNConfig (agent=ppo|dqn), got {type(cfg.agent).__name__}")
+
+
+def _compare(cfg: PretrainConfig, scenario: ScenarioConfig, agent_ref: str, tenant: str) -> dict[str, Any]:
+    """The agent and the baselines on held-out seeds of one scenario, summarized."""
+    ev = cfg.evaluation
+    policies: list[Policy] = [make_policy(ref) for ref in ev.baselines]
+    agent = AgentPolicy(agent_ref, name=cfg.agent.name)
+    results = evaluate_policies(
+        scenario, [*policies, agent],
+        seeds=ev.seeds, steps=ev.steps, reward=cfg.reward, device=cfg.train.device, seed=ev.seed,
+        progress=cfg.train.progress,
+    )  # fmt: skip
+    return comparison_summary(results, agent.name, tenant)
+
+
 def run_pretrain(cfg: PretrainConfig, out_dir: Path) -> dict[str, Any]:
-    """Train, evaluate against the baselines and write summary.json into out_dir.
+    """Train, evaluate against the baselines (training scenario and held-out ones) and write summary.json.
 
     Args:
         cfg: the pretraining settings.
         out_dir: directory of train.csv, tensorboard/, best.pt, last.pt and summary.json (created).
     Returns:
-        The summary written to summary.json.
+        The summary written to summary.json: the training scenario's comparison at the top level
+        (policies, vs_best_baseline), each held-out scenario's under heldout.NAME, and the held-out
+        scenarios skipped (with the reason) under heldout_skipped.
     """
     start = time.perf_counter()
     scenarios = [cfg.scenario, *(load_scenario(name) for name in cfg.extra_scenarios)]
     tenant = cfg.tenant if cfg.tenant is not None else cfg.scenario.tenants[0].name
-    log.info("pretraining %s on %s, %d steps", tenant, [s.name for s in scenarios], cfg.agent.total_timesteps)
-    result = train_ppo(scenarios, cfg.agent, cfg.train, tenant=tenant, reward=cfg.reward, out_dir=out_dir)
+    log.info("pretraining %s (%s) on %s, %d steps", tenant, cfg.agent.name, [s.name for s in scenarios],
+             cfg.agent.total_timesteps)  # fmt: skip
+    result = _train(cfg, scenarios, tenant, out_dir)
     train_s = time.perf_counter() - start
-    assert result.best_path is not None  # train_ppo always evaluates after its last iteration
-    agent = AgentPolicy(result.best_path, name="ppo")
-    policies: list[Policy] = [make_policy(ref) for ref in cfg.evaluation.baselines]
+    assert result.best_path is not None  # the training loops always evaluate after their last iteration
     ev = cfg.evaluation
-    results = evaluate_policies(
-        cfg.scenario, [*policies, agent],
-        seeds=ev.seeds, steps=ev.steps, reward=cfg.reward, device=cfg.train.device, seed=ev.seed,
-        progress=cfg.train.progress,
-    )  # fmt: skip
+    heldout: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for name in ev.heldout_scenarios:
+        sc = load_scenario(name)
+        why = heldout_mismatch(sc, tenant, cfg.scenario)
+        if why is not None:
+            log.warning("held-out scenario %s skipped: %s", name, why)
+            skipped[sc.name] = why
+            continue
+        heldout[sc.name] = _compare(cfg, sc, str(result.best_path), tenant)
     summary: dict[str, Any] = {
         "scenario": cfg.scenario.name,
         "tenant": tenant,
+        "agent": cfg.agent.name,
         "train": {
             "scenarios": [s.name for s in scenarios],
             "iterations": result.iterations,
             "env_steps": result.env_steps,
             "wall_s": round(train_s, 2),
+            "eval_wall_s": round(result.eval_s, 2),
             "best_eval": asdict(result.best_eval) if result.best_eval is not None else None,
             "best_checkpoint": str(result.best_path),
             "last_checkpoint": str(result.last_path),
         },
         "evaluation": {"seeds": ev.seeds, "steps": ev.steps, "seed": ev.seed},
-        **comparison_summary(results, agent.name, tenant),
+        **_compare(cfg, cfg.scenario, str(result.best_path), tenant),
+        "heldout": heldout,
+        "heldout_skipped": skipped,
         "wall_s": round(time.perf_counter() - start, 2),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -125,7 +178,9 @@ def main(cfg: DictConfig) -> None:
         raise TypeError(f"expected a PretrainConfig, got {type(conf).__name__}")
     out_dir = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
     summary = run_pretrain(conf, out_dir)
-    print(json.dumps({k: summary[k] for k in ("train", "vs_best_baseline") if k in summary}, indent=2), flush=True)
+    brief: dict[str, Any] = {k: summary[k] for k in ("train", "vs_best_baseline") if k in summary}
+    brief["heldout"] = {name: h.get("vs_best_baseline") for name, h in summary["heldout"].items()}
+    print(json.dumps(brief, indent=2), flush=True)
 
 
 if __name__ == "__main__":

@@ -99,10 +99,18 @@ def ppo_policy(path: str) -> Policy:
     return AgentPolicy(path)
 
 
-#: Policy kinds by name: ``baseline:fifo``, ``ppo:outputs/pretrain/best.pt``.
+def dqn_policy(path: str) -> Policy:
+    """A DQN checkpoint (shaping.agents.train_dqn) driving its tenant; the other tenants keep their baselines."""
+    from shaping.agents.policy import AgentPolicy  # deferred: shaping.agents.policy imports this module
+
+    return AgentPolicy(path, name=f"dqn:{path}")
+
+
+#: Policy kinds by name: ``baseline:fifo``, ``ppo:outputs/pretrain/best.pt``, ``dqn:outputs/pretrain/best.pt``.
 POLICY_KINDS: dict[str, PolicyFactory] = {
     "baseline": baseline_policy,
     "ppo": ppo_policy,
+    "dqn": dqn_policy,
 }
 
 

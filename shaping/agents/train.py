@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from shaping.agents.checkpoint import save_checkpoint
 from shaping.agents.envelope import build_envelope
+from shaping.agents.heads import MaskedMultiDiscrete
 from shaping.agents.ppo import ActorCritic, Rollout, collect_rollout, linear_lr, make_optimizer, ppo_update, set_lr
 from shaping.config import PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 from shaping.sim.vector_env import ShapingVectorEnv
@@ -38,6 +39,8 @@ CSV_FIELDS: tuple[str, ...] = (
     "learning_rate", "value_loss", "policy_loss", "entropy", "approx_kl", "clipfrac", "explained_variance",
     "eval_reward", "eval_sla_violation_rate", "eval_throughput", "eval_latency",
 )  # fmt: skip
+#: Called with each evaluation; returning True stops training after it (e.g. a target reward reached).
+StopFn = Callable[["EvalResult"], bool]
 
 
 class ReturnScaler:
@@ -96,8 +99,8 @@ class EvalResult:
 class TrainResult:
     """What train_ppo produced."""
 
-    agent: ActorCritic
-    """The agent after the last iteration."""
+    agent: MaskedMultiDiscrete
+    """The agent after the last iteration (ActorCritic for PPO, BranchingQNetwork for DQN)."""
     iterations: int
     """Iterations run."""
     env_steps: int
@@ -112,20 +115,29 @@ class TrainResult:
     """Checkpoint after the last iteration (out_dir/last.pt)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One dict per iteration, the CSV rows."""
+    eval_s: float = 0.0
+    """Wall-clock time spent in the periodic evaluations (part of wall_s), seconds."""
+    stopped: bool = False
+    """Training ended early because the stop function returned True."""
 
 
 @torch.no_grad()
-def evaluate_agent(env: ShapingVectorEnv, agent: ActorCritic, steps: int, seed: int) -> EvalResult:
+def evaluate_agent(
+    env: ShapingVectorEnv, agent: MaskedMultiDiscrete | Callable[[torch.Tensor], torch.Tensor], steps: int, seed: int
+) -> EvalResult:
     """Run the greedy policy for `steps` steps from a seeded reset of every environment of env.
 
+    Args:
+        agent: a model with ``act`` (greedy actions of raw observations) or such a function itself.
     The environments must not truncate within `steps` (their max_episode_steps must be >= steps).
     """
+    act: Callable[[torch.Tensor], torch.Tensor] = getattr(agent, "act", agent)
     view = env.view
     n_sla = max(int((view.qos.has_sla & view.qos.valid).sum()), 1)
     obs = env.reset_torch(seed=seed)
     sums = torch.zeros(4, dtype=torch.float64, device=obs.device)
     for _ in range(steps):
-        res = env.step_torch(agent.act(obs.float()))
+        res = env.step_torch(act(obs.float()))
         t = res.terms
         sums += torch.stack([res.reward.mean(), t.violations.float().mean() / n_sla, t.throughput.mean(),
                              t.latency.mean()]).double()  # fmt: skip
@@ -134,7 +146,7 @@ def evaluate_agent(env: ShapingVectorEnv, agent: ActorCritic, steps: int, seed: 
     return EvalResult(reward=r, sla_violation_rate=v, throughput=thr, latency=lat)
 
 
-def _make_envs(
+def make_envs(
     scenarios: Sequence[ScenarioConfig], tenant: int | str, reward: RewardConfig, train: TrainConfig
 ) -> list[ShapingVectorEnv]:
     envs = [
@@ -150,10 +162,10 @@ def _make_envs(
     return envs
 
 
-class _Logger:
-    """CSV rows and TensorBoard scalars of each iteration."""
+class TrainLogger:
+    """CSV rows (train.csv, columns `fields`) and TensorBoard scalars of each iteration."""
 
-    def __init__(self, out_dir: Path | None, tensorboard: bool) -> None:
+    def __init__(self, out_dir: Path | None, tensorboard: bool, fields: Sequence[str] = CSV_FIELDS) -> None:
         self.rows: list[dict[str, Any]] = []
         self._csv = None
         self._writer: Any = None
@@ -161,7 +173,7 @@ class _Logger:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         self._csv = (out_dir / "train.csv").open("w", newline="")
-        self._dict_writer = csv.DictWriter(self._csv, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        self._dict_writer = csv.DictWriter(self._csv, fieldnames=list(fields), extrasaction="ignore")
         self._dict_writer.writeheader()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
@@ -169,6 +181,7 @@ class _Logger:
             self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
     def log(self, row: dict[str, Any]) -> None:
+        """Keep the row, append it to the CSV and write its numbers to TensorBoard."""
         self.rows.append(row)
         if self._csv is not None:
             self._dict_writer.writerow(row)
@@ -181,6 +194,7 @@ class _Logger:
                     self._writer.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, step)
 
     def close(self) -> None:
+        """Close the CSV file and the TensorBoard writer."""
         if self._csv is not None:
             self._csv.close()
         if self._writer is not None:
@@ -195,6 +209,7 @@ def train_ppo(
     tenant: int | str = 0,
     reward: RewardConfig | None = None,
     out_dir: Path | None = None,
+    stop: StopFn | None = None,
 ) -> TrainResult:
     """Train a PPO agent for one tenant on one or several scenarios, the other tenants on their baselines.
 
@@ -205,6 +220,7 @@ def train_ppo(
         tenant: index or name of the controlled tenant.
         reward: reward weights; None: RewardConfig defaults.
         out_dir: where train.csv, tensorboard/, best.pt and last.pt go; None: nothing is written.
+        stop: called after each evaluation; True ends training there (its checkpoints are still written).
     Returns:
         The trained agent, the best evaluation, the checkpoint paths and the per-iteration log.
     """
@@ -213,7 +229,7 @@ def train_ppo(
     train = train or TrainConfig()
     weights = reward or RewardConfig()
     torch.manual_seed(train.seed)
-    envs = _make_envs(scenarios, tenant, weights, train)
+    envs = make_envs(scenarios, tenant, weights, train)
     eval_steps = train.eval_steps
     eval_env = ShapingVectorEnv(train.eval_envs, scenarios[0], tenant=tenant, reward=weights, device=train.device,
                                 max_episode_steps=max(eval_steps, envs[0].max_episode_steps))  # fmt: skip
@@ -235,12 +251,14 @@ def train_ppo(
     policies = {t.name: t.policy for t in scenarios[0].tenants}
     extra_base = {"scenarios": [sc.name for sc in scenarios], "scenario_policies": policies, "seed": train.seed}
 
-    logger = _Logger(out_dir, train.tensorboard)
+    logger = TrainLogger(out_dir, train.tensorboard)
     best: EvalResult | None = None
     best_path = out_dir / "best.pt" if out_dir is not None else None
     start = time.perf_counter()
     bar = tqdm(total=num_iterations, disable=not train.progress, unit="it", desc=f"ppo/{spec.name}")
     iteration = 0
+    eval_s = 0.0
+    stopped = False
     try:
         for iteration in range(1, num_iterations + 1):
             k = (iteration - 1) % len(envs)
@@ -262,7 +280,10 @@ def train_ppo(
             last = iteration == num_iterations or over_budget
             if (train.eval_every and iteration % train.eval_every == 0) or last:
                 agent.eval()
+                t_eval = time.perf_counter()
                 ev = evaluate_agent(eval_env, agent, eval_steps, train.eval_seed)
+                eval_s += time.perf_counter() - t_eval
+                stopped = stop is not None and stop(ev)
                 row.update({f"eval_{key}": value for key, value in vars(ev).items()})
                 if best is None or ev.reward > best.reward:
                     best = ev
@@ -273,7 +294,7 @@ def train_ppo(
                 bar.set_postfix(reward=f"{raw_reward:.3f}", eval=f"{ev.reward:.3f}", sla=f"{ev.sla_violation_rate:.3f}")
             logger.log(row)
             bar.update(1)
-            if over_budget:
+            if over_budget or stopped:
                 break
     finally:
         bar.close()
@@ -292,4 +313,6 @@ def train_ppo(
         best_path=best_path if best is not None else None,
         last_path=last_path,
         history=logger.rows,
+        eval_s=eval_s,
+        stopped=stopped,
     )
