@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -20,6 +21,7 @@ from torch import nn
 
 from shaping.agents.checkpoint import load_checkpoint
 from shaping.agents.envelope import Envelope, EnvelopeConfig, build_envelope, random_actions
+from shaping.agents.numpy_actor import NumpyActor, UnsupportedModelError
 from shaping.control.backend import Observed
 from shaping.spec import ActionLayout, ShapingPlan, TenantSpec
 
@@ -119,15 +121,25 @@ class ModelPolicy:
     the model's ``log pi(a|s)`` mixed the same way (the greedy choice itself has no density). For
     Q-networks it is nan.
 
+    Inference runs in numpy (NumpyActor: the same actions and log-probabilities as the torch model,
+    several times faster on one observation) for ActorCritic and BranchingQNetwork; other models,
+    or ``fast=False``, run the model's torch methods. The numpy snapshot is rebuilt at the next
+    ``decide`` whenever the model's weights, normalizer statistics or envelope changed in place.
+
     Args:
         model: ActorCritic or BranchingQNetwork, its normalizer inside (observations are raw).
         spec: the tenant; the envelope is built from it when ``envelope`` is None.
         envelope: the allowed choices; set on the model as well.
         epsilon: exploration probability per interval.
         deterministic: greedy actions (deployment) instead of samples of the policy.
-        generator: random source of the exploration draws (seeded in tests).
+        generator: random source of the exploration draws and samples (seeded in tests); the numpy
+            path draws from a numpy Generator seeded from it once.
         name: name in logs and metrics.
+        fast: infer with NumpyActor when the model supports it (False: always torch).
     """
+
+    plan_cache_size = 1024
+    """Decoded plans kept by ``decide`` (least recently used out first)."""
 
     def __init__(
         self,
@@ -139,6 +151,7 @@ class ModelPolicy:
         deterministic: bool = True,
         generator: torch.Generator | None = None,
         name: str = "model",
+        fast: bool = True,
     ) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
@@ -156,6 +169,17 @@ class ModelPolicy:
         self._name = name
         allowed = torch.tensor([sum(m) for m in self.envelope.masks], dtype=torch.float64)
         self._log_uniform = float(-torch.log(allowed).sum())
+        self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=self.generator)))
+        self._plans: OrderedDict[bytes, ShapingPlan] = OrderedDict()
+        self._actor: NumpyActor | None = None
+        self._watched: tuple[torch.Tensor, ...] = ()
+        self._versions: tuple[int, ...] = ()
+        self._allowed: torch.Tensor | None = None
+        if fast:
+            try:
+                self._snapshot()
+            except UnsupportedModelError:
+                pass  # e.g. SharedActorCritic: its torch methods serve it
 
     @classmethod
     def from_checkpoint(
@@ -180,11 +204,36 @@ class ModelPolicy:
         """Name in logs and metrics."""
         return self._name
 
+    @property
+    def numpy_actor(self) -> NumpyActor | None:
+        """The numpy snapshot ``decide`` infers with, rebuilt if the model changed; None on the torch path."""
+        stale = self._versions != tuple(t._version for t in self._watched)
+        if self._actor is not None and (stale or getattr(self.model, "_allowed", None) is not self._allowed):
+            self._snapshot()
+        return self._actor
+
+    def _snapshot(self) -> None:
+        """(Re)build the numpy actor and remember what it copied: the parameters, the normalizer's statistics
+        (by version counter: load_state_dict, optimizer steps and RunningNorm.update bump it in place) and
+        the envelope mask (set_envelope replaces the tensor, so its counter restarts: kept by identity)."""
+        model: Any = self.model
+        self._actor = NumpyActor.from_model(model)
+        self._watched = (*model.parameters(), model.obs_norm.mean, model.obs_norm.var, model._allowed)
+        self._versions = tuple(t._version for t in self._watched)
+        self._allowed = model._allowed
+
     def _agent_action(self, obs: torch.Tensor) -> torch.Tensor:
         model: Any = self.model  # ActorCritic or BranchingQNetwork: both have act(obs, deterministic)
         if getattr(model, "kind", "") == "dqn":
             return torch.as_tensor(model.act(obs, deterministic=True))
         return torch.as_tensor(model.act(obs, deterministic=self.deterministic))
+
+    def _mix(self, logp: float) -> float:
+        """The behaviour log-probability: the policy's mixed with the envelope's uniform draw by epsilon."""
+        if self.epsilon == 0.0 or math.isnan(logp):
+            return logp
+        mix = (1 - self.epsilon) * math.exp(logp) + self.epsilon * math.exp(self._log_uniform)
+        return math.log(mix) if mix > 0 else -math.inf
 
     def _logprob(self, obs: torch.Tensor, action: torch.Tensor) -> float:
         scorer = getattr(self.model, "get_action_and_value", None)
@@ -192,15 +241,44 @@ class ModelPolicy:
             return math.nan
         model: Any = self.model
         _, logp, _, _ = scorer(model.obs_norm(obs), action)
-        logp_f = float(logp)
-        if self.epsilon == 0.0:
-            return logp_f
-        mix = (1 - self.epsilon) * math.exp(logp_f) + self.epsilon * math.exp(self._log_uniform)
-        return math.log(mix) if mix > 0 else -math.inf
+        return self._mix(float(logp))
 
-    @torch.no_grad()
     def decide(self, observed: Observed) -> Decision:
         """The agent's action (or an exploration draw), decoded to a plan."""
+        actor = self.numpy_actor
+        if actor is None:
+            return self._decide_torch(observed)
+        obs = observed.obs.detach().to("cpu", torch.float32).numpy().reshape(-1)
+        explored = self.epsilon > 0 and self._rng.random() < self.epsilon
+        logp = math.nan
+        if explored:
+            action = actor.random_actions(1, self._rng)[0]
+            if actor.has_log_prob:
+                logp = float(actor.log_prob(obs, action))
+        elif actor.has_log_prob:
+            action, lp = actor.act_and_log_prob(obs, None if self.deterministic else self._rng)
+            logp = float(lp)
+        else:  # Q-network: greedy; its exploration is the epsilon branch
+            action = actor.act(obs)
+        flat = action.astype(np.int64, copy=False)
+        return Decision(self._decode(flat), flat, self._mix(logp), explored)
+
+    def _decode(self, action: np.ndarray) -> ShapingPlan:
+        """ActionLayout.decode, memoized (plans are immutable): a deployed greedy policy repeats its
+        actions, and decoding one costs more than inferring it (torch ops on a one-element batch)."""
+        key = action.tobytes()
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self.layout.decode(action)
+            if len(self._plans) > self.plan_cache_size:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        return plan
+
+    @torch.no_grad()
+    def _decide_torch(self, observed: Observed) -> Decision:
+        """``decide`` with the model's torch methods (models NumpyActor does not cover)."""
         obs = observed.obs.to(torch.float32).view(1, -1)
         explored = self.epsilon > 0 and float(torch.rand((), generator=self.generator)) < self.epsilon
         if explored:
@@ -209,4 +287,4 @@ class ModelPolicy:
             action = self._agent_action(obs).view(1, -1).long()
         logprob = self._logprob(obs, action)
         flat = action.view(-1).cpu().numpy().astype(np.int64)
-        return Decision(self.layout.decode(flat), flat, logprob, explored)
+        return Decision(self._decode(flat), flat, logprob, explored)

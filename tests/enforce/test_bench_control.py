@@ -25,6 +25,11 @@ def test_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert apply["fast_path"]["verified_read_back"] is True
     for method in ("fast_path", "naive_pyroute2", "tc_subprocess_per_class", "tc_batch_subprocess"):
         assert 0 < apply[method]["p50_ms"] <= apply[method]["p99_ms"]
-    assert out["inference"]["fused_numpy_act"]["same_actions_as_act"] is True
-    assert out["loop"]["iterations"] == 3 and out["loop"]["core_fraction"] > 0
+    inference = out["inference"]
+    assert inference["numpy_actor_act"]["same_as_torch"] is True
+    for key in ("model_policy_decide", "model_policy_decide_new_plan", "actor_critic_act", "model_policy_decide_torch"):
+        assert 0 < inference[key]["p50_ms"] <= inference[key]["p99_ms"]
+    for key in ("loop", "loop_counters_only", "loop_exploring"):
+        assert out[key]["iterations"] == 3 and out[key]["core_fraction"] > 0
+    assert out["loop"]["adaptive_steps"] == 3
     assert set(out["targets"]) >= {"apply_p50_ms<=1", "apply_p99_ms<=3", "loop_core_fraction<=0.05"}
