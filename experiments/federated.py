@@ -1,0 +1,260 @@
+"""Federated training of simulated tenants through Flower's simulation engine: ``python -m experiments.federated``.
+
+Hydra composes conf/federated.yaml (fl/ and privacy/ groups), the config is flattened to Flower's
+``section.key -> scalar`` run config, and fed_server.app / fed_client.app run N simulated tenants with
+flwr.simulation.run_simulation (Ray backend). It runs in a child process, so it needs no SuperLink and
+whatever Flower or Ray leave behind ends with it; it installs nothing at run time (works offline), and
+fails loudly: the child's exit code and the ServerApp's results file must both say the run completed.
+Then the local-only and centralized arms and the static baselines run on the same tenants, and the report is written:
+results.md (printed), results.json, reward.png, sla.png, epsilon.png, plus the global checkpoints.
+
+    python -m experiments.federated                                  # 4 tenants, 5 rounds, a few minutes
+    python -m experiments.federated fl=fedprox privacy=central_dp fl.rounds=10
+    python -m experiments.federated privacy=distributed_dp           # SecAgg+ with distributed DP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import FLConfig, PrivacyConfig, flat_config, register_configs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TenantEntry:
+    """One simulated tenant (one SuperNode)."""
+
+    scenario: str = "default"
+    """Scenario name (conf/scenario/) or YAML path."""
+    tenant: str = "gameco"
+    """The scenario's tenant this node controls."""
+    num_envs: int = 8
+    """Environments per local iteration: the tenant's amount of data."""
+
+
+@dataclass
+class FedTrainConfig:
+    """Local PPO training per round (fed_client.training.local_train)."""
+
+    local_iterations: int = 2
+    """PPO iterations (rollout + update) per round."""
+    num_steps: int = 32
+    """Steps per environment per iteration."""
+    learning_rate: float = 3e-4
+    """Adam learning rate (constant)."""
+    update_epochs: int = 4
+    """PPO epochs per rollout."""
+    num_minibatches: int = 4
+    """Minibatches per epoch."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    """Widths of the global model's hidden layers."""
+
+
+@dataclass
+class FedEvalConfig:
+    """Evaluation of each arm on each tenant's held-out seeds."""
+
+    envs: int = 4
+    """Environments per evaluation."""
+    steps: int = 60
+    """Control steps per evaluation."""
+    seed: int = 1000
+    """Seed of the held-out evaluation (training seeds start at `seed`)."""
+    baselines: list[str] = field(default_factory=lambda: ["static_priority", "fair_share", "fifo", "greedy_premium"])
+    """Static baselines run by each tenant for reference (as the nearest action; fq_codel needs CoDel, left out)."""
+
+
+@dataclass
+class SimulationConfig:
+    """Flower's Ray backend on this machine."""
+
+    client_num_cpus: float = 1.0
+    """CPUs per ClientApp actor (fractional allowed; 2 cores -> 2 actors at 1.0)."""
+    ray_num_cpus: int = 2
+    """CPUs Ray may use."""
+    timeout_s: float | None = 3600.0
+    """Wall-clock limit of the Flower run; it is stopped and the command fails past it (None: no limit)."""
+
+
+@dataclass
+class FedOutputConfig:
+    """Where the run writes."""
+
+    dir: str | None = None
+    """Results directory; None: Hydra's run directory."""
+    plots: bool = True
+    """Write the PNG plots."""
+    resume: bool = False
+    """Resume from dir/checkpoints/latest.json (the rounds already done are skipped)."""
+
+
+@dataclass
+class AttackConfig:
+    """A misbehaving tenant (robustness experiments)."""
+
+    scale: float = 1.0
+    """Factor applied to the attackers' updates (1: honest)."""
+    tenants: list[int] = field(default_factory=list)
+    """Indices of the attacking tenants."""
+
+
+@dataclass
+class FederatedConfig:
+    """Primary config of experiments.federated."""
+
+    tenants: list[TenantEntry] = field(default_factory=list)
+    """The federation's tenants."""
+    fl: FLConfig = field(default_factory=FLConfig)
+    """Strategy and rounds (conf/fl/)."""
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """Clipping, DP, SecAgg+ (conf/privacy/)."""
+    train: FedTrainConfig = field(default_factory=FedTrainConfig)
+    evaluation: FedEvalConfig = field(default_factory=FedEvalConfig)
+    compare_local: bool = True
+    """Also train each tenant alone (local-only arm)."""
+    compare_centralized: bool = True
+    """Also train one model on all tenants' environments (centralized arm)."""
+    seed: int = 0
+    """Seed of the initial global model and of training."""
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    output: FedOutputConfig = field(default_factory=FedOutputConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+
+
+def run_config(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
+    """The flat run config the Flower apps read (fed_client.settings.RunSettings)."""
+    flat: dict[str, Any] = flat_config(cfg)
+    flat["output.checkpoint_dir"] = str(out_dir / "checkpoints")
+    flat["output.results_file"] = str(out_dir / "federated_rounds.json")
+    return flat
+
+
+def _simulate(flat: dict[str, Any], n_tenants: int, sim: SimulationConfig) -> None:
+    """Child-process body: run the simulation, then exit hard so no Flower thread can keep the process alive."""
+    from flwr.simulation import run_simulation
+
+    from fed_client.app import make_client_app
+    from fed_server.app import make_server_app
+
+    code = 1
+    try:
+        run_simulation(
+            server_app=make_server_app(flat),
+            client_app=make_client_app(flat),
+            num_supernodes=n_tenants,
+            backend_config={"client_resources": {"num_cpus": sim.client_num_cpus, "num_gpus": 0.0},
+                            "init_args": {"num_cpus": sim.ray_num_cpus, "include_dashboard": False}},
+        )
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # flwr 1.42: when the simulation runtime crashes (e.g. Ray's node fails to start within its
+        # fixed 30 s on an overloaded host), the ServerApp thread keeps waiting for nodes and would hold
+        # the process forever; os._exit ends it and the Ray processes it started.
+        os._exit(code)
+
+
+def run_flower(flat: dict[str, Any], n_tenants: int, sim: SimulationConfig) -> dict[str, Any]:
+    """Run the ServerApp and ClientApps in Flower's simulation engine (in a child process, so whatever
+    Flower or Ray leave behind ends with it); raise unless the run completed."""
+    # Ray's workers inherit the environment: one torch thread per client actor, since the actors
+    # already share the cores between them.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Ray (2.55) runs its workers at niceness 15, which starves the client actors on a busy host.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    results_file = Path(flat["output.results_file"])
+    results_file.unlink(missing_ok=True)
+    proc = multiprocessing.get_context("spawn").Process(target=_simulate, args=(flat, n_tenants, sim))
+    proc.start()
+    proc.join(sim.timeout_s)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(10)
+        raise RuntimeError(f"the federated run did not finish within simulation.timeout_s={sim.timeout_s}")
+    if proc.exitcode != 0:
+        raise RuntimeError(f"the federated run failed (exit code {proc.exitcode}; see the log above)")
+    if not results_file.exists():
+        raise RuntimeError("the federated run failed before its first round (no results file; see the log above)")
+    res = json.loads(results_file.read_text())
+    if res["status"] not in ("completed", "stopped_at_privacy_budget"):
+        raise RuntimeError(f"the federated run did not complete: {res['status']}")
+    return dict(res)
+
+
+def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
+    """The federated run, the reference arms and the report; returns what results.json holds."""
+    from experiments.fl_arms import centralized, local_only, static_baselines
+    from experiments.fl_report import markdown, targets, write_plots
+    from fed_client.settings import RunSettings
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.tenants:
+        raise ValueError("tenants is empty: the federation needs at least one tenant")
+    start = time.perf_counter()
+    flat = run_config(cfg, out_dir)
+    flat["output.resume"] = cfg.output.resume
+    fed = run_flower(flat, len(cfg.tenants), cfg.simulation)
+    fed_s = time.perf_counter() - start
+    s = RunSettings.from_config(flat)
+    results: dict[str, Any] = {"status": fed["status"], "settings": flat, "federated": fed["rounds"]}
+    if cfg.compare_local:
+        results["local_only"] = local_only(s)
+    if cfg.compare_centralized:
+        results["centralized"] = centralized(s)
+    results["baselines"] = static_baselines(s, list(cfg.evaluation.baselines))
+    least = min(t.num_envs for t in cfg.tenants)
+    small = [f"{t.tenant}@{t.scenario}" for t in cfg.tenants if t.num_envs == least]
+    results["targets"] = targets(results, small)
+    results["wall_s"] = {"federated": round(fed_s, 1), "total": round(time.perf_counter() - start, 1)}
+    report = markdown(results)
+    (out_dir / "results.md").write_text(report)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    if cfg.output.plots:
+        write_plots(results, out_dir)
+    print(report, flush=True)
+    log.info("wrote %s in %.1f s", out_dir, time.perf_counter() - start)
+    return results
+
+
+def register() -> None:
+    """Register the primary schema next to the shared group schemas."""
+    register_configs()
+    ConfigStore.instance().store(name="federated_schema", node=FederatedConfig)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="federated")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: compose, validate, run."""
+    conf = OmegaConf.to_object(cfg)
+    if not isinstance(conf, FederatedConfig):
+        raise TypeError(f"expected a FederatedConfig, got {type(conf).__name__}")
+    out_dir = Path(conf.output.dir) if conf.output.dir else Path(HydraConfig.get().runtime.output_dir)
+    # Flower installs app dependencies at run time unless told not to (flwr 1.42): never do that offline.
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    torch.set_num_threads(1)  # 2 cores: Ray's client actors use them
+    run_federated(conf, out_dir)
+
+
+if __name__ == "__main__":
+    register()
+    main()

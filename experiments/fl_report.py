@@ -1,0 +1,135 @@
+"""Report of a federated run: per-round reward and SLA violations of each arm, epsilon, targets (md, PNG, JSON).
+
+An arm is a list of rounds, each ``{"round": r, "eval": {tenant: {"reward", "sla_violation_rate"}}}``
+(the federated arm's rounds also carry ``epsilon`` and timings). Rewards can be negative, so the
+relative targets are stated on the reward axis: "a >= 95% of b" is ``a >= b - 0.05 |b|`` and
+"a is 20% better than b" is ``a >= b + 0.2 |b|``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt
+
+Arm = list[dict[str, Any]]
+
+
+def arm_means(arm: Arm, tenants: Sequence[str] | None = None) -> list[dict[str, float]]:
+    """Per round: mean reward and SLA violation rate over the tenants (all, or the named ones)."""
+    out = []
+    for rec in arm:
+        ev = {k: v for k, v in rec.get("eval", {}).items() if tenants is None or k in tenants}
+        if not ev:
+            continue
+        n = len(ev)
+        out.append({"round": rec["round"], "reward": sum(float(v["reward"]) for v in ev.values()) / n,
+                    "sla_violation_rate": sum(float(v["sla_violation_rate"]) for v in ev.values()) / n})  # fmt: skip
+    return out
+
+
+def at_least_fraction(a: float, b: float, fraction: float) -> bool:
+    """a >= fraction of b on a reward axis that may be negative: a >= b - (1 - fraction) |b|."""
+    return a >= b - (1.0 - fraction) * abs(b)
+
+
+def targets(results: dict[str, Any], small: Sequence[str]) -> dict[str, Any]:
+    """The issue's accuracy targets measured on the final round (what is missing is reported as None)."""
+    fed = arm_means(results["federated"])
+    cen = arm_means(results.get("centralized", []))
+    loc_small = arm_means(results.get("local_only", []), small)
+    fed_small = arm_means(results["federated"], small)
+    out: dict[str, Any] = {"final_round": fed[-1]["round"] if fed else None}
+    if fed and cen:
+        f, c = fed[-1]["reward"], cen[-1]["reward"]
+        out["federated_vs_centralized"] = {"federated": f, "centralized": c, "met_95pct": at_least_fraction(f, c, 0.95)}
+    if fed_small and loc_small:
+        f, loc = fed_small[-1]["reward"], loc_small[-1]["reward"]
+        out["small_tenants_vs_local"] = {"tenants": list(small), "federated": f, "local_only": loc,
+                                         "met_20pct_better": f >= loc + 0.2 * abs(loc)}  # fmt: skip
+    base = results.get("baselines", {})
+    if fed and base:
+        best = min(base, key=lambda b: sum(v["sla_violation_rate"] for v in base[b].values()))
+        b_sla = sum(v["sla_violation_rate"] for v in base[best].values()) / len(base[best])
+        eps = results["federated"][-1].get("epsilon")
+        out["sla_vs_best_baseline"] = {"baseline": best, "baseline_sla": b_sla, "federated_sla":
+                                       fed[-1]["sla_violation_rate"], "beats": fed[-1]["sla_violation_rate"] < b_sla,
+                                       "epsilon": eps}  # fmt: skip
+    return out
+
+
+def _f(x: float | None, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The report as markdown: per-round means of each arm, epsilon, per-tenant final round, baselines, targets."""
+    arms = {k: arm_means(results[k]) for k in ("federated", "local_only", "centralized") if results.get(k)}
+    lines = [f"# Federated run ({results['settings'].get('fl.strategy')}, privacy "
+             f"{results['settings'].get('privacy.mode')}, status {results['status']})", "",
+             "## Mean over tenants per round (reward / SLA violation rate)", ""]  # fmt: skip
+    header = ["round", *[f"{a} reward" for a in arms], *[f"{a} SLA viol." for a in arms], "epsilon", "round s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    eps = {r["round"]: r for r in results["federated"]}
+    for i, rec in enumerate(arms.get("federated", [])):
+        row = [str(rec["round"])]
+        row += [_f(arms[a][i]["reward"]) if i < len(arms[a]) else "-" for a in arms]
+        row += [_f(arms[a][i]["sla_violation_rate"], True) if i < len(arms[a]) else "-" for a in arms]
+        fr = eps.get(rec["round"], {})
+        row += [_f(fr.get("epsilon")), _f(fr.get("round_s"))]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Final round per tenant (reward / SLA violation rate)", ""]
+    tenants = list(results["federated"][-1]["eval"]) if results["federated"] else []
+    cols = [*arms, *results.get("baselines", {})]
+    lines += ["| tenant | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for t in tenants:
+        cells = []
+        for c in cols:
+            v = (results[c][-1]["eval"].get(t) if c in arms else results["baselines"][c].get(t)) or {}
+            cells.append(f"{_f(v.get('reward'))} / {_f(v.get('sla_violation_rate'), True)}")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", "## Targets (final round)", "", "```json", json.dumps(results.get("targets", {}), indent=1)]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """reward.png, sla.png (per round, each arm, baselines as lines) and epsilon.png (when DP is on)."""
+    paths = []
+    for key, fname, label in (("reward", "reward.png", "mean reward"),
+                              ("sla_violation_rate", "sla.png", "SLA violation rate")):  # fmt: skip
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for arm in ("federated", "local_only", "centralized"):
+            m = arm_means(results.get(arm, []))
+            if m:
+                ax.plot([r["round"] for r in m], [r[key] for r in m], marker="o", label=arm)
+        for name, per in results.get("baselines", {}).items():
+            ax.axhline(sum(v[key] for v in per.values()) / len(per), ls="--", lw=1, label=name)
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=100)
+        plt.close(fig)
+        paths.append(out_dir / fname)
+    eps = [(r["round"], r["epsilon"]) for r in results["federated"] if r.get("epsilon") is not None]
+    if eps:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(*zip(*eps, strict=True), marker="o")
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"epsilon (delta={results['settings'].get('privacy.delta')})")
+        fig.tight_layout()
+        fig.savefig(out_dir / "epsilon.png", dpi=100)
+        plt.close(fig)
+        paths.append(out_dir / "epsilon.png")
+    return paths

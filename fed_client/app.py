@@ -1,0 +1,121 @@
+"""FedShape's Flower ClientApp: one tenant per node, wiring fed_client.training into a NumPyClient.
+
+Node config (``flwr-supernode --node-config``; the simulation engine gives only partition-id):
+- ``tenant``: the tenant's name (its identity); with ``scenario`` (a conf/scenario name or a YAML path
+  holding the tenant) it fixes the tenant's spec and its simulated environment;
+- ``num-envs``: environments per local iteration (default 8);
+- ``experience-store``: a shaping.control ExperienceStore directory: train on the recorded experience
+  instead of the simulator (the scenario then only supplies the spec and the held-out evaluation);
+- without ``tenant``: ``partition-id`` picks the tenant from the run config's ``tenants`` (a JSON list).
+The NumPyClient shape is what SecAgg+'s legacy path needs (fed_server.secagg).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Context
+from flwr.client import Client, ClientApp, NumPyClient
+from flwr.common import ConfigRecord, NDArrays, Scalar
+
+from fed_client.layout import tenant_mapping
+from fed_client.privacy import privacy_mods
+from fed_client.settings import RunSettings
+from shaping.sim.scenarios import load_scenario
+from shaping.spec.tenant import tenant_spec
+from fed_client.training import TenantTask, evaluate, get_weights, local_train, make_env, make_model, set_weights
+
+STATE_KEY = "fedshape"
+
+
+def tenant_of(s: RunSettings, node_config: Mapping[str, Any]) -> tuple[int, TenantTask]:
+    """(index, task) of this node: from its tenant/scenario keys, else its partition-id."""
+    if "tenant" in node_config:
+        task = TenantTask(str(node_config.get("scenario", "default")), str(node_config["tenant"]),
+                          int(node_config.get("num-envs", 8)))  # fmt: skip
+        index = next((i for i, t in enumerate(s.tenants) if t.name == task.name), -1)
+        return index, task
+    index = int(node_config["partition-id"])
+    if not 0 <= index < len(s.tenants):
+        raise ValueError(f"partition-id {index} but the run has {len(s.tenants)} tenants (run config key tenants)")
+    return index, s.tenants[index]
+
+
+class TenantClient(NumPyClient):
+    """Trains and evaluates the global policy on one tenant's environment (or recorded experience)."""
+
+    def __init__(self, s: RunSettings, index: int, task: TenantTask, context: Context, store: str | None) -> None:
+        self.s, self.index, self.task, self.context, self.store = s, index, task, context, store
+        self.model = make_model(s.layout, s.hidden_sizes, s.seed)
+        self.state = context.state.config_records.setdefault(STATE_KEY, ConfigRecord({}))
+
+    def _load(self, parameters: NDArrays) -> None:
+        set_weights(self.model, parameters)
+        if "norm_count" in self.state:  # the normalizer's sample count is local (fed_client.training)
+            self.model.obs_norm.count.fill_(float(self.state["norm_count"]))  # type: ignore[arg-type]
+
+    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
+        """The initial global weights (same seed on every party)."""
+        return get_weights(self.model)
+
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Local PPO iterations from the global weights; returns the new weights and metrics."""
+        self._load(parameters)
+        rnd = int(config.get("server_round", 0))
+        dp = None
+        if self.s.dpsgd_noise > 0:
+            from fed_client.dpsgd import DPSGD  # opacus takes seconds to import: only when DP-SGD is on
+
+            dp = DPSGD(self.s.dpsgd_noise, self.s.dpsgd_max_grad_norm, self.s.delta,
+                       str(self.state.get("dpsgd_history", "")) or None)  # fmt: skip
+        if self.store:
+            from fed_client.experience import open_store, train_on_experience
+
+            spec = tenant_spec(load_scenario(self.task.scenario), self.task.tenant)
+            store = open_store(self.store, spec)
+            res = train_on_experience(self.model, store, tenant_mapping(spec, self.s.layout), self.s.ppo)
+        else:
+            env = make_env(self.task, self.s.layout)
+            seed = self.s.seed + 1000 * rnd + max(self.index, 0)
+            res = local_train(self.model, [env], self.s.local_iterations, self.s.ppo, dp=dp, seed=seed,
+                              proximal_mu=self.s.proximal_mu)
+        self.state["norm_count"] = float(self.model.obs_norm.count)
+        weights = get_weights(self.model)
+        if self.index in self.s.attack_tenants:  # robustness experiments: a tenant that scales its update
+            weights = [g + self.s.attack_scale * (w - g) for w, g in zip(weights, parameters, strict=True)]
+        metrics: dict[str, Scalar] = {"tenant": self.task.name, "rollout_reward": res.rollout_reward,
+                                      "num_examples": res.num_examples}  # fmt: skip
+        if dp is not None:
+            self.state["dpsgd_history"] = dp.history_json()
+            metrics["dpsgd_epsilon"] = dp.epsilon()
+        # Under DP every update weighs the same: the noise is calibrated to a uniform mean.
+        n = 1 if self.s.privacy_mode != "none" else max(res.num_examples, 1)
+        return [np.asarray(w, dtype=np.float32) for w in weights], n, metrics
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
+        """Greedy evaluation of the global policy on the tenant's held-out seeds."""
+        self._load(parameters)
+        env = make_env(self.task, self.s.layout, self.s.eval_envs, episode_steps=max(self.s.eval_steps, 1))
+        ev = evaluate(self.model, env, self.s.eval_steps, self.s.eval_seed)
+        return -ev.reward, self.s.eval_envs * self.s.eval_steps, {
+            "tenant": self.task.name, "reward": ev.reward, "sla_violation_rate": ev.sla_violation_rate}
+
+
+def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp whose settings are `defaults` overridden by the run config."""
+
+    def settings_of(context: Context) -> RunSettings:
+        return RunSettings.from_config({**(defaults or {}), **dict(context.run_config)})
+
+    def client_fn(context: Context) -> Client:
+        s = settings_of(context)
+        index, task = tenant_of(s, context.node_config)
+        store = context.node_config.get("experience-store")
+        return TenantClient(s, index, task, context, str(store) if store else None).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=privacy_mods(settings_of))
+
+
+app = make_client_app()

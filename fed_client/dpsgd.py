@@ -1,0 +1,75 @@
+"""Sample-level differential privacy of local training: Opacus DP-SGD with an RDP accountant kept across rounds.
+
+Opacus computes per-sample gradients (GradSampleModule hooks on the policy's Linear layers) and its
+DPOptimizer clips each transition's gradient and adds Gaussian noise at every step of ppo_update.
+The accountant's history is a list of (noise_multiplier, sample_rate, steps) that serializes to JSON, so
+the Flower client keeps it in its node context between rounds and reports the spent epsilon each round.
+
+Accounting note: ppo_update draws minibatches by shuffling, not by Poisson sampling, and several PPO
+epochs reuse a rollout; the accountant is charged sample_rate = 1 / num_minibatches for every step,
+the standard DP-SGD approximation (Opacus does the same for shuffled loaders).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from opacus import GradSampleModule
+from opacus.accountants import RDPAccountant
+from opacus.optimizers import DPOptimizer
+
+
+class DPSGD:
+    """DP-SGD settings plus the accountant of one tenant.
+
+    Args:
+        noise_multiplier: Gaussian noise std as a multiple of max_grad_norm.
+        max_grad_norm: per-sample gradient clipping bound.
+        delta: delta of the reported (epsilon, delta).
+        history: the accountant's JSON history from an earlier round (None: nothing spent yet).
+    """
+
+    def __init__(self, noise_multiplier: float, max_grad_norm: float, delta: float, history: str | None = None) -> None:
+        if noise_multiplier <= 0 or max_grad_norm <= 0:
+            raise ValueError("DP-SGD needs noise_multiplier > 0 and max_grad_norm > 0")
+        self.noise_multiplier = noise_multiplier
+        self.max_grad_norm = max_grad_norm
+        self.delta = delta
+        self.accountant = RDPAccountant()
+        if history:
+            self.accountant.history = [tuple(h) for h in json.loads(history)]
+        self._gsm: GradSampleModule | None = None
+
+    def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: int,
+               num_minibatches: int) -> DPOptimizer:  # fmt: skip
+        """Hook per-sample gradients into model and return optimizer wrapped as a DPOptimizer."""
+        # GradSampleModule registers its hooks on model's submodules, so model's own methods
+        # (get_action_and_value, called by ppo_update) produce per-sample gradients too.
+        self._gsm = GradSampleModule(model, loss_reduction="mean")
+        sample_rate = 1.0 / num_minibatches
+        dp_opt = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
+                             expected_batch_size=max(1, batch // num_minibatches), loss_reduction="mean")  # fmt: skip
+
+        def charge(_: object) -> None:
+            self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate)
+
+        dp_opt.attach_step_hook(charge)
+        return dp_opt
+
+    def detach(self, model: torch.nn.Module) -> None:
+        """Remove the per-sample gradient hooks (the model is a plain module again)."""
+        if self._gsm is not None:
+            self._gsm._close()
+            self._gsm = None
+        for p in model.parameters():
+            p.grad_sample = None  # type: ignore[attr-defined]
+            p.grad = None
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far at self.delta (0 before any step)."""
+        return float(self.accountant.get_epsilon(self.delta)) if self.accountant.history else 0.0
+
+    def history_json(self) -> str:
+        """The accountant's state, for the node context."""
+        return json.dumps([list(h) for h in self.accountant.history])

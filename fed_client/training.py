@@ -1,0 +1,194 @@
+"""Local training and evaluation of a tenant's share of the global policy, over shaping.agents' PPO steps.
+
+The Flower client, the local-only and the centralized baselines all call these functions, so the three
+arms of the comparison differ only in how the model's weights travel. Weights on the wire are the
+ActorCritic's state_dict in order, with the observation normalizer sent as (mean, std): bounded values
+that SecAgg+'s fixed-point quantization and the clipping of updates handle; the normalizer's sample
+count stays local (it only sets how fast local statistics move).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import torch
+
+from fed_client.layout import PaddedEnv, UniversalLayout
+from shaping.agents import ActorCritic, collect_rollout, make_optimizer, ppo_update
+from shaping.agents.train import EvalResult, ReturnScaler, evaluate_agent
+from shaping.baselines import get_baseline
+from shaping.config import PPOConfig, RewardConfig
+from shaping.sim.scenarios import load_scenario
+from shaping.sim.vector_env import ShapingVectorEnv
+from shaping.spec.action import ActionLayout
+
+#: state_dict keys that never travel: the normalizer's count is local.
+LOCAL_KEYS = ("obs_norm.count",)
+
+
+@dataclass(frozen=True)
+class TenantTask:
+    """One tenant of the federation in simulation: which tenant of which scenario, and how much data."""
+
+    scenario: str
+    """Scenario name (conf/scenario/) or YAML path."""
+    tenant: str
+    """The controlled tenant of that scenario."""
+    num_envs: int = 8
+    """Environments simulated per local iteration: the tenant's amount of data."""
+
+    @property
+    def name(self) -> str:
+        """Identity of the tenant in reports: ``tenant@scenario``."""
+        return f"{self.tenant}@{self.scenario}"
+
+
+def make_env(task: TenantTask, layout: UniversalLayout, num_envs: int | None = None, *,
+             reward: RewardConfig | None = None, episode_steps: int | None = None) -> PaddedEnv:  # fmt: skip
+    """The tenant's batched simulator seen through the federation's layout."""
+    env = ShapingVectorEnv(num_envs or task.num_envs, load_scenario(task.scenario), tenant=task.tenant,
+                           reward=reward, max_episode_steps=episode_steps)  # fmt: skip
+    return PaddedEnv(env, layout)
+
+
+def make_model(layout: UniversalLayout, hidden_sizes: Sequence[int] = (64, 64), seed: int = 0) -> ActorCritic:
+    """The global model's architecture, seeded so every party builds the same initial weights."""
+    torch.manual_seed(seed)
+    return ActorCritic(layout.obs_dim, layout.nvec, hidden_sizes)
+
+
+def get_weights(model: ActorCritic) -> list[np.ndarray]:
+    """The model's weights as the federation sends them (normalizer variance as std, count left out)."""
+    out = []
+    for key, value in model.state_dict().items():
+        if key in LOCAL_KEYS:
+            continue
+        arr = value.detach().cpu().double() if key == "obs_norm.var" else value.detach().cpu()
+        out.append((arr.sqrt() if key == "obs_norm.var" else arr).numpy().astype(np.float32))
+    return out
+
+
+def set_weights(model: ActorCritic, weights: Sequence[np.ndarray]) -> None:
+    """Load weights produced by get_weights (the local normalizer count is kept)."""
+    state = model.state_dict()
+    keys = [k for k in state if k not in LOCAL_KEYS]
+    if len(keys) != len(weights):
+        raise ValueError(f"expected {len(keys)} weight arrays, got {len(weights)}")
+    for key, arr in zip(keys, weights, strict=True):
+        t = torch.as_tensor(np.asarray(arr), dtype=state[key].dtype)
+        if key == "obs_norm.var":
+            t = t.clamp(min=0).square()
+        if t.shape != state[key].shape:
+            raise ValueError(f"weight {key}: shape {tuple(t.shape)}, model has {tuple(state[key].shape)}")
+        state[key] = t
+    model.load_state_dict(state)
+
+
+def prox_adam(params: list[torch.nn.Parameter], lr: float, mu: float) -> torch.optim.Adam:
+    """Adam on the FedProx objective: a step pre-hook adds ``mu * (w - w_start)`` to each gradient."""
+    opt = torch.optim.Adam(params, lr=lr, eps=1e-5)
+    anchor = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def proximal(*_: object) -> None:
+        for p, w0 in zip(params, anchor, strict=True):
+            if p.grad is not None:
+                p.grad.add_(p - w0, alpha=mu)
+
+    opt.register_step_pre_hook(proximal)
+    return opt
+
+
+@dataclass
+class LocalResult:
+    """What one call of local_train did."""
+
+    num_examples: int
+    """Environment steps collected (the weight of this update in FedAvg)."""
+    rollout_reward: float
+    """Mean raw reward of the rollouts."""
+    optimizer_steps: int
+    """Gradient steps taken."""
+
+
+def local_train(
+    model: ActorCritic,
+    envs: Sequence[PaddedEnv],
+    iterations: int,
+    cfg: PPOConfig,
+    *,
+    seed: int = 0,
+    proximal_mu: float = 0.0,
+    dp: object | None = None,
+) -> LocalResult:
+    """PPO iterations on the tenant's environments (round robin over several, for the centralized arm).
+
+    Args:
+        model: the policy, trained in place.
+        envs: the environments; each iteration collects cfg.num_steps steps of one of them.
+        iterations: PPO iterations (rollout, then update).
+        cfg: PPO hyperparameters (learning rate constant here: rounds, not iterations, set the schedule).
+        seed: seeds the rollouts' resets and the minibatch order.
+        proximal_mu: FedProx weight; > 0 keeps the model near the weights it started from.
+        dp: a fed_client.dpsgd.DPSGD, which makes the updates DP-SGD (sample-level privacy).
+    """
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer = (prox_adam(params, cfg.learning_rate, proximal_mu) if proximal_mu > 0
+                                        else make_optimizer(model, cfg.learning_rate))  # fmt: skip
+    counter = [0]
+    # Counted on the inner optimizer: DPOptimizer wraps it without torch's hook machinery.
+    hook = optimizer.register_step_post_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
+    if dp is not None:
+        from fed_client.dpsgd import DPSGD
+
+        optimizer = cast(DPSGD, dp).attach(model, optimizer, envs[0].num_envs * cfg.num_steps, cfg.num_minibatches)
+    steps, rewards = 0, []
+    obs = [env.reset_torch(seed=seed + 7919 * i) for i, env in enumerate(envs)]
+    scalers = [ReturnScaler(env.num_envs, cfg.gamma) for env in envs]
+    model.train()
+    try:
+        for it in range(iterations):
+            k = it % len(envs)
+            model.set_envelope(envs[k].mapping.envelope)  # the tenant's allowed choices in the shared layout
+            rollout, obs[k] = collect_rollout(envs[k], model, obs[k], cfg.num_steps)
+            rewards.append(float(rollout.rewards[rollout.valid].mean()))
+            steps += int(rollout.valid.sum())
+            ppo_update(model, optimizer, scalers[k](rollout), cfg)
+    finally:
+        hook.remove()
+        if dp is not None:
+            cast(DPSGD, dp).detach(model)
+        model.eval()
+    return LocalResult(num_examples=steps, rollout_reward=float(np.mean(rewards)) if rewards else 0.0,
+                       optimizer_steps=counter[0])  # fmt: skip
+
+
+def evaluate(model: ActorCritic, env: PaddedEnv, steps: int, seed: int) -> EvalResult:
+    """Greedy evaluation of the policy on the tenant's held-out seeds (shaping.agents.train.evaluate_agent)."""
+    model.set_envelope(env.mapping.envelope)
+    # evaluate_agent only uses view, reset_torch and step_torch, which PaddedEnv provides.
+    return evaluate_agent(cast(ShapingVectorEnv, env), model, steps, seed)
+
+
+class ConstantPolicy:
+    """A static baseline of the controlled tenant, expressed as the nearest constant universal action."""
+
+    def __init__(self, env: PaddedEnv, baseline: str) -> None:
+        spec = env.env.view.observation.spec
+        own = torch.as_tensor(ActionLayout(spec).encode(get_baseline(baseline).plan(spec)))
+        action = torch.zeros(len(env.mapping.layout.nvec), dtype=torch.long)
+        action[env.mapping.act_src] = own
+        self.action = action
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """The same action in every environment."""
+        return self.action.to(obs.device).expand(obs.shape[0], -1)
+
+
+def evaluate_baseline(env: PaddedEnv, baseline: str, steps: int, seed: int) -> EvalResult:
+    """The tenant running a static baseline instead of the agent, on the same seeds as evaluate."""
+    return evaluate_agent(cast(ShapingVectorEnv, env), cast(ActorCritic, ConstantPolicy(env, baseline)), steps, seed)

@@ -1,0 +1,72 @@
+"""FedShape's Flower ServerApp: wiring of strategy, privacy, accounting, checkpoints and the legacy workflow.
+
+Run settings are the flat keys of fed_client.settings.RunSettings (context.run_config over the
+defaults the app was built with). ``app`` is what ``flwr run`` loads (pyproject's [tool.flwr.app]);
+experiments.federated builds one with make_server_app(flat_config) for the simulation engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Context
+from flwr.common import ndarrays_to_parameters
+from flwr.server import Grid, ServerApp
+
+from fed_client.settings import RunSettings
+from fed_client.training import get_weights, make_model
+from fed_server.checkpoints import load_latest
+from fed_server.privacy import epsilon_after, rounds_within_budget
+from fed_server.secagg import run_legacy
+from fed_server.strategy import build_strategy
+from fed_server.tracking import TrackedStrategy
+
+log = logging.getLogger(__name__)
+
+
+def run_server(grid: Grid, context: Context, config: Mapping[str, Any]) -> TrackedStrategy:
+    """One federated run: resume if asked, cap the rounds to the privacy budget, run, mark the result."""
+    s = RunSettings.from_config(config)
+    n_clients = len(s.tenants)
+    ckpt = load_latest(s.checkpoint_dir) if (s.resume and s.checkpoint_dir) else None
+    done = ckpt.round if ckpt else 0
+    weights = ckpt.weights if ckpt else get_weights(make_model(s.layout, s.hidden_sizes, s.seed))
+    noisy = s.privacy_mode in ("central", "distributed")
+    epsilon_of = (lambda r: epsilon_after(r, s.noise_multiplier, s.fraction_fit, s.delta)) if noisy else None
+    allowed = rounds_within_budget(s.rounds, s.noise_multiplier, s.fraction_fit, s.delta, s.target_epsilon if noisy
+                                   else None)  # fmt: skip
+    if allowed < s.rounds:
+        log.warning("privacy budget epsilon=%s at delta=%s allows %d of %d rounds: stopping after round %d",
+                    s.target_epsilon, s.delta, allowed, s.rounds, allowed)  # fmt: skip
+    remaining = max(0, allowed - done)
+    inner = build_strategy(s, ndarrays_to_parameters(weights), n_clients)
+    settings = {**dict(config), "rounds_allowed_by_budget": allowed, "resumed_from_round": done}
+    tracked = TrackedStrategy(inner, round_offset=done, epsilon_of=epsilon_of, checkpoint_dir=s.checkpoint_dir,
+                              results_file=s.results_file, history=ckpt.history if ckpt else None,
+                              settings=settings)  # fmt: skip
+    try:
+        if remaining > 0:
+            run_legacy(grid, context, tracked, remaining, s.secure_aggregation, n_clients)
+        tracked.status = "completed" if allowed == s.rounds else "stopped_at_privacy_budget"
+    except BaseException as exc:
+        tracked.status = f"failed: {exc!r}"
+        raise
+    finally:
+        tracked.write()
+    return tracked
+
+
+def make_server_app(defaults: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose settings are `defaults` overridden by the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, context, {**(defaults or {}), **dict(context.run_config)})
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,106 @@
+"""Aggregation strategies of the federation and which privacy settings each can be combined with.
+
+The strategies are Flower's (legacy ``flwr.server.strategy``, because SecAgg+ in flwr 1.42 runs only
+through the legacy DefaultWorkflow, and one code path serves every privacy setting):
+fedavg, fedprox, fedadam, trimmed_mean (FedTrimmedAvg), krum. Privacy wraps the chosen strategy in
+Flower's DifferentialPrivacyClientSideFixedClipping (clipping by the clients' fixedclipping_mod,
+noise at the server; ``clip`` mode: clipping without noise; ``distributed``: the clients add the
+noise shares, the server none).
+
+Refused combinations (check_compatible raises IncompatibleSettings saying why):
+- a robust rule (trimmed_mean, krum) with SecAgg+: the server sees only the masked sum, never the
+  individual updates a robust rule must rank or trim;
+- distributed DP without SecAgg+: each share alone is far too little noise to protect one update;
+- central or distributed noise with krum, trimmed_mean or fedadam: the noise is calibrated to the
+  sensitivity of the *mean* of clipped updates (C / n); Krum returns one client's update (sensitivity C),
+  a trimmed mean has larger sensitivity than the mean, and FedAdam's noise would be added after its
+  adaptive step, which rescales it. Clipping alone (``clip``) works with all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.common import Parameters, Scalar
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
+
+from fed_client.settings import RunSettings
+from fed_server.privacy import distributed_share_std
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed_mean", "krum")
+ROBUST = ("trimmed_mean", "krum")
+#: Fit-config key carrying each client's distributed-DP noise share (std, in weight units).
+KEY_NOISE_SHARE = "fedshape.noise_share_std"
+
+
+class IncompatibleSettings(ValueError):
+    """The strategy cannot be combined with the privacy settings (the message says why)."""
+
+
+def check_compatible(s: RunSettings) -> None:
+    """Raise IncompatibleSettings for the refused strategy/privacy combinations (module docstring)."""
+    if s.strategy not in STRATEGIES:
+        raise IncompatibleSettings(f"unknown strategy {s.strategy!r}; known: {STRATEGIES}")
+    if s.privacy_mode not in ("none", "clip", "central", "distributed"):
+        raise IncompatibleSettings(f"unknown privacy mode {s.privacy_mode!r}")
+    if s.strategy in ROBUST and s.secure_aggregation:
+        raise IncompatibleSettings(
+            f"{s.strategy} needs the individual updates, but SecAgg+ only reveals their sum: "
+            "use fedavg/fedprox/fedadam with secure aggregation, or turn it off"
+        )
+    if s.privacy_mode == "distributed" and not s.secure_aggregation:
+        raise IncompatibleSettings(
+            "distributed DP needs SecAgg+ (privacy.secure_aggregation=true): without it the server sees each "
+            "update with only its small noise share"
+        )
+    if s.privacy_mode in ("central", "distributed") and s.strategy in (*ROBUST, "fedadam"):
+        raise IncompatibleSettings(
+            f"{s.privacy_mode} DP noise is calibrated to the mean of clipped updates; {s.strategy} changes the "
+            "sensitivity (see fed_server/strategy.py). Use fedavg or fedprox, or privacy.mode=clip"
+        )
+
+
+def base_strategy(s: RunSettings, initial: Parameters, n_clients: int,
+                  on_fit_config: Callable[[int], dict[str, Scalar]]) -> Strategy:  # fmt: skip
+    """Flower's strategy for s.strategy; every client is evaluated each round."""
+    common = {
+        "fraction_fit": s.fraction_fit, "fraction_evaluate": 1.0, "min_fit_clients": min(s.min_fit_clients, n_clients),
+        "min_evaluate_clients": n_clients, "min_available_clients": n_clients, "initial_parameters": initial,
+        "on_fit_config_fn": on_fit_config, "accept_failures": False,
+    }  # fmt: skip
+    if s.strategy == "fedprox":
+        return FedProx(proximal_mu=s.proximal_mu, **common)  # type: ignore[arg-type]
+    if s.strategy == "fedadam":
+        return FedAdam(eta=s.server_lr, eta_l=s.client_lr, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau,
+                       **common)  # type: ignore[arg-type]  # fmt: skip
+    if s.strategy == "trimmed_mean":
+        return FedTrimmedAvg(beta=s.trim_beta, **common)  # type: ignore[arg-type]
+    if s.strategy == "krum":
+        return Krum(num_malicious_clients=s.krum_malicious, **common)  # type: ignore[arg-type]
+    return FedAvg(**common)  # type: ignore[arg-type]
+
+
+def build_strategy(s: RunSettings, initial: Parameters, n_clients: int) -> Strategy:
+    """The strategy with its privacy wrapper, after check_compatible."""
+    check_compatible(s)
+    sampled = max(1, round(s.fraction_fit * n_clients))
+
+    def fit_config(server_round: int) -> dict[str, Scalar]:
+        cfg: dict[str, Scalar] = {"server_round": server_round}
+        if s.privacy_mode == "distributed":
+            cfg[KEY_NOISE_SHARE] = distributed_share_std(s.noise_multiplier, s.clipping_norm, sampled)
+        return cfg
+
+    strategy = base_strategy(s, initial, n_clients, fit_config)
+    if s.privacy_mode == "none":
+        return strategy
+    server_noise = s.noise_multiplier if s.privacy_mode == "central" else 0.0
+    return DifferentialPrivacyClientSideFixedClipping(strategy, server_noise, s.clipping_norm, sampled)

@@ -1,0 +1,137 @@
+"""A strategy wrapper that records every round: per-tenant evaluation, epsilon, timing, and a checkpoint.
+
+It delegates aggregation to the wrapped strategy unchanged. After each aggregation it saves the global
+model (fed_server.checkpoints) and, after each evaluation, appends a record to the history and rewrites
+the results file (JSON), so a run that dies mid-way leaves its rounds so far on disk, and a caller can
+tell a finished run (``status: completed``) from a failed one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from fed_server.checkpoints import GlobalCheckpoint, save_global
+
+
+class TrackedStrategy(Strategy):
+    """Wraps a strategy; rounds are numbered from `round_offset` + 1 (a resumed run continues its numbering).
+
+    Args:
+        inner: the strategy that aggregates.
+        round_offset: rounds done before this run (resume).
+        epsilon_of: spent client-level epsilon after a given total number of rounds (None: no DP).
+        checkpoint_dir: where the global model is saved every round ("" : nowhere).
+        results_file: the JSON file rewritten every round ("" : none).
+        history: records of the rounds before round_offset (resume).
+        clock: time source (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        round_offset: int = 0,
+        epsilon_of: Callable[[int], float] | None = None,
+        checkpoint_dir: str = "",
+        results_file: str = "",
+        history: list[dict[str, Any]] | None = None,
+        settings: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.round_offset = round_offset
+        self.epsilon_of = epsilon_of
+        self.checkpoint_dir = checkpoint_dir
+        self.results_file = results_file
+        self.history: list[dict[str, Any]] = list(history or [])
+        self.settings = settings or {}
+        self.clock = clock
+        self._current: dict[str, Any] = {}
+        self._fit_start = 0.0
+        self.status = "running"
+
+    def __repr__(self) -> str:
+        return f"TrackedStrategy({self.inner!r})"
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """The wrapped strategy's initial parameters."""
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """Start timing the round, then let the wrapped strategy pick and configure clients."""
+        self._fit_start = self.clock()
+        self._current = {"round": self.round_offset + server_round}
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Aggregate, then checkpoint the new global model and note the clients' fit metrics."""
+        if failures:
+            raise RuntimeError(f"round {self.round_offset + server_round}: {len(failures)} client(s) failed: "
+                               f"{[str(f) for f in failures][:3]}")  # fmt: skip
+        params, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        total = self.round_offset + server_round
+        self._current["fit_s"] = self.clock() - self._fit_start
+        self._current["fit_clients"] = len(results)
+        self._current["fit"] = [dict(res.metrics) for _, res in results]
+        if self.epsilon_of is not None:
+            self._current["epsilon"] = self.epsilon_of(total)
+        if params is not None and self.checkpoint_dir:
+            ckpt = GlobalCheckpoint(total, parameters_to_ndarrays(params), self.history)
+            self._current["checkpoint"] = str(save_global(self.checkpoint_dir, ckpt))
+        return params, metrics
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """The wrapped strategy's evaluation round."""
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """Record each tenant's evaluation of the global model and write the results file."""
+        if failures:
+            total = self.round_offset + server_round
+            raise RuntimeError(f"round {total}: evaluation failed on {len(failures)} client(s)")
+        loss, metrics = self.inner.aggregate_evaluate(server_round, results, failures)
+        per_tenant = {str(res.metrics.get("tenant", i)): dict(res.metrics) for i, (_, res) in enumerate(results)}
+        self._current["eval"] = per_tenant
+        self._current["round_s"] = self.clock() - self._fit_start
+        self.history.append(self._current)
+        self.write()
+        return loss, metrics
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        """No server-side evaluation (tenants evaluate on their own held-out scenarios)."""
+        return self.inner.evaluate(server_round, parameters)
+
+    def write(self) -> None:
+        """Rewrite the results file with the settings, status and history."""
+        if not self.results_file:
+            return
+        path = Path(self.results_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"status": self.status, "settings": self.settings, "rounds": self.history},
+                                  indent=1, default=str))  # fmt: skip
+        tmp.replace(path)

@@ -1,0 +1,61 @@
+"""Global checkpoints every round, resuming from the latest, and the per-round records of a run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.strategy import FedAvg
+
+from fed_server.checkpoints import GlobalCheckpoint, load_latest, save_global
+from fed_server.tracking import TrackedStrategy
+
+OK = Status(Code.OK, "")
+
+
+def test_checkpoint_roundtrip_and_latest(tmp_path):
+    assert load_latest(tmp_path) is None
+    w1 = [np.ones((2, 3), dtype=np.float32), np.zeros(4, dtype=np.float32)]
+    save_global(tmp_path, GlobalCheckpoint(1, w1, [{"round": 1}]))
+    save_global(tmp_path, GlobalCheckpoint(2, [w * 2 for w in w1], [{"round": 1}, {"round": 2}]))
+    ck = load_latest(tmp_path)
+    assert ck is not None and ck.round == 2 and len(ck.history) == 2
+    np.testing.assert_array_equal(ck.weights[0], w1[0] * 2)
+    assert (tmp_path / "round_0001.npz").exists()
+
+
+def _fit(value, n=1):
+    return None, FitRes(OK, ndarrays_to_parameters([np.full(3, value, dtype=np.float32)]), n, {"tenant": f"t{value}"})
+
+
+def _eval(name, reward):
+    return None, EvaluateRes(OK, -reward, 1, {"tenant": name, "reward": reward, "sla_violation_rate": 0.1})
+
+
+def test_tracked_strategy_checkpoints_records_and_continues_numbering(tmp_path):
+    ticks = iter(range(100))
+    tracked = TrackedStrategy(
+        FedAvg(), round_offset=2, epsilon_of=lambda r: 0.5 * r, checkpoint_dir=str(tmp_path / "ck"),
+        results_file=str(tmp_path / "r.json"), history=[{"round": 1}, {"round": 2}], clock=lambda: float(next(ticks)),
+    )  # fmt: skip
+    tracked._fit_start = 0.0
+    tracked._current = {"round": 3}
+    params, _ = tracked.aggregate_fit(1, [_fit(1.0), _fit(3.0)], [])
+    assert params is not None
+    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], 2.0)
+    tracked.aggregate_evaluate(1, [_eval("a", 1.0), _eval("b", 0.0)], [])
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["status"] == "running" and [r["round"] for r in rec["rounds"]] == [1, 2, 3]
+    last = rec["rounds"][-1]
+    assert last["epsilon"] == 1.5 and set(last["eval"]) == {"a", "b"} and last["fit_clients"] == 2
+    ck = load_latest(tmp_path / "ck")
+    assert ck is not None and ck.round == 3  # a resumed run continues from here
+
+
+def test_a_failed_client_fails_the_round_loudly(tmp_path):
+    tracked = TrackedStrategy(FedAvg())
+    tracked._current = {"round": 1}
+    with pytest.raises(RuntimeError, match="1 client"):
+        tracked.aggregate_fit(1, [_fit(1.0)], [RuntimeError("boom")])
