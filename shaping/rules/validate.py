@@ -1,0 +1,187 @@
+"""Validation of a tenant's rules with messages that name the offending field.
+
+The spec (shaping.spec) already checks entities, classes, QoS and plans; this module adds what only
+rules have (names, bounds, modes, paths by name, destination matches, overlapping matches, the sum
+of guaranteed rates) and runs the spec's own checks through `compile_rules` for the rest.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from shaping.config import PathConfig
+from shaping.rules.model import MODES, ClassRule, EntityRule, Limits, RuleSet
+from shaping.spec.tenant import SpecError
+
+#: Names of tenants, entities and classes: DNS-label-like, so they fit URIs, labels and interface maps.
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$")
+
+
+class RulesError(SpecError):
+    """Rules that cannot be accepted; the message names the field and the allowed values."""
+
+
+def check_name(what: str, name: str, limits: Limits) -> None:
+    """Raise RulesError unless `name` is a short lower-case identifier."""
+    if not name or len(name) > limits.max_name_len or not NAME_RE.match(name):
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise RulesError(
+            f"{what} {shown!r} is not a valid name: 1..{limits.max_name_len} characters of a-z, 0-9, '_', '.', '-',"
+            " starting and ending with a letter or digit"
+        )
+
+
+def _finite(where: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise RulesError(f"{where} must be a finite number, got {value}")
+
+
+def _ranges(cidrs: Sequence[str], where: str) -> list[tuple[int, int, int]]:
+    """(ip version, first, last) of each network, sorted; RulesError on a malformed one."""
+    out = []
+    for cidr in cidrs:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError as err:
+            raise RulesError(f"{where} has an invalid address {cidr!r}: {err}") from None
+        out.append((net.version, int(net.network_address), int(net.broadcast_address)))
+    return sorted(out)
+
+
+def _overlap(a: list[tuple[int, int, int]], b: list[tuple[int, int, int]]) -> bool:
+    """Whether two sorted range lists share an address (a merge, linear in their lengths)."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        (va, fa, la), (vb, fb, lb) = a[i], b[j]
+        if va == vb and fa <= lb and fb <= la:
+            return True
+        if (va, la) < (vb, lb):
+            i += 1
+        else:
+            j += 1
+    return False
+
+
+def _short_strings(where: str, limits: Limits, **values: str | tuple[str, ...]) -> None:
+    """Bound every free-text field before any message quotes it."""
+    for label, value in values.items():
+        for v in (value,) if isinstance(value, str) else value:
+            if len(v) > limits.max_name_len:
+                raise RulesError(f"{where}: {label} {v[:40]!r}... is longer than {limits.max_name_len} characters")
+
+
+def check_entity(e: EntityRule, limits: Limits) -> None:
+    """Checks of one entity that the spec does not make (name, mode, bounds)."""
+    check_name("entity", e.name, limits)
+    where = f"entity {e.name!r}"
+    _short_strings(where, limits, kind=e.kind, mode=e.mode, cidrs=e.cidrs)
+    if e.mode not in MODES:
+        raise RulesError(f"{where}: mode {e.mode!r} is not one of {MODES}")
+    if not 1 <= len(e.cidrs) <= limits.max_cidrs:
+        raise RulesError(f"{where}: needs 1..{limits.max_cidrs} addresses (cidrs), got {len(e.cidrs)}")
+    if not 1 <= e.vcpus <= 1024:
+        raise RulesError(f"{where}: vcpus must be in 1..1024, got {e.vcpus}")
+    _finite(f"{where}: memory_gib", e.memory_gib)
+    if not 0 < e.memory_gib <= 65536:
+        raise RulesError(f"{where}: memory_gib must be in (0, 65536], got {e.memory_gib}")
+    _ranges(e.cidrs, where)
+
+
+def check_class(c: ClassRule, limits: Limits, paths: Sequence[PathConfig]) -> None:
+    """Checks of one class that the spec does not make (name, bounds, action fields, path by name)."""
+    check_name("class", c.name, limits)
+    where = f"class {c.name!r}"
+    _short_strings(where, limits, entity=c.entity, app=c.app, protocol=c.match.protocol, path=c.action.path,
+                   dst_cidrs=c.match.dst_cidrs)
+    a = c.action
+    for label, value in (("mbps", c.mbps), ("action.rate_mbps", a.rate_mbps), ("action.ceil_mbps", a.ceil_mbps),
+                         ("action.drop_prob", a.drop_prob)):
+        _finite(f"{where}: {label}", value)
+    for label, q in (("qos.max_p99_ms", c.qos.max_p99_ms), ("qos.min_mbps", c.qos.min_mbps),
+                     ("qos.max_loss", c.qos.max_loss), ("qos.app_floor", c.qos.app_floor)):
+        if q is not None:
+            _finite(f"{where}: {label}", q)
+    if len(c.match.ports) > limits.max_ports or len(c.match.dst_cidrs) > limits.max_cidrs:
+        raise RulesError(f"{where}: at most {limits.max_ports} ports and {limits.max_cidrs} destination addresses")
+    if len(set(c.match.ports)) != len(c.match.ports):
+        raise RulesError(f"{where}: duplicate ports {sorted(c.match.ports)}")
+    if not 1 <= c.flows <= limits.max_flows:
+        raise RulesError(f"{where}: flows must be in 1..{limits.max_flows}, got {c.flows}")
+    if not 0 <= a.priority <= limits.max_priority:
+        raise RulesError(f"{where}: action.priority must be in 0..{limits.max_priority}, got {a.priority}")
+    if not 0 <= a.burst_bytes <= 64 * 2**20:
+        raise RulesError(f"{where}: action.burst_bytes must be in 0..{64 * 2**20} (0: derived), got {a.burst_bytes}")
+    names = [p.name for p in paths]
+    if a.path and a.path not in names:
+        raise RulesError(f"{where}: action.path {a.path!r} is not a provider path; paths are {names}")
+    _ranges(c.match.dst_cidrs, f"{where}: match.dst_cidrs")
+
+
+class _MatchKey(NamedTuple):
+    protocol: str
+    ports: frozenset[int]
+    dscp: int | None
+    src: list[tuple[int, int, int]]
+    dst: list[tuple[int, int, int]]
+
+
+def _can_share_packet(a: _MatchKey, b: _MatchKey) -> bool:
+    """Whether some packet matches both keys (empty ports or destinations match anything)."""
+    if a.protocol != b.protocol or (a.dscp is not None and b.dscp is not None and a.dscp != b.dscp):
+        return False
+    if a.ports and b.ports and not a.ports & b.ports:
+        return False
+    if not _overlap(a.src, b.src):
+        return False
+    return not (a.dst and b.dst and not _overlap(a.dst, b.dst))
+
+
+def check_overlaps(rules: RuleSet) -> None:
+    """Raise RulesError when two classes of the tenant could match the same packet."""
+    src = {e.name: _ranges(e.cidrs, e.name) for e in rules.entities}
+    keys = [
+        _MatchKey(c.match.protocol, frozenset(c.match.ports), c.match.dscp, src.get(c.entity, []),
+                  _ranges(c.match.dst_cidrs, c.name))
+        for c in rules.classes
+    ]
+    for i, a in enumerate(rules.classes):
+        for j in range(i + 1, len(rules.classes)):
+            if _can_share_packet(keys[i], keys[j]):
+                b = rules.classes[j]
+                raise RulesError(
+                    f"classes {a.name!r} and {b.name!r} overlap: both match {a.match.protocol} packets from"
+                    f" overlapping addresses of entities {a.entity!r}/{b.entity!r} with shared ports, destinations"
+                    " and DSCP; make their match.ports, match.dst_cidrs or match.dscp disjoint"
+                )
+
+
+def check_structure(rules: RuleSet, limits: Limits, paths: Sequence[PathConfig]) -> None:
+    """Every check that needs no spec: names, bounds, per-entity and per-class fields, overlaps, rates."""
+    check_name("tenant", rules.tenant, limits)
+    _finite("cap_mbps", rules.cap_mbps)
+    capacity = max((p.capacity_mbps for p in paths), default=0.0)
+    if not 0 < rules.cap_mbps <= capacity:
+        raise RulesError(f"cap_mbps {rules.cap_mbps} must be in (0, {capacity}] (the largest provider link)")
+    if len(rules.entities) > limits.max_entities or len(rules.classes) > limits.max_classes:
+        raise RulesError(f"at most {limits.max_entities} entities and {limits.max_classes} classes per tenant, got"
+                         f" {len(rules.entities)} and {len(rules.classes)}")
+    for e in rules.entities:
+        check_entity(e, limits)
+    for c in rules.classes:
+        check_class(c, limits, paths)
+    by_path: dict[str, float] = {}
+    for c in rules.classes:
+        path = c.action.path or paths[0].name
+        by_path[path] = by_path.get(path, 0.0) + c.action.rate_mbps
+    total = sum(c.action.rate_mbps for c in rules.classes)
+    if total > rules.cap_mbps * (1 + 1e-9):
+        raise RulesError(f"guaranteed rates (action.rate_mbps) sum to {total:g} Mbit/s, above the tenant's cap"
+                         f" {rules.cap_mbps:g}")
+    for p in paths:
+        if by_path.get(p.name, 0.0) > p.capacity_mbps * (1 + 1e-9):
+            raise RulesError(f"guaranteed rates on path {p.name!r} sum to {by_path[p.name]:g} Mbit/s, above its"
+                             f" capacity {p.capacity_mbps:g}")

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (see shaping.service.gen_protos)."""

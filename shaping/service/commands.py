@@ -1,0 +1,154 @@
+"""Bodies of the `fedshape` tenant and provider commands: one API call each, printed as a table."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from shaping.rules.codec import rules_from_dict, rules_to_dict
+from shaping.service._proto.fedshape.v1 import client_pb2 as cpb
+from shaping.service._proto.fedshape.v1 import provider_pb2 as ppb
+from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
+from shaping.service.convert import rules_from_pb, rules_to_pb
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain-text table with aligned columns."""
+    cells = [[str(h) for h in header], *[["-" if v is None else str(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+def show_rules(rules: pb.RuleSet, out: TextIO) -> None:
+    """Print a tenant's entities and classes."""
+    r = rules_from_pb(rules)
+    print(f"tenant {r.tenant}  cap {r.cap_mbps:g} Mbit/s  revision {r.revision}", file=out)
+    print(table([(e.name, e.kind, e.mode, ",".join(e.cidrs)) for e in r.entities],
+                ("ENTITY", "KIND", "MODE", "CIDRS")), file=out)
+    rows = []
+    for c in r.classes:
+        m, a, q = c.match, c.action, c.qos
+        sla = " ".join(f"{k}={_num(v)}" for k, v in (("p99<=", q.max_p99_ms), ("mbps>=", q.min_mbps),
+                                                       ("loss<=", q.max_loss), ("app>=", q.app_floor)) if v is not None)
+        rows.append((c.name, c.entity, c.app, f"{m.protocol}/{','.join(map(str, m.ports)) or '*'}",
+                     f"{a.rate_mbps:g}/{a.ceil_mbps:g}", a.priority, a.dscp, f"{a.drop_prob:g}", a.path or "-",
+                     sla or "-"))
+    print(table(rows, ("CLASS", "ENTITY", "APP", "MATCH", "RATE/CEIL", "PRIO", "DSCP", "DROP", "PATH", "SLA")),
+          file=out)
+
+
+def show_status(s: pb.AgentStatus, out: TextIO) -> None:
+    """Print an agent status report."""
+    when = "never" if s.reported_at == 0 else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.reported_at))
+    print(f"tenant {s.tenant}  mode {s.mode or '-'}  revision {s.applied_revision}  reward {s.reward:.3f}"
+          f"  fallback {'yes (' + s.fallback_reason + ')' if s.fallback else 'no'}"
+          f"  reported {when}{' (stale)' if s.stale else ''}", file=out)
+    print(table([(c.name, f"{c.delivered_mbps:.2f}", f"{c.delay_p99_ms:.1f}", f"{c.loss:.4f}", f"{c.app_metric:.2f}",
+                  "ok" if c.sla_ok else f"VIOLATED {c.sla_detail}") for c in s.classes],
+                ("CLASS", "DELIVERED_MBPS", "P99_MS", "LOSS", "APP", "SLA")), file=out)
+
+
+def load_rules_file(path: Path, tenant: str) -> pb.RuleSet:
+    """Rules from a YAML or JSON file (the `fedshape tenant rules --json` layout; tenant defaults to ours)."""
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict):
+        data.setdefault("tenant", tenant)
+    return rules_to_pb(rules_from_dict(data))
+
+
+def _some(**values: float | None) -> dict[str, float]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def tenant_command(stub: Any, args: Any, out: TextIO) -> None:
+    """Run one `fedshape tenant ...` command."""
+    cmd: str = args.tcmd
+    if cmd == "rules":
+        rules = stub.GetRules(pb.TenantRef())
+        if args.json:
+            print(json.dumps(rules_to_dict(rules_from_pb(rules)), indent=2), file=out)
+        else:
+            show_rules(rules, out)
+    elif cmd == "apply":
+        request = cpb.PutRulesRequest(rules=load_rules_file(args.file, ""), expect_revision=args.expect_revision)
+        show_rules(stub.PutRules(request), out)
+    elif cmd == "add-entity":
+        mode = pb.MODE_ADAPTIVE if args.mode == "adaptive" else pb.MODE_STATIC
+        entity = pb.Entity(name=args.name, kind=args.kind, cidrs=args.cidr, mode=mode)
+        show_rules(stub.CreateEntity(cpb.EntityRequest(entity=entity)), out)
+    elif cmd == "mode":
+        mode = pb.MODE_ADAPTIVE if args.mode == "adaptive" else pb.MODE_STATIC
+        show_rules(stub.SetMode(cpb.SetModeRequest(entity=args.entity or "", mode=mode)), out)
+    elif cmd == "qos":
+        qos = pb.QoS(**_some(max_p99_ms=args.max_p99_ms, min_mbps=args.min_mbps, max_loss=args.max_loss,
+                             app_floor=args.app_floor))
+        show_rules(stub.SetQoS(cpb.SetQoSRequest(class_name=args.klass, qos=qos)), out)
+    elif cmd == "status":
+        _status(stub, args, out)
+    elif cmd == "push":
+        values = _some(fps=args.fps, completion_rate=args.completion_rate)
+        request = cpb.AppMetricsRequest(class_name=args.klass)
+        for key, value in values.items():
+            setattr(request, key, value)
+        ack = stub.PushAppMetrics(request)
+        print(f"pushed {values} for class {args.klass} (rules revision {ack.revision})", file=out)
+    elif cmd == "delete-entity":
+        show_rules(stub.DeleteEntity(pb.NameRef(name=args.name)), out)
+    elif cmd == "delete-class":
+        show_rules(stub.DeleteClass(pb.NameRef(name=args.name)), out)
+
+
+def _status(stub: Any, args: Any, out: TextIO) -> None:
+    if not args.watch:
+        show_status(stub.GetAgentStatus(pb.TenantRef()), out)
+        return
+    stream = stub.WatchAgentStatus(pb.TenantRef())
+    try:
+        for i, status in enumerate(stream):
+            show_status(status, out)
+            out.flush()
+            if args.count and i + 1 >= args.count:
+                break
+    finally:
+        stream.cancel()
+
+
+def provider_command(stub: Any, args: Any, out: TextIO) -> None:
+    """Run one `fedshape provider ...` command."""
+    cmd: str = args.pcmd
+    if cmd == "tenants":
+        rows = [(t.name, f"{t.cap_mbps:g}", t.revision, t.entities, t.classes, t.adaptive_entities,
+                 "stale" if t.agent.stale else "ok", "yes" if t.agent.fallback else "no", f"{t.agent.reward:.3f}")
+                for t in stub.ListTenants(ppb.ListTenantsRequest()).tenants]
+        print(table(rows, ("TENANT", "CAP_MBPS", "REV", "ENTITIES", "CLASSES", "ADAPTIVE", "AGENT", "FALLBACK",
+                           "REWARD")), file=out)
+    elif cmd == "create":
+        t = stub.CreateTenant(ppb.CreateTenantRequest(name=args.name, cap_mbps=args.cap))
+        print(f"created tenant {t.name} (cap {t.cap_mbps:g} Mbit/s)", file=out)
+    elif cmd == "delete":
+        stub.DeleteTenant(pb.TenantRef(tenant=args.name))
+        print(f"deleted tenant {args.name}", file=out)
+    elif cmd == "metrics":
+        m = stub.GetTenantMetrics(pb.TenantRef(tenant=args.name))
+        show_status(m.agent, out)
+        print(table([(a.class_name, a.name, f"{a.value:g}") for a in m.app_metrics], ("CLASS", "APP_METRIC", "VALUE")),
+              file=out)
+    elif cmd == "federation":
+        f = stub.GetFederationStatus(ppb.GetFederationStatusRequest())
+        row = (f.round, f"{f.epsilon_spent:g}", f"{f.delta:g}", f"{f.target_epsilon:g}", f.clients, f.strategy or "-")
+        print(table([row], ("ROUND", "EPSILON_SPENT", "DELTA", "TARGET_EPSILON", "CLIENTS", "STRATEGY")), file=out)
+    elif cmd == "health":
+        h = stub.GetHealth(ppb.HealthRequest())
+        print(table([("yes" if h.serving else "no", h.tenants, h.agents_reporting, h.agents_stale,
+                      h.agents_in_fallback, h.schema_version)],
+                    ("SERVING", "TENANTS", "REPORTING", "STALE", "FALLBACK", "SCHEMA")), file=out)

@@ -1,0 +1,117 @@
+"""Provider API servicer: tenants, their agents' metrics, federation status and health."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import json_format
+
+from shaping.rules.validate import RulesError, check_name
+from shaping.service._proto.fedshape.v1 import provider_pb2 as ppb
+from shaping.service._proto.fedshape.v1 import provider_pb2_grpc
+from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
+from shaping.service.auth import Authenticator, CallError, require_provider, rpc
+from shaping.service.client import agent_status
+from shaping.service.config import ServiceConfig
+from shaping.service.notify import Notifier
+from shaping.store import RulesStore
+
+
+class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
+    """Every call needs the provider role."""
+
+    def __init__(self, store: RulesStore, config: ServiceConfig, auth: Authenticator, notifier: Notifier,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.config = config
+        self.auth = auth
+        self.notifier = notifier
+        self.clock = clock
+        self.gate = threading.BoundedSemaphore(config.active_calls)
+
+    def _provider(self, context: grpc.ServicerContext) -> str:
+        ident = self.auth.identity(context)
+        require_provider(ident)
+        return f"provider/{ident.name}"
+
+    @rpc
+    def CreateTenant(self, request: ppb.CreateTenantRequest, context: grpc.ServicerContext) -> ppb.TenantSummary:
+        actor = self._provider(context)
+        check_name("tenant", request.name, self.config.limits)
+        capacity = max(p.capacity_mbps for p in self.config.scenario.paths)
+        if not (math.isfinite(request.cap_mbps) and 0 < request.cap_mbps <= capacity):
+            raise RulesError(f"cap_mbps {request.cap_mbps} must be in (0, {capacity}] (the largest provider link)")
+        rules = self.store.create_tenant(request.name, request.cap_mbps, actor=actor)
+        self.notifier.bump(f"rules/{request.name}")
+        return ppb.TenantSummary(name=rules.tenant, cap_mbps=rules.cap_mbps, revision=rules.revision,
+                                 agent=agent_status(self.store, rules.tenant, self.config, self.clock()))
+
+    @rpc
+    def DeleteTenant(self, request: pb.TenantRef, context: grpc.ServicerContext) -> pb.Ack:
+        self.store.delete_tenant(request.tenant, actor=self._provider(context))
+        self.notifier.bump(f"rules/{request.tenant}")
+        self.notifier.bump(f"status/{request.tenant}")
+        return pb.Ack()
+
+    @rpc
+    def ListTenants(self, request: ppb.ListTenantsRequest, context: grpc.ServicerContext) -> ppb.ListTenantsResponse:
+        self._provider(context)
+        now = self.clock()
+        return ppb.ListTenantsResponse(tenants=[
+            ppb.TenantSummary(
+                name=r.tenant, cap_mbps=r.cap_mbps, revision=r.revision, entities=len(r.entities),
+                classes=len(r.classes), adaptive_entities=sum(e.mode == "adaptive" for e in r.entities),
+                agent=agent_status(self.store, r.tenant, self.config, now),
+            )
+            for r in self.store.tenants()
+        ])
+
+    @rpc
+    def GetTenantMetrics(self, request: pb.TenantRef, context: grpc.ServicerContext) -> ppb.TenantMetrics:
+        self._provider(context)
+        if self.store.get(request.tenant) is None:
+            raise CallError(grpc.StatusCode.NOT_FOUND, f"tenant {request.tenant[:64]!r} does not exist")
+        metrics = [ppb.AppMetric(class_name=k, name=n, value=v, updated_at=at)
+                   for k, named in self.store.app_metrics(request.tenant).items() for n, (v, at) in named.items()]
+        return ppb.TenantMetrics(agent=agent_status(self.store, request.tenant, self.config, self.clock()),
+                                 app_metrics=metrics)
+
+    @rpc
+    def GetFederationStatus(self, request: ppb.GetFederationStatusRequest,
+                            context: grpc.ServicerContext) -> ppb.FederationStatus:
+        self._provider(context)
+        found = self.store.federation()
+        if found is None:
+            return ppb.FederationStatus()
+        status = json_format.ParseDict(found[0], ppb.FederationStatus(), ignore_unknown_fields=True)
+        status.updated_at = found[1]
+        return status
+
+    @rpc
+    def ReportFederationStatus(self, request: ppb.FederationStatus, context: grpc.ServicerContext) -> pb.Ack:
+        self._provider(context)
+        values = (request.epsilon_spent, request.delta, request.target_epsilon)
+        if not all(math.isfinite(v) and v >= 0 for v in values) or request.round < 0 or request.clients < 0:
+            raise RulesError("federation status needs round, clients >= 0 and finite epsilon, delta >= 0")
+        if request.delta > 1 or len(request.strategy) > 200:
+            raise RulesError("federation delta must be in [0, 1] and strategy at most 200 characters")
+        report = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        report.pop("updated_at", None)
+        self.store.put_federation(report)
+        return pb.Ack(revision=request.round)
+
+    @rpc
+    def GetHealth(self, request: ppb.HealthRequest, context: grpc.ServicerContext) -> ppb.Health:
+        self._provider(context)
+        now = self.clock()
+        tenants = self.store.tenants()
+        agents = [agent_status(self.store, r.tenant, self.config, now) for r in tenants]
+        return ppb.Health(
+            serving=True, tenants=len(tenants), agents_reporting=sum(a.reported_at > 0 and not a.stale for a in agents),
+            agents_stale=sum(a.stale for a in agents), agents_in_fallback=sum(a.fallback for a in agents),
+            schema_version=self.store.schema_version,
+        )

@@ -1,0 +1,119 @@
+"""Server bootstrap: Client and Provider APIs, gRPC health and reflection, mTLS, Prometheus endpoint."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from shaping.service._proto.fedshape.v1 import client_pb2, client_pb2_grpc, provider_pb2, provider_pb2_grpc
+from shaping.service.auth import Authenticator
+from shaping.service.client import ClientServicer
+from shaping.service.config import ServiceConfig
+from shaping.service.exposition import service_registry
+from shaping.service.notify import Notifier
+from shaping.service.provider import ProviderServicer
+from shaping.store import RulesStore
+
+SERVICE_NAMES = (
+    client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
+    provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """PEM material of an mTLS server: its certificate and key, and the CA that issues client certificates."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is a loopback address (plaintext is allowed only there)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RulesServer:
+    """The rules service on one address; `start()` binds, `port` is the bound port, `stop()` ends it.
+
+    Plaintext needs `insecure_loopback=True` and a loopback address: callers then name themselves in the
+    `fedshape-identity` header. Otherwise `tls` is required and every client must present a certificate
+    issued by its CA (the identity is the certificate's `fedshape://role/name` SAN URI).
+    """
+
+    def __init__(self, store: RulesStore, config: ServiceConfig | None = None, *, address: str = "127.0.0.1:0",
+                 tls: ServerTLS | None = None, insecure_loopback: bool = False, max_workers: int = 64,
+                 metrics_address: tuple[str, int] | None = None, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        host = address.rsplit(":", 1)[0]
+        if tls is None and not (insecure_loopback and is_loopback(host)):
+            raise ValueError(f"plaintext on {address!r} refused: pass TLS credentials, or insecure_loopback=True"
+                             " with a loopback address (127.0.0.1, ::1, localhost)")
+        self.store = store
+        self.config = config or ServiceConfig()
+        self.address = address
+        self.notifier = Notifier()
+        auth = Authenticator(insecure_identity=tls is None)
+        self.client = ClientServicer(store, self.config, auth, self.notifier, clock)
+        self.provider = ProviderServicer(store, self.config, auth, self.notifier, clock)
+        self.health = health.HealthServicer()
+        # Streaming watches hold a worker each; leave room for them next to unary calls.
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                                   maximum_concurrent_rpcs=4 * max_workers)
+        client_pb2_grpc.add_ClientServiceServicer_to_server(self.client, self._server)
+        provider_pb2_grpc.add_ProviderServiceServicer_to_server(self.provider, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self._server)
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            creds = grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_pem,
+                                                require_client_auth=True)
+            self.port = self._server.add_secure_port(address, creds)
+        if self.port == 0:
+            raise OSError(f"could not bind the rules service to {address!r}")
+        self.registry = service_registry(store, self.config, registry, clock)
+        self.metrics_address = metrics_address
+        self._metrics: Any = None
+        self.metrics_port: int | None = None
+
+    def start(self) -> RulesServer:
+        """Serve; mark every service SERVING in gRPC health; start the Prometheus endpoint if asked."""
+        self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.metrics_address is not None:
+            host, port = self.metrics_address
+            self._metrics, _ = start_http_server(port, addr=host, registry=self.registry)
+            self.metrics_port = int(self._metrics.server_port)
+        return self
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving (watches end), the metrics endpoint too."""
+        self.health.enter_graceful_shutdown()
+        self.notifier.close()
+        self._server.stop(grace).wait()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+
+    def wait(self) -> None:
+        """Block until the server stops."""
+        self._server.wait_for_termination()

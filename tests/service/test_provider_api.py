@@ -1,0 +1,95 @@
+"""Provider API, gRPC health and reflection, and the Prometheus exposition."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from shaping.service import RulesServer
+from shaping.service._proto.fedshape.v1 import provider_pb2 as ppb
+from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
+from shaping.service.channel import client_stub, provider_stub
+from shaping.store import RulesStore
+from tests.service.conftest import config
+
+
+def test_tenants_metrics_federation_health(with_acme):
+    p = with_acme.provider()
+    with_acme.tenant().ReportStatus(pb.AgentStatus(applied_revision=2, reward=1.25, fallback=False, mode="mixed",
+                                                   sla_ok_fraction=0.5))
+    p.CreateTenant(ppb.CreateTenantRequest(name="beta", cap_mbps=50.0))
+    listed = p.ListTenants(ppb.ListTenantsRequest()).tenants
+    assert [(t.name, t.classes, t.adaptive_entities) for t in listed] == [("acme", 3, 1), ("beta", 0, 0)]
+    assert listed[0].agent.reward == 1.25 and listed[1].agent.stale
+    assert p.GetTenantMetrics(pb.TenantRef(tenant="acme")).agent.sla_ok_fraction == 0.5
+    p.ReportFederationStatus(ppb.FederationStatus(round=7, epsilon_spent=1.5, delta=1e-5, clients=3))
+    fed = p.GetFederationStatus(ppb.GetFederationStatusRequest())
+    assert (fed.round, fed.epsilon_spent, fed.clients) == (7, 1.5, 3) and fed.updated_at > 0
+    health = p.GetHealth(ppb.HealthRequest())
+    assert (health.tenants, health.agents_reporting, health.agents_stale) == (2, 1, 1)
+    with pytest.raises(grpc.RpcError) as err:
+        p.CreateTenant(ppb.CreateTenantRequest(name="beta", cap_mbps=50.0))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.RpcError) as err:
+        p.CreateTenant(ppb.CreateTenantRequest(name="big", cap_mbps=1e6))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "largest provider link" in err.value.details()
+    p.DeleteTenant(pb.TenantRef(tenant="beta"))
+    with pytest.raises(grpc.RpcError) as err:
+        p.GetTenantMetrics(pb.TenantRef(tenant="beta"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_roles_are_separate(with_acme):
+    with pytest.raises(grpc.RpcError) as err:
+        provider_stub(with_acme.channel("tenant/acme")).ListTenants(ppb.ListTenantsRequest())
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as err:
+        client_stub(with_acme.channel("provider/ops")).GetRules(pb.TenantRef(tenant="acme"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_grpc_health_and_reflection(running):
+    ch = running.channel("provider/ops")
+    health = health_pb2_grpc.HealthStub(ch)
+    for name in ("", "fedshape.v1.ClientService", "fedshape.v1.ProviderService"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=name)).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+    answers = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {"fedshape.v1.ClientService", "fedshape.v1.ProviderService", "grpc.health.v1.Health"} <= names
+
+
+def test_prometheus_exposition_has_per_tenant_labels(tmp_path):
+    store = RulesStore(tmp_path / "m.db")
+    server = RulesServer(store, config(), insecure_loopback=True, metrics_address=("127.0.0.1", 0)).start()
+    try:
+        store.create_tenant("acme", 100.0)
+        store.put_status("acme", {"reward": 0.75, "fallback": True, "classes": [{"name": "game", "loss": 0.02}]})
+        store.put_app_metrics("acme", "game", {"fps": 59.0})
+        store.put_federation({"round": 4, "epsilon_spent": 2.5})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    finally:
+        server.stop(0)
+        store.close()
+    assert 'fedshape_agent_reward{tenant="acme"} 0.75' in text
+    assert 'fedshape_agent_fallback{tenant="acme"} 1.0' in text
+    assert 'fedshape_class_loss{class="game",tenant="acme"} 0.02' in text
+    assert 'fedshape_app_metric{class="game",name="fps",tenant="acme"} 59.0' in text
+    assert "fedshape_federation_epsilon_spent 2.5" in text
+    assert "python_gc" not in text  # its own registry, not the process-global one
+
+
+def test_plaintext_off_loopback_is_refused(tmp_path):
+    store = RulesStore(tmp_path / "x.db")
+    try:
+        with pytest.raises(ValueError, match=r"plaintext on '0\.0\.0\.0:0' refused"):
+            RulesServer(store, config(), address="0.0.0.0:0", insecure_loopback=True)
+        with pytest.raises(ValueError, match="refused"):
+            RulesServer(store, config(), address="127.0.0.1:0")
+    finally:
+        store.close()
