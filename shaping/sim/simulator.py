@@ -150,8 +150,11 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     q_p = prov.backlog.view(k, c, b)
 
     # Packet-scale waiting on top of the fluid backlog (M/G/1 with priorities).
+    fluid_t = iv.pkt * 4.0 / (4.0 * iv.pkt + q_t)  # fades the wait where the leaf has a fluid backlog
     rw_t = network.residual_work(ten.served, iv.pkt, iv.cs2, iv.cap_kbit)
-    rho_t = ten.served / iv.cap_kbit
+    # A leaf's own fluid backlog is served round robin with its siblings, not as an M/G/1 load in front
+    # of them: fading rho by fluid_t keeps a saturated leaf from pushing its level to rho ~ 1.
+    rho_t = ten.served * fluid_t / iv.cap_kbit
     before_t = network.over_classes(rho_t, higher)
     through_t = before_t + network.over_classes(rho_t, same)
     wait_t = network.priority_wait_ms(rw_t.sum(-2, keepdim=True), before_t, through_t, dt)
@@ -163,19 +166,34 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     rw_ceil = network.residual_work(ten.served, iv.pkt, iv.cs2, ceil_kbit)
     wait_ceil = network.priority_wait_ms(rw_ceil, zero, ten.served / ceil_kbit, dt)
     wait_t = torch.maximum(wait_t, wait_ceil) + iv.tx_tenant
-    rw_p = network.residual_work(delivered, iv.pkt, iv.cs2, iv.path_kbit_c).view(k * c, b)
-    w0_path = network.to_queues(rw_p, path_onehot)  # (P, B)
+    # Tandem smoothing: a tenant's traffic leaves its HTB root at most at the root rate R, so on a
+    # path of capacity C >= R its packets are spaced at least by their service time and do not
+    # queue behind each other; only the other tenants' residual work counts in full. The tenant's
+    # own share is weighted by 1 - (C / R)^2 for R > C (0 at R = C, -> 1 for a fast root).
+    # Counting it in full (Kleinrock independence) gave the testbed's shaped transactions a 14.5 ms
+    # p99 for a measured 2.7 ms.
+    rw_p = network.residual_work(delivered, iv.pkt, iv.cs2, iv.path_kbit_c)
+    w0_path = network.to_queues(rw_p.view(k * c, b), path_onehot)  # (P, B)
+    own_onehot = path_onehot.view(k, c, -1, b)
+    own_path = (rw_p.unsqueeze(-2) * own_onehot).sum(-3)  # (K, P, B) each tenant's own residual work
+    own_c = (own_path.unsqueeze(-3) * own_onehot).sum(-2)  # (K, C, B)
+    smooth = 1.0 - ((iv.path_kbit_c / iv.cap_kbit).clamp(max=1.0)) ** 2
     util_q = prov.queue_util.view(-1, N_QUEUES, b)
     rho_ef = util_q[:, 0]
     rho_all = util_q.sum(1)
-    w0_c = network.from_queues(w0_path, path_onehot).view(k, c, b)
+    w0_c = (network.from_queues(w0_path, path_onehot).view(k, c, b) - own_c * (1.0 - smooth)).clamp_min(0.0)
     ef_c = network.from_queues(rho_ef, path_onehot).view(k, c, b)
     all_c = network.from_queues(rho_all, path_onehot).view(k, c, b)
     wait_p = (
         network.priority_wait_ms(w0_c, torch.where(iv.is_ef, 0.0, ef_c), torch.where(iv.is_ef, ef_c, all_c), dt)
         + iv.tx_path
     )
-    micro = wait_t / (1.0 + q_t / (4.0 * iv.pkt)) + wait_p / (1.0 + q_p / (4.0 * iv.pkt))
+    # Where a queue holds a fluid backlog its fluid delay describes it, so the packet-scale wait is
+    # faded out by 1 / (1 + backlog / 4 packets). The provider queue is one FIFO shared by its
+    # classes: its backlog, not the class's own share of it, decides (the light classes of a
+    # bufferbloated FIFO kept a 5 ms Cobham wait on top of the shared sojourn that bulk did not).
+    q_queue = network.from_queues(network.to_queues(q_p.view(k * c, b), onehot), onehot).view(k, c, b)
+    micro = wait_t * fluid_t + wait_p / (1.0 + q_queue / (4.0 * iv.pkt))
     fixed = iv.base_delay + ten.fluid_delay_ms + prov.fluid_delay_ms.view(k, c, b)
     lost = nft + ten.overflow + codel_drop + (prov.policed + prov.overflow).view(k, c, b)
 
