@@ -21,6 +21,7 @@ from shaping.agents.dqn import (
 )
 from shaping.agents.envelope import Envelope, EnvelopeConfig, build_envelope, mask_logits, random_actions
 from shaping.agents.normalize import RunningNorm
+from shaping.agents.numpy_actor import NumpyActor, UnsupportedModelError
 from shaping.agents.ppo import (
     ActorCritic,
     PPOHyperparams,
@@ -44,12 +45,14 @@ __all__ = [
     "DQNHyperparams",
     "Envelope",
     "EnvelopeConfig",
+    "NumpyActor",
     "PPOHyperparams",
     "ReplayBatch",
     "ReplayBuffer",
     "Rollout",
     "RunningNorm",
     "TorchVecEnv",
+    "UnsupportedModelError",
     "build_envelope",
     "check_compatible",
     "collect_rollout",

@@ -80,6 +80,7 @@ class KernelEnforcer:
         self._fast = HtbFastPath(target.netns) if fast_path and isinstance(backend, NetlinkBackend) else None
         self._state: KernelState | None = None
         self._applied_marks: tuple[tuple[int, float, int], ...] | None = None
+        self._applied_plan: ShapingPlan | None = None
         self._ifindex: dict[str, int] = {}
         self.clock = clock
 
@@ -92,7 +93,7 @@ class KernelEnforcer:
 
     def reconcile(self) -> KernelState:
         """Forget the model and read the kernel again (after someone else changed it)."""
-        self._state, self._applied_marks = None, None
+        self._state, self._applied_marks, self._applied_plan = None, None, None
         self._ifindex.clear()  # an interface may have been re-created with a new index
         return self.state
 
@@ -107,6 +108,10 @@ class KernelEnforcer:
     def apply(self, plan: ShapingPlan) -> ApplyResult:
         """Bring the kernel to ``plan``: no operation when it is already there, only the differences otherwise.
 
+        A plan equal to the last one applied on the current model returns at once, without planning
+        (a deployed greedy policy repeats its plan most intervals); ``reconcile()``, a failed apply,
+        an nft change (its handles are read back) or a new enforcer make the next apply plan again.
+
         Raises:
             SpecError: the plan does not fit the tenant.
             PermissionError: an operation names an interface outside the target (never expected).
@@ -114,6 +119,10 @@ class KernelEnforcer:
                 and the next apply re-reads the kernel.
         """
         start = self.clock()
+        if self._applied_plan is not None and self._state is not None and (
+            plan is self._applied_plan or plan == self._applied_plan
+        ):
+            return ApplyResult((), self.clock() - start, False)
         ops = self.plan(plan)
         fast = False
         try:
@@ -123,7 +132,7 @@ class KernelEnforcer:
             else:
                 self.backend.apply(ops)
         except BaseException:
-            self._state, self._applied_marks = None, None
+            self._state, self._applied_marks, self._applied_plan = None, None, None
             self._ifindex.clear()
             raise
         if any(o.kind == "nft" for o in ops):
@@ -132,6 +141,7 @@ class KernelEnforcer:
             for op in ops:
                 KINDS[op.kind].record(self.state, op)
         self._applied_marks = _marks(plan) if self._state is not None else None
+        self._applied_plan = plan if self._state is not None else None
         return ApplyResult(tuple(ops), self.clock() - start, fast)
 
     def _index(self, name: str) -> int:
@@ -148,7 +158,7 @@ class KernelEnforcer:
         """Remove everything of FedShape's (read from the kernel, not the model); returns what was removed."""
         ops = teardown_operations(self.target, self.reconcile(), self.kinds)
         self.backend.apply(ops)
-        self._state, self._applied_marks = None, None
+        self._state, self._applied_marks, self._applied_plan = None, None, None
         return ops
 
     def close(self) -> None:

@@ -81,14 +81,30 @@ def test_fast_stats_match_pyroute2(spec: TenantSpec, pair: NetnsPair) -> None:
         assert isinstance(backend, NetlinkBackend)
         idx = [backend.ipr.link_lookup(ifname=n)[0] for n in pair.a_links]
         fast = FastStats(pair.a)
-        try:
-            stats = fast.read_classes(idx)
-            assert set(stats) == {k for _, k in backend.read_state().classes}
+
+        def slow_packets() -> dict[int, int]:
+            out: dict[int, int] = {}
             for i in idx:
                 for msg in backend.ipr.get_classes(index=i):
                     basic = msg.get_attr("TCA_STATS2").get_attr("TCA_STATS_BASIC")
-                    assert stats[msg["handle"]].packets >= basic["packets"]
+                    out[msg["handle"]] = out.get(msg["handle"], 0) + basic["packets"]
+            return out
+
+        def slow_tx_bytes() -> int:
             (link,) = backend.ipr.get_links(idx[0])
-            assert fast.read_links(idx[:1])[idx[0]].tx_bytes == link.get_attr("IFLA_STATS64")["tx_bytes"]
+            return int(link.get_attr("IFLA_STATS64")["tx_bytes"])
+
+        try:
+            # Counters only grow, and the fresh veths may carry background packets (IPv6 DAD, router
+            # solicitations) at any time: bracket the fast read between two pyroute2 reads.
+            before = slow_packets()
+            stats = fast.read_classes(idx)
+            after = slow_packets()
+            assert set(stats) == {k for _, k in backend.read_state().classes} == set(before)
+            for handle, counters in stats.items():
+                assert before[handle] <= counters.packets <= after[handle]
+            tx_before = slow_tx_bytes()
+            tx_fast = fast.read_links(idx[:1])[idx[0]].tx_bytes
+            assert tx_before <= tx_fast <= slow_tx_bytes()
         finally:
             fast.close()

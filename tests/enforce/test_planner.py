@@ -14,6 +14,7 @@ from shaping.enforce import (
     HtbQdisc,
     KernelEnforcer,
     NftRule,
+    Operation,
     PolicyRule,
     RecordingBackend,
     plan_operations,
@@ -21,7 +22,7 @@ from shaping.enforce import (
     teardown_operations,
 )
 from shaping.enforce.kinds import NftChain
-from shaping.spec import SpecError, TenantSpec
+from shaping.spec import ShapingPlan, SpecError, TenantSpec
 from tests.enforce.conftest import make_plan, make_spec, with_class
 
 GOLDEN = Path(__file__).parent / "golden" / "initial_plan.txt"
@@ -172,3 +173,38 @@ def test_ipv6_entity_gets_ip6_rules() -> None:
 def test_target_validation(spec: TenantSpec, cfg: EnforceConfig, match: str) -> None:
     with pytest.raises(SpecError, match=match):
         target_from_spec(spec, cfg)
+
+
+def test_unchanged_plan_returns_without_planning(spec: TenantSpec, target: EnforceTarget) -> None:
+    """The repeated plan skips planning; reconcile(), a new plan or a restarted enforcer plan again."""
+    enf = recorded(spec, target)
+    calls: list[ShapingPlan] = []
+    planner = enf.plan
+
+    def counting(p: ShapingPlan) -> list[Operation]:
+        calls.append(p)
+        return planner(p)
+
+    enf.plan = counting  # type: ignore[method-assign,assignment]
+    plan = make_plan(spec)
+    enf.apply(plan)
+    enf.apply(make_plan(spec))  # nft rule handles were read back: this one still plans (no ops)
+    n = len(calls)
+    for _ in range(3):
+        result = enf.apply(make_plan(spec))  # equal, not identical
+        assert result.ops == () and not result.fast
+    assert len(calls) == n
+    # Someone else changes the kernel: only an explicit reconcile() notices, and the next apply repairs it.
+    backend = enf.backend
+    assert isinstance(backend, RecordingBackend)
+    backend.state = teardown_state = type(backend.state)()
+    assert enf.apply(plan).ops == ()
+    enf.reconcile()
+    repaired = enf.apply(plan).ops
+    assert repaired and len(calls) == n + 1 and teardown_state is backend.state
+    # A different plan plans again; a restarted enforcer over the same kernel plans once and changes nothing.
+    assert enf.apply(with_class(plan, 2, rate_mbps=20.0, burst_bytes=25_000)).ops
+    assert len(calls) == n + 2
+    restarted = recorded(spec, target)
+    restarted.backend = backend
+    assert restarted.apply(with_class(plan, 2, rate_mbps=20.0, burst_bytes=25_000)).ops == ()

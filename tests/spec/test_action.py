@@ -99,3 +99,24 @@ def test_decode_batch_matches_decode(spec: TenantSpec):
     assert batch.rate_mbps.shape == (2, 3, 3)
     for i, action in enumerate(actions):
         assert batch.plan(i // 3, i % 3, spec) == layout.decode(action)
+
+
+@pytest.mark.parametrize("cap", [100.0, 37.3, 999.9])
+def test_numpy_decode_is_bit_identical_to_decode_batch(spec: TenantSpec, cap: float):
+    """decode (numpy, cached tables) and decode_batch (torch, float32) give equal plans, odd caps included."""
+    from dataclasses import replace
+
+    tenant = replace(spec, cap_mbps=cap)
+    layout = ActionLayout(tenant)
+    actions = random_actions(layout, 300, seed=3)
+    batch = decode_batch(torch.as_tensor(actions).view(1, len(actions), -1), len(tenant.classes),
+                         torch.tensor([cap] * len(actions)), layout.levels())  # fmt: skip
+    for i, action in enumerate(actions):
+        assert layout.decode(action) == batch.plan(0, i, tenant)
+
+
+def test_nvec_is_cached_but_callers_get_a_copy(spec: TenantSpec):
+    layout = ActionLayout(spec)
+    first = layout.nvec
+    first[0] = 99
+    assert layout.nvec[0] == 4 and layout.nvec is not layout.nvec
