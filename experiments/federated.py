@@ -8,7 +8,8 @@ fails loudly: the child's exit code and the ServerApp's results file must both s
 Then the local-only and centralized arms and the static baselines run on the same tenants, and the report is written:
 results.md (printed), results.json, reward.png, sla.png, epsilon.png, plus the global checkpoints.
 
-    python -m experiments.federated                                  # 4 tenants, 5 rounds, a few minutes
+    python -m experiments.federated                                  # 4 tenants, 4 rounds, a few minutes
+    python -m experiments.federated --config-name federated_targets  # the budget of the measured targets
     python -m experiments.federated fl=fedprox privacy=central_dp fl.rounds=10
     python -m experiments.federated privacy=distributed_dp           # SecAgg+ with distributed DP
 """
@@ -51,7 +52,7 @@ class TenantEntry:
 
 @dataclass
 class FedTrainConfig:
-    """Local PPO training per round (fed_client.training.local_train)."""
+    """Local PPO training per round (shaping.agents.local_train)."""
 
     local_iterations: int = 2
     """PPO iterations (rollout + update) per round."""
@@ -91,6 +92,8 @@ class SimulationConfig:
     """CPUs Ray may use."""
     timeout_s: float | None = 3600.0
     """Wall-clock limit of the Flower run; it is stopped and the command fails past it (None: no limit)."""
+    arm_workers: int = 2
+    """Processes running the local-only and centralized arms and the baselines side by side (1: in-process)."""
 
 
 @dataclass
@@ -139,7 +142,7 @@ class FederatedConfig:
 
 
 def run_config(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
-    """The flat run config the Flower apps read (fed_client.settings.RunSettings)."""
+    """The flat run config the Flower apps read (shaping.fed_settings.RunSettings)."""
     flat: dict[str, Any] = flat_config(cfg)
     flat["output.checkpoint_dir"] = str(out_dir / "checkpoints")
     flat["output.results_file"] = str(out_dir / "federated_rounds.json")
@@ -203,9 +206,9 @@ def run_flower(flat: dict[str, Any], n_tenants: int, sim: SimulationConfig) -> d
 
 def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     """The federated run, the reference arms and the report; returns what results.json holds."""
-    from experiments.fl_arms import centralized, local_only, static_baselines
+    from experiments.fl_arms import run_arms
     from experiments.fl_report import markdown, targets, write_plots
-    from fed_client.settings import RunSettings
+    from shaping.fed_settings import RunSettings
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.tenants:
@@ -217,15 +220,15 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     fed_s = time.perf_counter() - start
     s = RunSettings.from_config(flat)
     results: dict[str, Any] = {"status": fed["status"], "settings": flat, "federated": fed["rounds"]}
-    if cfg.compare_local:
-        results["local_only"] = local_only(s)
-    if cfg.compare_centralized:
-        results["centralized"] = centralized(s)
-    results["baselines"] = static_baselines(s, list(cfg.evaluation.baselines))
+    arms_start = time.perf_counter()
+    arms, wall = run_arms(s, local=cfg.compare_local, central=cfg.compare_centralized,
+                          baselines=list(cfg.evaluation.baselines), workers=cfg.simulation.arm_workers)  # fmt: skip
+    results.update(arms)
+    wall = {"federated": round(fed_s, 1), **wall, "arms": round(time.perf_counter() - arms_start, 1)}
     least = min(t.num_envs for t in cfg.tenants)
     small = [f"{t.tenant}@{t.scenario}" for t in cfg.tenants if t.num_envs == least]
     results["targets"] = targets(results, small)
-    results["wall_s"] = {"federated": round(fed_s, 1), "total": round(time.perf_counter() - start, 1)}
+    results["wall_s"] = {**wall, "total": round(time.perf_counter() - start, 1)}
     report = markdown(results)
     (out_dir / "results.md").write_text(report)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))

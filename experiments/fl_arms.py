@@ -1,25 +1,28 @@
 """The reference arms of the federated comparison: local-only and centralized training, and static baselines.
 
-Both training arms use the same local training as the Flower clients (fed_client.training.local_train)
+Both training arms use the same local training as the Flower clients (shaping.agents.local_train)
 with the same budget per round: local-only trains each tenant's own model on its own environment for
 ``local_iterations`` per round; centralized trains one model on the union of the tenants'
 environments, ``local_iterations`` per tenant per round (round robin), i.e. the same environment steps
 as the federation. Every round, each arm is evaluated on each tenant's held-out seeds as the clients do.
+run_arms runs the arms side by side in worker processes: each is one single-threaded torch loop, and
+a simulator step costs the same whatever the batch, so on 2 cores two arms take the time of one.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-from fed_client.settings import RunSettings
-from fed_client.training import (
-    PaddedEnv,
-    evaluate,
-    evaluate_baseline,
-    local_train,
-    make_env,
-    make_model,
-)
+import torch
+
+from shaping.agents.global_model import make_model
+from shaping.agents.local_train import evaluate, evaluate_baseline, local_train
+from shaping.agents.universal import PaddedEnv, make_env
+from shaping.fed_settings import RunSettings
 
 
 def _eval_envs(s: RunSettings) -> list[PaddedEnv]:
@@ -70,3 +73,42 @@ def static_baselines(s: RunSettings, names: list[str]) -> dict[str, dict[str, di
             ev = evaluate_baseline(env, name, s.eval_steps, s.eval_seed)
             out[name][task.name] = {"reward": ev.reward, "sla_violation_rate": ev.sla_violation_rate}
     return out
+
+
+def _one_thread() -> None:
+    """Worker initializer: one torch thread per arm (the arms already share the cores between them)."""
+    torch.set_num_threads(1)
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    return fn(*args), time.perf_counter() - start
+
+
+def run_arms(s: RunSettings, *, local: bool, central: bool, baselines: list[str],
+             workers: int = 2) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
+    """The reference arms and the static baselines: ({arm: result}, {arm: wall seconds}).
+
+    Args:
+        s: the federated run's settings (same tenants, budget and seeds).
+        local, central: run the local-only / centralized arm.
+        baselines: static baselines to evaluate.
+        workers: processes running the arms side by side; 1 runs them here, one after the other.
+    """
+    jobs: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+    if local:
+        jobs["local_only"] = (local_only, (s,))
+    if central:
+        jobs["centralized"] = (centralized, (s,))
+    jobs["baselines"] = (static_baselines, (s, baselines))
+    if workers <= 1:
+        done = {name: _timed(fn, *args) for name, (fn, args) in jobs.items()}
+    else:
+        # spawn: a forked torch process may deadlock on its inherited thread pools.
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread) as pool:  # fmt: skip
+            futures: dict[str, Future[tuple[Any, float]]] = {
+                name: pool.submit(_timed, fn, *args) for name, (fn, args) in jobs.items()
+            }
+            done = {name: f.result() for name, f in futures.items()}
+    return {k: v[0] for k, v in done.items()}, {k: round(v[1], 1) for k, v in done.items()}

@@ -1,4 +1,4 @@
-"""FedShape's Flower ClientApp: one tenant per node, wiring fed_client.training into a NumPyClient.
+"""FedShape's Flower ClientApp: one tenant per node, wiring shaping.agents.local_train into a NumPyClient.
 
 Node config (``flwr-supernode --node-config``; the simulation engine gives only partition-id):
 - ``tenant``: the tenant's name (its identity); with ``scenario`` (a conf/scenario name or a YAML path
@@ -20,12 +20,13 @@ from flwr.app import Context
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import ConfigRecord, NDArrays, Scalar
 
-from fed_client.layout import tenant_mapping
 from fed_client.privacy import privacy_mods
-from fed_client.settings import RunSettings
+from shaping.agents.global_model import get_weights, make_model, set_weights
+from shaping.agents.local_train import evaluate, local_train
+from shaping.agents.universal import TenantTask, make_env, tenant_mapping
+from shaping.fed_settings import RunSettings
 from shaping.sim.scenarios import load_scenario
 from shaping.spec.tenant import tenant_spec
-from fed_client.training import TenantTask, evaluate, get_weights, local_train, make_env, make_model, set_weights
 
 STATE_KEY = "fedshape"
 
@@ -53,7 +54,7 @@ class TenantClient(NumPyClient):
 
     def _load(self, parameters: NDArrays) -> None:
         set_weights(self.model, parameters)
-        if "norm_count" in self.state:  # the normalizer's sample count is local (fed_client.training)
+        if "norm_count" in self.state:  # the normalizer's sample count is local (shaping.agents.global_model)
             self.model.obs_norm.count.fill_(float(self.state["norm_count"]))  # type: ignore[arg-type]
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from fed_client.layout import TenantMapping
-from fed_client.training import LocalResult
 from shaping.agents import ActorCritic, Rollout, make_optimizer, ppo_update
+from shaping.agents.local_train import LocalResult
+from shaping.agents.universal import TenantMapping
 from shaping.config import PPOConfig
 from shaping.control.experience import ExperienceBatch, ExperienceStore
 from shaping.spec import TenantSpec

@@ -17,7 +17,7 @@ from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import MessageType, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from fed_client.settings import RunSettings
+from shaping.fed_settings import RunSettings
 
 ClientAppCallable = Callable[[Message, Context], Message]
 Mod = Callable[[Message, Context, ClientAppCallable], Message]

@@ -1,6 +1,6 @@
 """FedShape's Flower ServerApp: wiring of strategy, privacy, accounting, checkpoints and the legacy workflow.
 
-Run settings are the flat keys of fed_client.settings.RunSettings (context.run_config over the
+Run settings are the flat keys of shaping.fed_settings.RunSettings (context.run_config over the
 defaults the app was built with). ``app`` is what ``flwr run`` loads (pyproject's [tool.flwr.app]);
 experiments.federated builds one with make_server_app(flat_config) for the simulation engine.
 """
@@ -15,13 +15,13 @@ from flwr.app import Context
 from flwr.common import ndarrays_to_parameters
 from flwr.server import Grid, ServerApp
 
-from fed_client.settings import RunSettings
-from fed_client.training import get_weights, make_model
 from fed_server.checkpoints import load_latest
 from fed_server.privacy import epsilon_after, rounds_within_budget
 from fed_server.secagg import run_legacy
 from fed_server.strategy import build_strategy
 from fed_server.tracking import TrackedStrategy
+from shaping.agents.global_model import get_weights, make_model
+from shaping.fed_settings import RunSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Global model checkpoints, one per round, and resuming a run from the latest.
 
 A checkpoint is ``round_NNNN.npz`` (the weight arrays as the federation sends them, see
-fed_client.training.get_weights) plus ``latest.json`` naming it, with the round and the history of
+shaping.agents.global_model.get_weights) plus ``latest.json`` naming it, with the round and the history of
 per-round records so far; latest.json is written last (atomically), so a crash mid-save leaves the
 previous checkpoint valid.
 """

@@ -32,8 +32,8 @@ from flwr.server.strategy import (
     Strategy,
 )
 
-from fed_client.settings import RunSettings
 from fed_server.privacy import distributed_share_std
+from shaping.fed_settings import RunSettings
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed_mean", "krum")
 ROBUST = ("trimmed_mean", "krum")

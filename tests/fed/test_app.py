@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fed_client.app import tenant_of
-from fed_client.settings import DEFAULT_TENANTS, RunSettings
+from shaping.fed_settings import DEFAULT_TENANTS, RunSettings
 
 
 def test_partition_id_picks_the_run_configs_tenant():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fed_client.experience import open_store, train_on_experience, universal_actions
-from fed_client.layout import UniversalLayout, tenant_mapping
-from fed_client.training import make_model
+from shaping.agents.global_model import make_model
+from shaping.agents.universal import UniversalLayout, tenant_mapping
 from shaping.agents.envelope import build_envelope, random_actions
 from shaping.config import PPOConfig
 from shaping.control.experience import MODE_FALLBACK, MODE_POLICY, ExperienceStore, Transition

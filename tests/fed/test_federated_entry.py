@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments.federated import FedEvalConfig, FederatedConfig, FedTrainConfig, TenantEntry, register, run_federated
-from fed_client.settings import RunSettings
 from fed_server.strategy import IncompatibleSettings, check_compatible
+from shaping.fed_settings import RunSettings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FL = sorted(p.stem for p in (CONF / "fl").glob("*.yaml"))
@@ -77,3 +77,14 @@ def test_tiny_secagg_distributed_dp_run_writes_the_report(tmp_path):
     latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
     assert latest["round"] == 2
     assert "federated_vs_centralized" in res["targets"]
+
+
+def test_targets_config_overrides_only_the_budget_of_the_default():
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        default = OmegaConf.to_object(compose(config_name="federated"))
+        targets = OmegaConf.to_object(compose(config_name="federated_targets", overrides=["fl.rounds=3"]))
+    assert isinstance(targets, FederatedConfig) and isinstance(default, FederatedConfig)
+    assert (targets.fl.rounds, targets.evaluation.envs, targets.evaluation.steps) == (3, 4, 60)
+    assert targets.tenants == default.tenants and targets.train == default.train
+    assert targets.privacy == default.privacy and targets.fl.strategy == default.fl.strategy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fed_client.layout import PaddedEnv, UniversalLayout, class_slots, tenant_mapping
+from shaping.agents.universal import PaddedEnv, UniversalLayout, class_slots, tenant_mapping
 from shaping.config import APPS
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.vector_env import ShapingVectorEnv

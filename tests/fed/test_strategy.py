@@ -8,8 +8,8 @@ import pytest
 from flwr.common import ndarrays_to_parameters
 from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedTrimmedAvg, Krum
 
-from fed_client.settings import RunSettings
 from fed_server.strategy import IncompatibleSettings, build_strategy, check_compatible
+from shaping.fed_settings import RunSettings
 
 INIT = ndarrays_to_parameters([])
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fed_client.dpsgd import DPSGD
-from fed_client.layout import UniversalLayout
-from fed_client.training import TenantTask, prox_adam, get_weights, local_train, make_env, make_model, set_weights
+from shaping.agents.global_model import get_weights, make_model, set_weights
+from shaping.agents.local_train import local_train, prox_adam
+from shaping.agents.universal import TenantTask, UniversalLayout, make_env
 from shaping.config import PPOConfig
 
 TINY = PPOConfig(num_steps=4, learning_rate=1e-3, update_epochs=1, num_minibatches=2)

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from shaping.agents.envelope import Envelope, build_envelope
-from shaping.config import APPS
+from shaping.config import APPS, RewardConfig
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.tenant_view import TenantView
 from shaping.sim.vector_env import ShapingVectorEnv, TorchStep
 from shaping.spec import TenantSpec
@@ -168,3 +169,28 @@ class PaddedEnv:
         """Step with universal actions; the result carries universal observations."""
         res = self.env.step_torch(self.mapping.action(torch.as_tensor(actions, device=self.env.device)))
         return res._replace(obs=self.mapping.observation(res.obs))
+
+
+@dataclass(frozen=True)
+class TenantTask:
+    """One tenant of the federation in simulation: which tenant of which scenario, and how much data."""
+
+    scenario: str
+    """Scenario name (conf/scenario/) or YAML path."""
+    tenant: str
+    """The controlled tenant of that scenario."""
+    num_envs: int = 8
+    """Environments simulated per local iteration: the tenant's amount of data."""
+
+    @property
+    def name(self) -> str:
+        """Identity of the tenant in reports: ``tenant@scenario``."""
+        return f"{self.tenant}@{self.scenario}"
+
+
+def make_env(task: TenantTask, layout: UniversalLayout, num_envs: int | None = None, *,
+             reward: RewardConfig | None = None, episode_steps: int | None = None) -> PaddedEnv:  # fmt: skip
+    """The tenant's batched simulator seen through the federation's layout."""
+    env = ShapingVectorEnv(num_envs or task.num_envs, load_scenario(task.scenario), tenant=task.tenant,
+                           reward=reward, max_episode_steps=episode_steps)  # fmt: skip
+    return PaddedEnv(env, layout)

@@ -1,90 +1,38 @@
 """Local training and evaluation of a tenant's share of the global policy, over shaping.agents' PPO steps.
 
-The Flower client, the local-only and the centralized baselines all call these functions, so the three
-arms of the comparison differ only in how the model's weights travel. Weights on the wire are the
-ActorCritic's state_dict in order, with the observation normalizer sent as (mean, std): bounded values
-that SecAgg+'s fixed-point quantization and the clipping of updates handle; the normalizer's sample
-count stays local (it only sets how fast local statistics move).
+The Flower client, the local-only and the centralized reference arms all call these functions, so the
+three arms of the comparison differ only in how the model's weights travel (shaping.agents.global_model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import numpy as np
 import torch
 
-from fed_client.layout import PaddedEnv, UniversalLayout
-from shaping.agents import ActorCritic, collect_rollout, make_optimizer, ppo_update
+from shaping.agents.ppo import ActorCritic, collect_rollout, make_optimizer, ppo_update
 from shaping.agents.train import EvalResult, ReturnScaler, evaluate_agent
+from shaping.agents.universal import PaddedEnv
 from shaping.baselines import get_baseline
-from shaping.config import PPOConfig, RewardConfig
-from shaping.sim.scenarios import load_scenario
+from shaping.config import PPOConfig
 from shaping.sim.vector_env import ShapingVectorEnv
 from shaping.spec.action import ActionLayout
 
-#: state_dict keys that never travel: the normalizer's count is local.
-LOCAL_KEYS = ("obs_norm.count",)
 
+class SampleDP(Protocol):
+    """Sample-level DP of the updates (fed_client.dpsgd.DPSGD, Opacus): wraps the optimizer for one call."""
 
-@dataclass(frozen=True)
-class TenantTask:
-    """One tenant of the federation in simulation: which tenant of which scenario, and how much data."""
+    def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: int,
+               num_minibatches: int) -> torch.optim.Optimizer:  # fmt: skip
+        """Make the model's updates DP-SGD; returns the optimizer to step."""
+        ...
 
-    scenario: str
-    """Scenario name (conf/scenario/) or YAML path."""
-    tenant: str
-    """The controlled tenant of that scenario."""
-    num_envs: int = 8
-    """Environments simulated per local iteration: the tenant's amount of data."""
-
-    @property
-    def name(self) -> str:
-        """Identity of the tenant in reports: ``tenant@scenario``."""
-        return f"{self.tenant}@{self.scenario}"
-
-
-def make_env(task: TenantTask, layout: UniversalLayout, num_envs: int | None = None, *,
-             reward: RewardConfig | None = None, episode_steps: int | None = None) -> PaddedEnv:  # fmt: skip
-    """The tenant's batched simulator seen through the federation's layout."""
-    env = ShapingVectorEnv(num_envs or task.num_envs, load_scenario(task.scenario), tenant=task.tenant,
-                           reward=reward, max_episode_steps=episode_steps)  # fmt: skip
-    return PaddedEnv(env, layout)
-
-
-def make_model(layout: UniversalLayout, hidden_sizes: Sequence[int] = (64, 64), seed: int = 0) -> ActorCritic:
-    """The global model's architecture, seeded so every party builds the same initial weights."""
-    torch.manual_seed(seed)
-    return ActorCritic(layout.obs_dim, layout.nvec, hidden_sizes)
-
-
-def get_weights(model: ActorCritic) -> list[np.ndarray]:
-    """The model's weights as the federation sends them (normalizer variance as std, count left out)."""
-    out = []
-    for key, value in model.state_dict().items():
-        if key in LOCAL_KEYS:
-            continue
-        arr = value.detach().cpu().double() if key == "obs_norm.var" else value.detach().cpu()
-        out.append((arr.sqrt() if key == "obs_norm.var" else arr).numpy().astype(np.float32))
-    return out
-
-
-def set_weights(model: ActorCritic, weights: Sequence[np.ndarray]) -> None:
-    """Load weights produced by get_weights (the local normalizer count is kept)."""
-    state = model.state_dict()
-    keys = [k for k in state if k not in LOCAL_KEYS]
-    if len(keys) != len(weights):
-        raise ValueError(f"expected {len(keys)} weight arrays, got {len(weights)}")
-    for key, arr in zip(keys, weights, strict=True):
-        t = torch.as_tensor(np.asarray(arr), dtype=state[key].dtype)
-        if key == "obs_norm.var":
-            t = t.clamp(min=0).square()
-        if t.shape != state[key].shape:
-            raise ValueError(f"weight {key}: shape {tuple(t.shape)}, model has {tuple(state[key].shape)}")
-        state[key] = t
-    model.load_state_dict(state)
+    def detach(self, model: torch.nn.Module) -> None:
+        """Undo attach."""
+        ...
 
 
 def prox_adam(params: list[torch.nn.Parameter], lr: float, mu: float) -> torch.optim.Adam:
@@ -122,7 +70,7 @@ def local_train(
     *,
     seed: int = 0,
     proximal_mu: float = 0.0,
-    dp: object | None = None,
+    dp: SampleDP | None = None,
 ) -> LocalResult:
     """PPO iterations on the tenant's environments (round robin over several, for the centralized arm).
 
@@ -133,7 +81,7 @@ def local_train(
         cfg: PPO hyperparameters (learning rate constant here: rounds, not iterations, set the schedule).
         seed: seeds the rollouts' resets and the minibatch order.
         proximal_mu: FedProx weight; > 0 keeps the model near the weights it started from.
-        dp: a fed_client.dpsgd.DPSGD, which makes the updates DP-SGD (sample-level privacy).
+        dp: sample-level DP (e.g. fed_client.dpsgd.DPSGD), which makes the updates DP-SGD.
     """
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -143,9 +91,7 @@ def local_train(
     # Counted on the inner optimizer: DPOptimizer wraps it without torch's hook machinery.
     hook = optimizer.register_step_post_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
     if dp is not None:
-        from fed_client.dpsgd import DPSGD
-
-        optimizer = cast(DPSGD, dp).attach(model, optimizer, envs[0].num_envs * cfg.num_steps, cfg.num_minibatches)
+        optimizer = dp.attach(model, optimizer, envs[0].num_envs * cfg.num_steps, cfg.num_minibatches)
     steps, rewards = 0, []
     obs = [env.reset_torch(seed=seed + 7919 * i) for i, env in enumerate(envs)]
     scalers = [ReturnScaler(env.num_envs, cfg.gamma) for env in envs]
@@ -161,7 +107,7 @@ def local_train(
     finally:
         hook.remove()
         if dp is not None:
-            cast(DPSGD, dp).detach(model)
+            dp.detach(model)
         model.eval()
     return LocalResult(num_examples=steps, rollout_reward=float(np.mean(rewards)) if rewards else 0.0,
                        optimizer_steps=counter[0])  # fmt: skip

@@ -1,0 +1,178 @@
+"""The flat run-config keys both Flower apps read (``section.key -> scalar``), typed, with their defaults.
+
+experiments.federated builds them from the Hydra config with experiments.config.flat_config; a
+deployment passes them with ``flwr run --run-config``. Flower 1.42 refuses run-config keys the app does
+not declare, so pyproject's ``[tool.flwr.app.config]`` declares every key of KEYS with its default
+(tests/fed/test_settings.py keeps the two equal). Keys a run leaves out take the defaults, so the apps
+never need Hydra.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shaping.agents.universal import TenantTask, UniversalLayout
+from shaping.config import PPOConfig
+
+Scalar = bool | int | float | str
+
+#: Default federation of the embedded simulation: four tenants of four scenarios, two with little data.
+DEFAULT_TENANTS: tuple[TenantTask, ...] = (
+    TenantTask("default", "gameco", 16),
+    TenantTask("edge_gaming", "arena", 16),
+    TenantTask("small_congested", "studio", 2),
+    TenantTask("single_path", "office", 2),
+)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a round needs, from the run config (see conf/federated.yaml for each key's meaning)."""
+
+    strategy: str = "fedavg"
+    rounds: int = 3
+    fraction_fit: float = 1.0
+    min_fit_clients: int = 2
+    proximal_mu: float = 0.0
+    server_lr: float = 1e-2
+    client_lr: float = 1e-2
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-9
+    trim_beta: float = 0.2
+    krum_malicious: int = 1
+    privacy_mode: str = "none"
+    noise_multiplier: float = 0.0
+    clipping_norm: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: float | None = None
+    secure_aggregation: bool = False
+    dpsgd_noise: float = 0.0
+    dpsgd_max_grad_norm: float = 1.0
+    local_iterations: int = 2
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(num_steps=32, learning_rate=3e-4))
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    eval_envs: int = 4
+    eval_steps: int = 60
+    eval_seed: int = 1000
+    seed: int = 0
+    tenants: tuple[TenantTask, ...] = DEFAULT_TENANTS
+    layout: UniversalLayout = field(default_factory=UniversalLayout)
+    checkpoint_dir: str = ""
+    resume: bool = False
+    results_file: str = ""
+    attack_scale: float = 1.0
+    attack_tenants: tuple[int, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
+        """Read the flat keys (unknown keys are ignored, missing ones take the defaults)."""
+        s, ppo = cls(), {}
+        for key, (attr, decode, _) in KEYS.items():
+            if key not in cfg:
+                continue
+            value = decode(cfg[key])
+            if attr.startswith("ppo."):
+                ppo[attr[4:]] = value
+            else:
+                s = replace(s, **{attr: value})
+        return replace(s, ppo=replace(s.ppo, **ppo)) if ppo else s
+
+    def to_config(self) -> dict[str, Scalar]:
+        """The flat keys of these settings (every key of KEYS); from_config(to_config()) gives them back."""
+        out = {}
+        for key, (attr, _, encode) in KEYS.items():
+            value = getattr(self.ppo, attr[4:]) if attr.startswith("ppo.") else getattr(self, attr)
+            out[key] = encode(value)
+        return out
+
+
+def _as(kind: type) -> Callable[[Any], Any]:
+    """Decoder of a scalar that may arrive as a string (``flwr run --run-config`` values, env files)."""
+
+    def decode(value: Any) -> Any:
+        if kind is bool and isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes")
+        return kind(value)
+
+    return decode
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _opt_float(value: Any) -> float | None:
+    value = _json(value)
+    return None if value is None else float(value)
+
+
+def _tenants(value: Any) -> tuple[TenantTask, ...]:
+    return tuple(TenantTask(**t) for t in _json(value))
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in _json(value))
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _dump_tenants(value: tuple[TenantTask, ...]) -> str:
+    return json.dumps([{"scenario": t.scenario, "tenant": t.tenant, "num_envs": t.num_envs} for t in value])
+
+
+def _dump_ints(value: tuple[int, ...]) -> str:
+    return json.dumps(list(value))
+
+
+_F, _I, _S, _B = _as(float), _as(int), _as(str), _as(bool)
+
+#: flat key -> (RunSettings attribute, or ``ppo.<field>`` of its PPOConfig; decoder; encoder to a scalar).
+KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
+    "seed": ("seed", _I, _same),
+    "tenants": ("tenants", _tenants, _dump_tenants),
+    "fl.strategy": ("strategy", _S, _same),
+    "fl.rounds": ("rounds", _I, _same),
+    "fl.fraction_fit": ("fraction_fit", _F, _same),
+    "fl.min_fit_clients": ("min_fit_clients", _I, _same),
+    "fl.proximal_mu": ("proximal_mu", _F, _same),
+    "fl.server_lr": ("server_lr", _F, _same),
+    "fl.client_lr": ("client_lr", _F, _same),
+    "fl.beta_1": ("beta_1", _F, _same),
+    "fl.beta_2": ("beta_2", _F, _same),
+    "fl.tau": ("tau", _F, _same),
+    "fl.trim_beta": ("trim_beta", _F, _same),
+    "fl.krum_malicious": ("krum_malicious", _I, _same),
+    "privacy.mode": ("privacy_mode", _S, _same),
+    "privacy.noise_multiplier": ("noise_multiplier", _F, _same),
+    "privacy.clipping_norm": ("clipping_norm", _F, _same),
+    "privacy.delta": ("delta", _F, _same),
+    # TOML has no null: "null" (a JSON string) means no target.
+    "privacy.target_epsilon": ("target_epsilon", _opt_float, _dump),
+    "privacy.secure_aggregation": ("secure_aggregation", _B, _same),
+    "privacy.dpsgd_noise_multiplier": ("dpsgd_noise", _F, _same),
+    "privacy.dpsgd_max_grad_norm": ("dpsgd_max_grad_norm", _F, _same),
+    "train.local_iterations": ("local_iterations", _I, _same),
+    "train.num_steps": ("ppo.num_steps", _I, _same),
+    "train.learning_rate": ("ppo.learning_rate", _F, _same),
+    "train.update_epochs": ("ppo.update_epochs", _I, _same),
+    "train.num_minibatches": ("ppo.num_minibatches", _I, _same),
+    "train.hidden_sizes": ("hidden_sizes", _ints, _dump_ints),
+    "evaluation.envs": ("eval_envs", _I, _same),
+    "evaluation.steps": ("eval_steps", _I, _same),
+    "evaluation.seed": ("eval_seed", _I, _same),
+    "output.checkpoint_dir": ("checkpoint_dir", _S, _same),
+    "output.resume": ("resume", _B, _same),
+    "output.results_file": ("results_file", _S, _same),
+    "attack.scale": ("attack_scale", _F, _same),
+    "attack.tenants": ("attack_tenants", _ints, _dump_ints),
+}

@@ -1,0 +1,29 @@
+"""The reference arms give the same results in worker processes as in-process (same seeds, same budget)."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.fl_arms import run_arms
+from shaping.agents.universal import TenantTask
+from shaping.config import PPOConfig
+from shaping.fed_settings import RunSettings
+
+TINY = RunSettings(rounds=2, local_iterations=1, ppo=PPOConfig(num_steps=3, update_epochs=1, num_minibatches=1),
+                   hidden_sizes=(8,), eval_envs=2, eval_steps=2,
+                   tenants=(TenantTask("default", "gameco", 2), TenantTask("single_path", "office", 1)))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_arms_in_workers_equal_arms_in_process():
+    here, wall_here = run_arms(TINY, local=True, central=True, baselines=["fifo"], workers=1)
+    there, wall_there = run_arms(TINY, local=True, central=True, baselines=["fifo"], workers=2)
+    assert here == there
+    assert [r["round"] for r in here["local_only"]] == [1, 2] and len(here["centralized"]) == 2
+    assert set(here["baselines"]["fifo"]) == {"gameco@default", "office@single_path"}
+    assert set(wall_here) == set(wall_there) == {"local_only", "centralized", "baselines"}
+
+
+def test_arms_can_be_left_out():
+    res, wall = run_arms(TINY, local=False, central=False, baselines=[], workers=1)
+    assert res == {"baselines": {}} and set(wall) == {"baselines"}

@@ -1,0 +1,53 @@
+"""The flat run-config keys: pyproject declares exactly RunSettings' keys (flwr 1.42 refuses undeclared ones)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from experiments.federated import FederatedConfig, run_config
+from shaping.agents.universal import TenantTask
+from shaping.fed_settings import KEYS, RunSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _flatten(table, prefix=""):
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _declared():
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return _flatten(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+
+
+def test_pyproject_declares_every_settings_key_with_its_default():
+    declared = _declared()
+    assert set(declared) == set(KEYS) == set(RunSettings().to_config())
+    assert RunSettings.from_config(declared) == RunSettings()
+
+
+def test_flat_keys_round_trip_through_strings_as_flwr_passes_them():
+    s = RunSettings(
+        strategy="fedprox",
+        rounds=7,
+        target_epsilon=8.0,
+        secure_aggregation=True,
+        tenants=(TenantTask("default", "gameco", 3),),
+        hidden_sizes=(16,),
+        attack_tenants=(0, 2),
+    )
+    assert RunSettings.from_config(s.to_config()) == s
+    as_strings = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in s.to_config().items()}
+    assert RunSettings.from_config(as_strings) == s
+    assert RunSettings.from_config({"privacy.target_epsilon": "null"}).target_epsilon is None
+
+
+def test_the_hydra_entry_point_sets_every_key(tmp_path):
+    assert set(KEYS) <= set(run_config(FederatedConfig(), tmp_path))
