@@ -9,6 +9,7 @@ what the agent changes for the tenant that deploys it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -24,7 +25,37 @@ from shaping.spec import PlanBatch, decode_batch, stack_plans
 DEFAULT_OTHER_POLICY = "static_priority"
 
 
-class AgentPolicy:
+def baseline_plans(st: ScenarioTensors, policies: Mapping[str, str], default: str) -> PlanBatch:
+    """Every tenant's baseline plan (its policy in `policies` by name, else `default`), one environment."""
+    row = [get_baseline(policies.get(s.name, default)).plan(s) for s in st.specs]
+    return stack_plans([row], st.n_classes, st.device)
+
+
+def write_actions(fields: list[torch.Tensor], view: TenantView, actions: torch.Tensor, st: ScenarioTensors) -> None:
+    """Decode the tenant's actions (batch, n_heads) into its rows of the plan fields (batch, tenants, classes)."""
+    k, n = view.index, view.n_classes
+    dec = decode_batch(actions.long().view(actions.shape[0], 1, -1), n, st.cap_mbps[k : k + 1], st.levels)
+    for f, d in zip(fields, dec, strict=True):
+        f[:, k, :n] = d[:, 0]
+
+
+class TrainedPolicyBase:
+    """What the policies of trained agents share: a report name and no CoDel (never run in training)."""
+
+    _name: str
+
+    @property
+    def name(self) -> str:
+        """Name used in reports."""
+        return self._name
+
+    @property
+    def aqm(self) -> bool:
+        """No CoDel on the leaves: in training the controlled tenants never run it (nor static_priority)."""
+        return False
+
+
+class AgentPolicy(TrainedPolicyBase):
     """Drives one tenant with a checkpointed agent (greedy actions), the others with their baselines.
 
     The checkpoint is read when the policy first sees a scenario: its tenant must be in the scenario
@@ -50,16 +81,6 @@ class AgentPolicy:
         self._view: TenantView | None = None
         self._base: PlanBatch | None = None
 
-    @property
-    def name(self) -> str:
-        """Name used in reports."""
-        return self._name
-
-    @property
-    def aqm(self) -> bool:
-        """No CoDel on the leaves: in training the controlled tenant never runs it (nor static_priority)."""
-        return False
-
     def _bind(self, st: ScenarioTensors) -> None:
         """Load the checkpoint for the scenario's tenant and build every tenant's baseline plan."""
         payload = read_checkpoint(self.path)
@@ -71,8 +92,7 @@ class AgentPolicy:
         ckpt = load_checkpoint(self.path, st.specs[k], device=st.device)
         # The others' drivers, and the controlled tenant's plan before its first observation (the warm-up).
         trained = dict(payload.get("extra", {}).get("scenario_policies", {}))
-        row = [get_baseline(trained.get(s.name, self.other_policy)).plan(s) for s in st.specs]
-        self._base = stack_plans([row], st.n_classes, st.device)
+        self._base = baseline_plans(st, trained, self.other_policy)
         self._model = ckpt.model
         self._view = TenantView.of(st, k)
         self._key = st
@@ -86,10 +106,6 @@ class AgentPolicy:
         b = int(inp.state.t.shape[0])
         fields = [x.expand(b, *x.shape[1:]).clone() for x in self._base]
         if inp.last is not None:
-            view, st = self._view, inp.tensors
-            k, n = view.index, view.n_classes
-            actions = self._model.act(view.observe(inp.last))  # type: ignore[operator]
-            dec = decode_batch(actions.long().view(b, 1, -1), n, st.cap_mbps[k : k + 1], st.levels)
-            for f, d in zip(fields, dec, strict=True):
-                f[:, k, :n] = d[:, 0]
+            actions = self._model.act(self._view.observe(inp.last))  # type: ignore[operator]
+            write_actions(fields, self._view, actions, inp.tensors)
         return PlanBatch(*fields)

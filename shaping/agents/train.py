@@ -30,8 +30,9 @@ from shaping.agents.checkpoint import save_checkpoint
 from shaping.agents.envelope import build_envelope
 from shaping.agents.heads import MaskedMultiDiscrete
 from shaping.agents.ppo import ActorCritic, Rollout, collect_rollout, linear_lr, make_optimizer, ppo_update, set_lr
-from shaping.config import PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
+from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 from shaping.sim.vector_env import ShapingVectorEnv
+from shaping.spec import TenantSpec
 
 #: Columns of the CSV log, one row per iteration (evaluation columns are empty between evaluations).
 CSV_FIELDS: tuple[str, ...] = (
@@ -201,6 +202,113 @@ class TrainLogger:
             self._writer.close()
 
 
+def make_eval_env(
+    scenarios: Sequence[ScenarioConfig], tenant: int | str, reward: RewardConfig, train: TrainConfig,
+    min_episode_steps: int,
+) -> ShapingVectorEnv:
+    """The evaluation batch on the first scenario, long enough not to truncate within train.eval_steps."""
+    return ShapingVectorEnv(train.eval_envs, scenarios[0], tenant=tenant, reward=reward, device=train.device,
+                            max_episode_steps=max(train.eval_steps, min_episode_steps))  # fmt: skip
+
+
+def reset_envs(envs: Sequence[ShapingVectorEnv], train: TrainConfig) -> list[torch.Tensor]:
+    """Seeded reset of every batch (seed + 7919 * index); episode clocks staggered if train.stagger_episodes."""
+    rng = np.random.default_rng(train.seed)
+    next_obs = []
+    for i, env in enumerate(envs):
+        next_obs.append(env.reset_torch(seed=train.seed + 7919 * i))
+        if train.stagger_episodes:
+            env.elapsed_steps[:] = rng.integers(0, env.max_episode_steps, size=env.num_envs)
+    return next_obs
+
+
+class TrainRun:
+    """The bookkeeping train_ppo and train_dqn share: progress bar, log, periodic evaluation, checkpoints.
+
+    Use as a context manager around the iterations (it closes the bar and the log), call
+    ``end_iteration`` once per iteration and ``result`` after the loop.
+
+    Args:
+        kind: the algorithm's name in the progress bar ("ppo", "dqn").
+        cfg: the hyperparameters, stored in the checkpoints.
+        fields: the CSV columns.
+    """
+
+    def __init__(
+        self, *, kind: str, agent: MaskedMultiDiscrete, spec: TenantSpec, cfg: PPOConfig | DQNConfig,
+        scenarios: Sequence[ScenarioConfig], train: TrainConfig, eval_env: ShapingVectorEnv, num_iterations: int,
+        out_dir: Path | None, stop: StopFn | None, fields: Sequence[str] = CSV_FIELDS,
+    ) -> None:  # fmt: skip
+        self.agent, self.spec, self.cfg, self.train, self.eval_env = agent, spec, cfg, train, eval_env
+        self.num_iterations, self.out_dir, self.stop = num_iterations, out_dir, stop
+        # Every tenant's baseline in training: the others' drivers, and the controlled tenant's warm-up plan.
+        policies = {t.name: t.policy for t in scenarios[0].tenants}
+        self.extra_base = {"scenarios": [sc.name for sc in scenarios], "scenario_policies": policies,
+                           "seed": train.seed}  # fmt: skip
+        self.logger = TrainLogger(out_dir, train.tensorboard, fields)
+        self.best: EvalResult | None = None
+        self.best_path = out_dir / "best.pt" if out_dir is not None else None
+        self.eval_s = 0.0
+        self.stopped = False
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=num_iterations, disable=not train.progress, unit="it", desc=f"{kind}/{spec.name}")
+
+    def __enter__(self) -> TrainRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+        self.logger.close()
+
+    def end_iteration(self, iteration: int, row: dict[str, Any], postfix: dict[str, str]) -> bool:
+        """Evaluate when due (and save best.pt on a new best), log the row; True when training should stop.
+
+        Args:
+            row: the iteration's log row, with "env_steps" and "wall_s"; evaluation columns are added to it.
+            postfix: progress bar fields shown before the evaluation's.
+        """
+        train = self.train
+        over_budget = train.max_wall_s is not None and row["wall_s"] >= train.max_wall_s
+        last = iteration == self.num_iterations or over_budget
+        if (train.eval_every and iteration % train.eval_every == 0) or last:
+            self.agent.eval()
+            t_eval = time.perf_counter()
+            ev = evaluate_agent(self.eval_env, self.agent, train.eval_steps, train.eval_seed)
+            self.eval_s += time.perf_counter() - t_eval
+            self.stopped = self.stop is not None and self.stop(ev)
+            row.update({f"eval_{key}": value for key, value in vars(ev).items()})
+            if self.best is None or ev.reward > self.best.reward:
+                self.best = ev
+                if self.best_path is not None:
+                    extra = {**self.extra_base, "iteration": iteration, "env_steps": row["env_steps"],
+                             "eval_reward": ev.reward}  # fmt: skip
+                    save_checkpoint(self.best_path, self.agent, self.spec, self.cfg, extra=extra)
+            self.bar.set_postfix(**postfix, eval=f"{ev.reward:.3f}", sla=f"{ev.sla_violation_rate:.3f}")
+        self.logger.log(row)
+        self.bar.update(1)
+        return over_budget or self.stopped
+
+    def result(self, iteration: int, env_steps: int) -> TrainResult:
+        """Save last.pt (when there is an out_dir) and gather the run's TrainResult."""
+        self.agent.eval()
+        last_path = None
+        if self.out_dir is not None:
+            extra = {**self.extra_base, "iteration": iteration, "env_steps": env_steps}
+            last_path = save_checkpoint(self.out_dir / "last.pt", self.agent, self.spec, self.cfg, extra=extra)
+        return TrainResult(
+            agent=self.agent,
+            iterations=iteration,
+            env_steps=env_steps,
+            wall_s=time.perf_counter() - self.start,
+            best_eval=self.best,
+            best_path=self.best_path if self.best is not None else None,
+            last_path=last_path,
+            history=self.logger.rows,
+            eval_s=self.eval_s,
+            stopped=self.stopped,
+        )
+
+
 def train_ppo(
     scenarios: Sequence[ScenarioConfig],
     cfg: PPOConfig,
@@ -230,9 +338,7 @@ def train_ppo(
     weights = reward or RewardConfig()
     torch.manual_seed(train.seed)
     envs = make_envs(scenarios, tenant, weights, train)
-    eval_steps = train.eval_steps
-    eval_env = ShapingVectorEnv(train.eval_envs, scenarios[0], tenant=tenant, reward=weights, device=train.device,
-                                max_episode_steps=max(eval_steps, envs[0].max_episode_steps))  # fmt: skip
+    eval_env = make_eval_env(scenarios, tenant, weights, train, envs[0].max_episode_steps)
     view = envs[0].view
     spec = view.observation.spec
     agent = ActorCritic(view.observation.size, view.action.nvec, cfg.hidden_sizes, envelope=build_envelope(spec))
@@ -240,26 +346,13 @@ def train_ppo(
     optimizer = make_optimizer(agent, cfg.learning_rate)
     batch = train.num_envs * cfg.num_steps
     num_iterations = max(1, cfg.total_timesteps // batch)
-    rng = np.random.default_rng(train.seed)
-    next_obs = []
-    for i, env in enumerate(envs):
-        next_obs.append(env.reset_torch(seed=train.seed + 7919 * i))
-        if train.stagger_episodes:
-            env.elapsed_steps[:] = rng.integers(0, env.max_episode_steps, size=env.num_envs)
+    next_obs = reset_envs(envs, train)
     scalers = [ReturnScaler(train.num_envs, cfg.gamma, envs[0].device) for _ in envs] if train.norm_reward else None
-    # Every tenant's baseline in training: the others' drivers, and the controlled tenant's warm-up plan.
-    policies = {t.name: t.policy for t in scenarios[0].tenants}
-    extra_base = {"scenarios": [sc.name for sc in scenarios], "scenario_policies": policies, "seed": train.seed}
 
-    logger = TrainLogger(out_dir, train.tensorboard)
-    best: EvalResult | None = None
-    best_path = out_dir / "best.pt" if out_dir is not None else None
-    start = time.perf_counter()
-    bar = tqdm(total=num_iterations, disable=not train.progress, unit="it", desc=f"ppo/{spec.name}")
     iteration = 0
-    eval_s = 0.0
-    stopped = False
-    try:
+    run = TrainRun(kind="ppo", agent=agent, spec=spec, cfg=cfg, scenarios=scenarios, train=train, eval_env=eval_env,
+                   num_iterations=num_iterations, out_dir=out_dir, stop=stop)  # fmt: skip
+    with run:
         for iteration in range(1, num_iterations + 1):
             k = (iteration - 1) % len(envs)
             if cfg.anneal_lr:
@@ -271,48 +364,11 @@ def train_ppo(
                 rollout = scalers[k](rollout)
             stats = ppo_update(agent, optimizer, rollout, cfg)
             row: dict[str, Any] = {
-                "iteration": iteration, "env_steps": iteration * batch, "wall_s": time.perf_counter() - start,
+                "iteration": iteration, "env_steps": iteration * batch, "wall_s": time.perf_counter() - run.start,
                 "scenario": scenarios[k].name, "rollout_reward": raw_reward,
                 "reward_scale": scalers[k].scale if scalers is not None else 1.0,
                 **{key: stats[key] for key in CSV_FIELDS if key in stats},
             }  # fmt: skip
-            over_budget = train.max_wall_s is not None and row["wall_s"] >= train.max_wall_s
-            last = iteration == num_iterations or over_budget
-            if (train.eval_every and iteration % train.eval_every == 0) or last:
-                agent.eval()
-                t_eval = time.perf_counter()
-                ev = evaluate_agent(eval_env, agent, eval_steps, train.eval_seed)
-                eval_s += time.perf_counter() - t_eval
-                stopped = stop is not None and stop(ev)
-                row.update({f"eval_{key}": value for key, value in vars(ev).items()})
-                if best is None or ev.reward > best.reward:
-                    best = ev
-                    if best_path is not None:
-                        extra = {**extra_base, "iteration": iteration, "env_steps": iteration * batch,
-                                 "eval_reward": ev.reward}  # fmt: skip
-                        save_checkpoint(best_path, agent, spec, cfg, extra=extra)
-                bar.set_postfix(reward=f"{raw_reward:.3f}", eval=f"{ev.reward:.3f}", sla=f"{ev.sla_violation_rate:.3f}")
-            logger.log(row)
-            bar.update(1)
-            if over_budget or stopped:
+            if run.end_iteration(iteration, row, {"reward": f"{raw_reward:.3f}"}):
                 break
-    finally:
-        bar.close()
-        logger.close()
-    agent.eval()
-    last_path = None
-    if out_dir is not None:
-        extra = {**extra_base, "iteration": iteration, "env_steps": iteration * batch}
-        last_path = save_checkpoint(out_dir / "last.pt", agent, spec, cfg, extra=extra)
-    return TrainResult(
-        agent=agent,
-        iterations=iteration,
-        env_steps=iteration * batch,
-        wall_s=time.perf_counter() - start,
-        best_eval=best,
-        best_path=best_path if best is not None else None,
-        last_path=last_path,
-        history=logger.rows,
-        eval_s=eval_s,
-        stopped=stopped,
-    )
+    return run.result(iteration, iteration * batch)

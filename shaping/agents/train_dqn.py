@@ -21,11 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from shaping.agents.checkpoint import save_checkpoint
 from shaping.agents.dqn import (
     BranchingQNetwork,
     collect_transitions,
@@ -36,9 +33,8 @@ from shaping.agents.dqn import (
 )
 from shaping.agents.envelope import build_envelope
 from shaping.agents.replay import ReplayBuffer
-from shaping.agents.train import EvalResult, StopFn, TrainLogger, TrainResult, evaluate_agent, make_envs
+from shaping.agents.train import StopFn, TrainResult, TrainRun, make_envs, make_eval_env, reset_envs
 from shaping.config import DQNConfig, RewardConfig, ScenarioConfig, TrainConfig
-from shaping.sim.vector_env import ShapingVectorEnv
 
 #: Columns of the DQN CSV log, one row per iteration (evaluation columns are empty between evaluations).
 DQN_CSV_FIELDS: tuple[str, ...] = (
@@ -98,8 +94,7 @@ def train_dqn(
     weights = reward or RewardConfig()
     torch.manual_seed(train.seed)
     envs = make_envs(scenarios, tenant, weights, train)
-    eval_env = ShapingVectorEnv(train.eval_envs, scenarios[0], tenant=tenant, reward=weights, device=train.device,
-                                max_episode_steps=max(train.eval_steps, envs[0].max_episode_steps))  # fmt: skip
+    eval_env = make_eval_env(scenarios, tenant, weights, train, envs[0].max_episode_steps)
     view = envs[0].view
     spec = view.observation.spec
     dev = envs[0].device
@@ -111,23 +106,12 @@ def train_dqn(
     n_steps = steps_per_iteration(cfg, train.num_envs)
     batch = train.num_envs * n_steps
     num_iterations = max(1, cfg.total_timesteps // batch)
-    rng = np.random.default_rng(train.seed)
-    next_obs = []
-    for i, env in enumerate(envs):
-        next_obs.append(env.reset_torch(seed=train.seed + 7919 * i))
-        if train.stagger_episodes:
-            env.elapsed_steps[:] = rng.integers(0, env.max_episode_steps, size=env.num_envs)
-    policies = {t.name: t.policy for t in scenarios[0].tenants}
-    extra_base = {"scenarios": [sc.name for sc in scenarios], "scenario_policies": policies, "seed": train.seed}
+    next_obs = reset_envs(envs, train)
 
-    logger = TrainLogger(out_dir, train.tensorboard, DQN_CSV_FIELDS)
-    best: EvalResult | None = None
-    best_path = out_dir / "best.pt" if out_dir is not None else None
-    start = time.perf_counter()
-    bar = tqdm(total=num_iterations, disable=not train.progress, unit="it", desc=f"dqn/{spec.name}")
-    iteration, global_step, eval_s, stopped = 0, 0, 0.0, False
-    since_target = 0
-    try:
+    iteration, global_step, since_target = 0, 0, 0
+    run = TrainRun(kind="dqn", agent=agent, spec=spec, cfg=cfg, scenarios=scenarios, train=train, eval_env=eval_env,
+                   num_iterations=num_iterations, out_dir=out_dir, stop=stop, fields=DQN_CSV_FIELDS)  # fmt: skip
+    with run:
         for iteration in range(1, num_iterations + 1):
             k = (iteration - 1) % len(envs)
             epsilon = linear_schedule(cfg.start_e, cfg.end_e, cfg.exploration_fraction * cfg.total_timesteps,
@@ -145,44 +129,7 @@ def train_dqn(
                 if since_target >= cfg.target_network_frequency:
                     update_target(agent, target, cfg.tau)
                     since_target = 0
-            row["wall_s"] = time.perf_counter() - start
-            over_budget = train.max_wall_s is not None and row["wall_s"] >= train.max_wall_s
-            last = iteration == num_iterations or over_budget
-            if (train.eval_every and iteration % train.eval_every == 0) or last:
-                agent.eval()
-                t_eval = time.perf_counter()
-                ev = evaluate_agent(eval_env, agent, train.eval_steps, train.eval_seed)
-                eval_s += time.perf_counter() - t_eval
-                stopped = stop is not None and stop(ev)
-                row.update({f"eval_{key}": value for key, value in vars(ev).items()})
-                if best is None or ev.reward > best.reward:
-                    best = ev
-                    if best_path is not None:
-                        extra = {**extra_base, "iteration": iteration, "env_steps": global_step,
-                                 "eval_reward": ev.reward}  # fmt: skip
-                        save_checkpoint(best_path, agent, spec, cfg, extra=extra)
-                bar.set_postfix(eps=f"{epsilon:.2f}", eval=f"{ev.reward:.3f}", sla=f"{ev.sla_violation_rate:.3f}")
-            logger.log(row)
-            bar.update(1)
-            if over_budget or stopped:
+            row["wall_s"] = time.perf_counter() - run.start
+            if run.end_iteration(iteration, row, {"eps": f"{epsilon:.2f}"}):
                 break
-    finally:
-        bar.close()
-        logger.close()
-    agent.eval()
-    last_path = None
-    if out_dir is not None:
-        extra = {**extra_base, "iteration": iteration, "env_steps": global_step}
-        last_path = save_checkpoint(out_dir / "last.pt", agent, spec, cfg, extra=extra)
-    return TrainResult(
-        agent=agent,
-        iterations=iteration,
-        env_steps=global_step,
-        wall_s=time.perf_counter() - start,
-        best_eval=best,
-        best_path=best_path if best is not None else None,
-        last_path=last_path,
-        history=logger.rows,
-        eval_s=eval_s,
-        stopped=stopped,
-    )
+    return run.result(iteration, global_step)

@@ -21,14 +21,14 @@ from tqdm.auto import tqdm
 
 from shaping.agents.checkpoint import save_checkpoint
 from shaping.agents.multi import LearnerGroup, MultiTenantVectorEnv, collect_joint, make_groups
+from shaping.agents.policy import TrainedPolicyBase, baseline_plans, write_actions
 from shaping.agents.ppo import linear_lr, make_optimizer, ppo_update, set_lr
 from shaping.agents.train import ReturnScaler, TrainLogger
-from shaping.baselines import get_baseline
 from shaping.config import PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 from shaping.policies import PolicyInput
 from shaping.sim.layout import ScenarioTensors
 from shaping.sim.tenant_view import TenantView
-from shaping.spec import PlanBatch, decode_batch, stack_plans
+from shaping.spec import PlanBatch
 
 
 @dataclass
@@ -211,7 +211,7 @@ def save_groups(
     return out
 
 
-class MultiAgentPolicy:
+class MultiAgentPolicy(TrainedPolicyBase):
     """Drives the learners' tenants with their greedy actions; every other tenant with its scenario policy.
 
     Made for the scenario the learners were trained on (the tenants are found by name in the simulator's
@@ -231,21 +231,10 @@ class MultiAgentPolicy:
         self._base: PlanBatch | None = None
         self._views: list[TenantView] = []
 
-    @property
-    def name(self) -> str:
-        """Name used in reports."""
-        return self._name
-
-    @property
-    def aqm(self) -> bool:
-        """No CoDel: the controlled tenants never run it in training."""
-        return False
-
     def _bind(self, st: ScenarioTensors) -> None:
         names = [s.name for s in st.specs]
         policies = {t.name: t.policy for t in self.scenario.tenants}
-        row = [get_baseline(policies.get(s.name, "static_priority")).plan(s) for s in st.specs]
-        self._base = stack_plans([row], st.n_classes, st.device)
+        self._base = baseline_plans(st, policies, "static_priority")
         controlled = [v.observation.spec.name for g in self.groups for v in g.views]
         order = sorted({p for g in self.groups for p in g.members})
         by_pos = {p: n for g in self.groups for p, n in zip(g.members, [v.observation.spec.name for v in g.views],
@@ -270,9 +259,5 @@ class MultiAgentPolicy:
         obs = [v.observe(inp.last) for v in self._views]
         for g in self.groups:
             for pos, actions in g.act(obs):
-                view = self._views[pos]
-                k, n = view.index, view.n_classes
-                dec = decode_batch(actions.long().view(b, 1, -1), n, st.cap_mbps[k : k + 1], st.levels)
-                for f, d in zip(fields, dec, strict=True):
-                    f[:, k, :n] = d[:, 0]
+                write_actions(fields, self._views[pos], actions, st)
         return PlanBatch(*fields)

@@ -12,7 +12,8 @@ One datagram carries one or more lines, each a JSON object::
 
 At least one of the three values must be present. A malformed line is rejected with an
 AppMetricError naming the problem (counted and logged by the server; the rest of the datagram
-is still read). ``ingest`` is the same entry point for in-process callers (the Client API).
+is still read). ``ingest`` (JSON lines) and ``put`` (one class's values) are the in-process entry
+points with the same validation; the tenant agent feeds ``put`` with what the Client API received.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shaping.spec import TenantSpec
 
@@ -57,6 +59,11 @@ def parse_line(line: str, classes: dict[str, int]) -> tuple[int, dict[str, float
         raise AppMetricError(f"not JSON ({err.msg} at column {err.colno}): {line[:120]!r}") from None
     if not isinstance(obj, dict):
         raise AppMetricError(f"expected a JSON object, got {type(obj).__name__}: {line[:120]!r}")
+    return check_values(obj, classes)
+
+
+def check_values(obj: Mapping[str, Any], classes: dict[str, int]) -> tuple[int, dict[str, float]]:
+    """Validate one push (``class`` and its values) of any source; returns (class index, the values it sets)."""
     name = obj.get("class")
     if name not in classes:
         raise AppMetricError(f"unknown class {name!r}; the tenant's classes are {sorted(classes)}")
@@ -155,14 +162,32 @@ class AppMetrics:
                 self.last_error = str(err)
                 self.log.warning("rejected application metric: %s", err)
                 continue
-            with self._lock:
-                old = self._reports[idx]
-                self._reports[idx] = AppReport(
-                    values.get("app_metric", old.app_metric), values.get("p99_ms", old.p99_ms),
-                    values.get("demand_mbps", old.demand_mbps), self.clock(),
-                )  # fmt: skip
+            self._store(idx, values, self.clock())
             accepted += 1
         return accepted
+
+    def put(self, class_name: str, values: Mapping[str, float], age_s: float = 0.0) -> None:
+        """Apply one push of ``class_name`` made ``age_s`` seconds ago (validated as a socket line is).
+
+        Raises:
+            AppMetricError: unknown class, unknown key, a value out of range, no value, or a negative age.
+        """
+        if not (math.isfinite(age_s) and age_s >= 0):
+            raise AppMetricError(f"class {class_name!r}: age_s must be a finite number >= 0, got {age_s!r}")
+        if "class" in values:
+            raise AppMetricError(f"class {class_name!r}: 'class' is the argument, not a value")
+        idx, checked = check_values({**values, "class": class_name}, self.classes)
+        self._store(idx, checked, self.clock() - age_s)
+
+    def _store(self, idx: int, values: dict[str, float], at: float) -> None:
+        with self._lock:
+            old = self._reports[idx]
+            if at < old.time:
+                return  # an older push arriving late (a replay, a slow path) must not undo a newer one
+            self._reports[idx] = AppReport(
+                values.get("app_metric", old.app_metric), values.get("p99_ms", old.p99_ms),
+                values.get("demand_mbps", old.demand_mbps), at,
+            )  # fmt: skip
 
     def snapshot(self, max_age_s: float | None = None) -> list[AppReport]:
         """Latest report of each class in spec order; reports older than max_age_s read as never pushed."""

@@ -35,8 +35,8 @@ def _family(host: str) -> int:
 
 
 @dataclass
-class TcpConnectProbe:
-    """Time of a TCP connect (SYN to SYN-ACK): one round trip, refused connections included (RST is an answer)."""
+class _SocketProbe:
+    """The target, timeout, marking, clock and socket factory of a probe, and the set-up of its socket."""
 
     host: str
     port: int
@@ -46,13 +46,24 @@ class TcpConnectProbe:
     clock: Callable[[], float] = time.perf_counter
     sockets: SocketFactory = _default_socket
 
+    def _socket(self, kind: int) -> socket.socket:
+        return self.sockets(_family(self.host), kind)
+
+    def _configure(self, s: socket.socket) -> None:
+        s.settimeout(self.timeout_s)
+        if self.tos is not None:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, self.tos)
+
+
+@dataclass
+class TcpConnectProbe(_SocketProbe):
+    """Time of a TCP connect (SYN to SYN-ACK): one round trip, refused connections included (RST is an answer)."""
+
     def measure(self) -> float | None:
         """Connect and close; milliseconds or None on timeout/unreachable."""
-        s = self.sockets(_family(self.host), socket.SOCK_STREAM)
+        s = self._socket(socket.SOCK_STREAM)
         try:
-            s.settimeout(self.timeout_s)
-            if self.tos is not None:
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, self.tos)
+            self._configure(s)
             t0 = self.clock()
             try:
                 s.connect((self.host, self.port))
@@ -66,24 +77,16 @@ class TcpConnectProbe:
 
 
 @dataclass
-class UdpEchoProbe:
+class UdpEchoProbe(_SocketProbe):
     """Round trip of one datagram to a UDP echo responder (e.g. UdpEchoServer)."""
 
-    host: str
-    port: int
-    timeout_s: float = 1.0
-    tos: int | None = None
-    clock: Callable[[], float] = time.perf_counter
-    sockets: SocketFactory = _default_socket
     _seq: int = field(default=0, init=False)
 
     def measure(self) -> float | None:
         """Send a numbered datagram and wait for the same bytes back; milliseconds or None."""
-        s = self.sockets(_family(self.host), socket.SOCK_DGRAM)
+        s = self._socket(socket.SOCK_DGRAM)
         try:
-            s.settimeout(self.timeout_s)
-            if self.tos is not None:
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, self.tos)
+            self._configure(s)
             self._seq += 1
             payload = f"fedshape-probe {self._seq}".encode()
             t0 = self.clock()

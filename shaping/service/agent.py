@@ -1,12 +1,14 @@
 """TenantAgent: keeps a tenant's control loop in step with its rules in the service, and reports back.
 
-Two threads. The watch thread follows `WatchRules` (reconnecting with backoff when the service is
+Three threads. The watch thread follows `WatchRules` (reconnecting with backoff when the service is
 unreachable) and hands each new revision, compiled, to the control thread. The control thread owns
 the ControlLoop: it steps it every interval and, when new rules arrive, installs them and steps at
 once (so the kernel follows a change within one step, not one interval). Same spec: the loop keeps
 its state and only its static plan and pinned entities change; a new spec (entities, classes, QoS):
 a new loop from the factory. The last rules seen are kept in a local file, so an agent restarted
 while the service is down enforces them too; the loop simply goes on when the service goes away.
+The third thread follows `WatchAppMetrics`: the application metrics the tenant pushed through the
+Client API go into the monitor's AppMetrics (`put`, as if pushed on its local socket), FPS as FPS/60.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import grpc
 
 from shaping.config import ScenarioConfig
 from shaping.control import ControlLoop, ControlPolicy, Guard, Mode, Observed, StaticPolicy
+from shaping.monitor.appmetrics import AppMetricError, AppMetrics
 from shaping.rules.codec import rules_from_dict, rules_to_dict
 from shaping.rules.compile import CompiledRules, compile_rules
 from shaping.rules.model import RuleSet
@@ -36,6 +39,39 @@ LOG = logging.getLogger("fedshape.agent")
 
 #: Builds the loop of a compiled rule set (backend, policy, guard); see `build_loop`.
 LoopFactory = Callable[[CompiledRules], ControlLoop]
+#: The AppMetrics a loop observes, or None (see `monitor_app_metrics`).
+AppSink = Callable[[ControlLoop], AppMetrics | None]
+
+#: Frames per second that read as application metric 1 (the spec's metric of a game is FPS/60).
+FPS_FULL = 60.0
+
+
+def app_values(name: str, value: float) -> dict[str, float] | None:
+    """The monitor's values of one metric pushed through the Client API (None: a name the monitor has no slot for)."""
+    if name == "fps":
+        return {"app_metric": min(1.0, max(0.0, value / FPS_FULL))}
+    if name == "completion_rate":
+        return {"app_metric": value}
+    return None
+
+
+def monitor_app_metrics(loop: ControlLoop) -> AppMetrics | None:
+    """The AppMetrics of the Monitor behind a loop's backend (through wrappers' `inner`); None without a monitor.
+
+    A monitor built without one (no local socket) gets an in-process AppMetrics, so remote pushes still count.
+    """
+    backend: Any = loop.backend
+    for _ in range(8):  # wrappers (_Tap, TimedBackend) nest a few deep at most
+        monitor = getattr(backend, "monitor", None)
+        if monitor is not None:
+            if getattr(monitor, "app", None) is None:
+                monitor.app = AppMetrics(monitor.spec)
+            app: AppMetrics = monitor.app
+            return app
+        backend = getattr(backend, "inner", None)
+        if backend is None:
+            break
+    return None
 
 
 def rules_guard(compiled: CompiledRules, loop: ControlLoop | None = None) -> Guard:
@@ -91,16 +127,17 @@ class TenantAgent:
         report_every_s: how often the agent reports its status.
         retry_s: first reconnect delay; doubles up to 5 s.
         clock: monotonic clock.
+        app_sink: where pushed application metrics go for a loop (None: not followed).
     """
 
     def __init__(self, stub: Any, tenant: str, scenario: ScenarioConfig, make_loop: LoopFactory, *,
                  interval_s: float = 0.1, state_path: Path | None = None, report_every_s: float = 1.0,
                  retry_s: float = 0.2, clock: Callable[[], float] = time.monotonic,
-                 logger: logging.Logger = LOG) -> None:
+                 logger: logging.Logger = LOG, app_sink: AppSink | None = monitor_app_metrics) -> None:
         self.stub, self.tenant, self.scenario, self.make_loop = stub, tenant, scenario, make_loop
         self.interval_s, self.state_path = interval_s, state_path
         self.report_every_s, self.retry_s = report_every_s, retry_s
-        self.clock, self.log = clock, logger
+        self.clock, self.log, self.app_sink = clock, logger, app_sink
         self.loop: ControlLoop | None = None
         self.compiled: CompiledRules | None = None
         self.connected = threading.Event()
@@ -111,7 +148,10 @@ class TenantAgent:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._stream: Any = None
+        self._streams: dict[str, Any] = {}
+        self._app_pushes: dict[tuple[str, str], tuple[float, float]] = {}
+        """(class, metric name) -> (value, push time on `clock`): replayed into each new loop's sink."""
+        self._sink: AppMetrics | None = None
         self._threads: list[threading.Thread] = []
         self._tap: _Tap | None = None
         self._last_report = -float("inf")
@@ -136,24 +176,70 @@ class TenantAgent:
             self._pending = compiled
         self._wake.set()
 
-    def _watch(self) -> None:
+    def _follow(self, what: str, open_stream: Callable[[], Any], handle: Callable[[Any], None],
+                connected: threading.Event | None = None) -> None:
+        """Follow a server stream, reconnecting with backoff, until stopped (or the service lacks the call)."""
         delay = self.retry_s
         while not self._stop.is_set():
-            after = self.compiled.revision if self.compiled else 0
             try:
-                self._stream = self.stub.WatchRules(cpb.WatchRulesRequest(tenant=self.tenant, after_revision=after))
-                self.connected.set()
-                for message in self._stream:
+                stream = self._streams[what] = open_stream()
+                if self._stop.is_set():
+                    stream.cancel()  # stop() may have cancelled the previous stream just before this one opened
+                if connected is not None:
+                    connected.set()
+                for message in stream:
                     delay = self.retry_s
-                    self._offer(rules_from_pb(message))
+                    handle(message)
             except grpc.RpcError as err:
                 if self._stop.is_set():
                     break
-                self.log.warning("tenant %s: rules service unreachable (%s); enforcing revision %s",
-                                 self.tenant, err.code().name, self.compiled.revision if self.compiled else None)
-            self.connected.clear()
+                if err.code() is grpc.StatusCode.UNIMPLEMENTED:
+                    self.log.info("tenant %s: the service has no %s; not following it", self.tenant, what)
+                    break
+                self.log.warning("tenant %s: rules service unreachable on %s (%s); enforcing revision %s", self.tenant,
+                                 what, err.code().name, self.compiled.revision if self.compiled else None)
+            if connected is not None:
+                connected.clear()
             self._stop.wait(delay)
             delay = min(5.0, delay * 2)
+
+    def _watch(self) -> None:
+        def open_stream() -> Any:
+            after = self.compiled.revision if self.compiled else 0
+            return self.stub.WatchRules(cpb.WatchRulesRequest(tenant=self.tenant, after_revision=after))
+
+        self._follow("WatchRules", open_stream, lambda m: self._offer(rules_from_pb(m)), self.connected)
+
+    def _watch_apps(self) -> None:
+        self._follow("WatchAppMetrics", lambda: self.stub.WatchAppMetrics(pb.TenantRef(tenant=self.tenant)),
+                     self._on_app_metric)
+
+    def _on_app_metric(self, m: cpb.PushedAppMetric) -> None:
+        at = self.clock() - max(0.0, m.age_s)
+        with self._lock:
+            self._app_pushes[(m.class_name, m.name)] = (m.value, at)
+            sink = self._sink
+        if sink is not None:
+            self._feed(sink, m.class_name, m.name, m.value, at)
+
+    def _feed(self, sink: AppMetrics, klass: str, name: str, value: float, at: float) -> None:
+        values = app_values(name, value)
+        if values is None:
+            return
+        try:
+            sink.put(klass, values, age_s=max(0.0, self.clock() - at))
+        except AppMetricError as err:  # a class the enforced rules do not have (yet): replayed with the next rules
+            self.log.debug("tenant %s: pushed metric not used now: %s", self.tenant, err)
+
+    def _new_sink(self) -> None:
+        """Point pushed metrics at the new loop's sink and replay the ones already received."""
+        sink = self.app_sink(self.loop) if self.app_sink is not None and self.loop is not None else None
+        with self._lock:
+            self._sink = sink
+            pushes = sorted(self._app_pushes.items(), key=lambda kv: kv[1][1])
+        if sink is not None:
+            for (klass, name), (value, at) in pushes:
+                self._feed(sink, klass, name, value, at)
 
     # the control side
 
@@ -173,6 +259,7 @@ class TenantAgent:
             self.loop = self.make_loop(compiled)
             self._tap = _Tap(self.loop.backend)
             self.loop.backend = self._tap
+            self._new_sink()
         self.compiled = compiled
         self.installed.append((compiled.revision, self.clock()))
         self.log.info("tenant %s: enforcing rules revision %d", self.tenant, compiled.revision)
@@ -232,23 +319,27 @@ class TenantAgent:
     # lifecycle
 
     def start(self) -> TenantAgent:
-        """Start the watch and control threads."""
-        for fn, name in ((self._watch, "watch"), (self._control, "control")):
+        """Start the watch, control and (with an app sink) app-metrics threads."""
+        threads = [(self._watch, "watch"), (self._control, "control")]
+        if self.app_sink is not None:
+            threads.append((self._watch_apps, "apps"))
+        for fn, name in threads:
             th = threading.Thread(target=fn, name=f"fedshape-agent-{self.tenant}-{name}", daemon=True)
             th.start()
             self._threads.append(th)
         return self
 
     def stop(self, close_loop: bool = True) -> None:
-        """Stop both threads; close the loop (its backend) unless asked not to."""
+        """Stop the threads; close the loop (its backend) unless asked not to."""
         self._stop.set()
         self._wake.set()
-        if self._stream is not None:
-            self._stream.cancel()
+        for stream in list(self._streams.values()):
+            stream.cancel()
         for th in self._threads:
             th.join(5)
         if close_loop and self.loop is not None:
             self.loop.close()
 
 
-__all__ = ["LoopFactory", "TenantAgent", "build_loop", "rules_guard"]
+__all__ = ["FPS_FULL", "AppSink", "LoopFactory", "TenantAgent", "app_values", "build_loop", "monitor_app_metrics",
+           "rules_guard"]

@@ -66,8 +66,8 @@ def check_status(status: pb.AgentStatus, config: ServiceConfig) -> None:
         raise RulesError("status applied_revision and steps must be >= 0")
 
 
-class ClientServicer(client_pb2_grpc.ClientServiceServicer):
-    """Every call is scoped to the caller's own tenant (the `tenant` field may be empty or must be its name)."""
+class ServicerBase:
+    """What the client and provider servicers hold: store, settings, authenticator, notifier, clock, call gate."""
 
     def __init__(self, store: RulesStore, config: ServiceConfig, auth: Authenticator, notifier: Notifier,
                  clock: Callable[[], float] = time.time) -> None:
@@ -76,7 +76,16 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
         self.auth = auth
         self.notifier = notifier
         self.clock = clock
+        # The semaphore that shaping.service.auth.rpc runs every call inside.
         self.gate = threading.BoundedSemaphore(config.active_calls)
+
+
+class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
+    """Every call is scoped to the caller's own tenant (the `tenant` field may be empty or must be its name)."""
+
+    def __init__(self, store: RulesStore, config: ServiceConfig, auth: Authenticator, notifier: Notifier,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(store, config, auth, notifier, clock)
         self._pb_cache: dict[str, tuple[RuleSet, pb.RuleSet]] = {}
 
     def _tenant(self, context: grpc.ServicerContext, tenant: str) -> str:
@@ -302,4 +311,23 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
             raise CallError(grpc.StatusCode.NOT_FOUND, f"class {_short(request.class_name)} does not exist")
         self.store.put_app_metrics(tenant, request.class_name, values)
         self.notifier.bump(f"status/{tenant}")
+        self.notifier.bump(f"app/{tenant}")
         return pb.Ack(revision=rules.revision)
+
+    @stream_rpc
+    def WatchAppMetrics(self, request: pb.TenantRef,
+                        context: grpc.ServicerContext) -> Iterator[client_pb2.PushedAppMetric]:
+        tenant = self._tenant(context, request.tenant)
+        self._rules(tenant)
+        key = f"app/{tenant}"
+        seen = self.notifier.counter(key)
+        sent: dict[tuple[str, str], float] = {}  # (class, name) -> push time of the value last sent
+        while context.is_active() and not self.notifier.closed:
+            now = self.clock()
+            for klass, named in self.store.app_metrics(tenant).items():
+                for name, (value, at) in named.items():
+                    if sent.get((klass, name), -math.inf) < at:
+                        sent[(klass, name)] = at
+                        yield client_pb2.PushedAppMetric(class_name=klass, name=name, value=value,
+                                                         age_s=max(0.0, now - at))
+            seen = self.notifier.wait(key, seen, self.config.watch_poll_s)

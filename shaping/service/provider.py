@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections.abc import Callable
 
 import grpc
 from google.protobuf import json_format
@@ -14,24 +11,12 @@ from shaping.rules.validate import RulesError, check_name
 from shaping.service._proto.fedshape.v1 import provider_pb2 as ppb
 from shaping.service._proto.fedshape.v1 import provider_pb2_grpc
 from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
-from shaping.service.auth import Authenticator, CallError, require_provider, rpc
-from shaping.service.client import agent_status
-from shaping.service.config import ServiceConfig
-from shaping.service.notify import Notifier
-from shaping.store import RulesStore
+from shaping.service.auth import CallError, require_provider, rpc
+from shaping.service.client import ServicerBase, agent_status
 
 
-class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
+class ProviderServicer(ServicerBase, provider_pb2_grpc.ProviderServiceServicer):
     """Every call needs the provider role."""
-
-    def __init__(self, store: RulesStore, config: ServiceConfig, auth: Authenticator, notifier: Notifier,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.store = store
-        self.config = config
-        self.auth = auth
-        self.notifier = notifier
-        self.clock = clock
-        self.gate = threading.BoundedSemaphore(config.active_calls)
 
     def _provider(self, context: grpc.ServicerContext) -> str:
         ident = self.auth.identity(context)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
 import pytest
 
-from shaping.monitor import AppMetricError, AppMetrics, parse_line
+from shaping.monitor import AppMetricError, AppMetrics, AppReport, parse_line
+from tests.monitor.conftest import Clock
 
 CLASSES = {"game": 0, "trades": 1}
 
@@ -61,3 +63,38 @@ def test_refuses_to_replace_a_regular_file(spec, tmp_path):
     with pytest.raises(FileExistsError, match="not a socket"):
         AppMetrics(spec, path)
     assert path.read_text() == "keep me"
+
+
+def test_in_process_put_validates_like_the_socket_and_keeps_the_push_time(spec):
+    clock = Clock()  # t = 100
+    app = AppMetrics(spec, clock=clock)
+    app.put("game", {"app_metric": 0.75}, age_s=2.0)
+    app.put("trades", {"p99_ms": 9.0, "demand_mbps": 4})
+    snap = app.snapshot()
+    assert (snap[0].app_metric, snap[0].time) == (0.75, 98.0)
+    assert (snap[1].p99_ms, snap[1].demand_mbps, snap[1].time) == (9.0, 4.0, 100.0)
+    assert snap[2] == AppReport()
+    clock.t = 104.0  # the game push is 6 s old, the trades push 4 s: max age 5 s keeps only the latter
+    aged = app.snapshot(max_age_s=5.0)
+    assert aged[0] == AppReport() and aged[1].p99_ms == 9.0
+    for klass, values, age, message in [
+        ("chess", {"app_metric": 1.0}, 0.0, "unknown class 'chess'"),
+        ("game", {"fps": 60.0}, 0.0, "unknown keys ['fps']"),
+        ("game", {"app_metric": 1.5}, 0.0, "app_metric must be in [0, 1]"),
+        ("game", {"app_metric": float("nan")}, 0.0, "must be a finite number"),
+        ("game", {}, 0.0, "push at least one of"),
+        ("game", {"app_metric": 0.5}, -1.0, "age_s must be a finite number >= 0"),
+        ("game", {"class": 1.0, "app_metric": 0.5}, 0.0, "'class' is the argument"),
+    ]:
+        with pytest.raises(AppMetricError, match=re.escape(message)):
+            app.put(klass, values, age_s=age)
+    assert app.snapshot()[0].app_metric == 0.75  # nothing rejected was stored
+
+
+def test_an_older_push_arriving_late_does_not_undo_a_newer_one(spec):
+    app = AppMetrics(spec, clock=Clock())
+    app.put("game", {"app_metric": 0.9}, age_s=1.0)
+    app.put("game", {"app_metric": 0.2}, age_s=3.0)  # pushed before the 0.9, delivered after it
+    assert app.snapshot()[0].app_metric == 0.9
+    app.ingest('{"class": "game", "app_metric": 0.4}')  # now: newer than both
+    assert app.snapshot()[0].app_metric == 0.4

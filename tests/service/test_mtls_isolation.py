@@ -72,6 +72,7 @@ def _client_calls_against(tenant: str) -> dict[str, object]:
         "PushAppMetrics": cpb.AppMetricsRequest(tenant=tenant, class_name="game", fps=1.0),
         "WatchRules": cpb.WatchRulesRequest(tenant=tenant),
         "ReportStatus": pb.AgentStatus(tenant=tenant, reward=-1.0),
+        "WatchAppMetrics": ref,
     }
 
 

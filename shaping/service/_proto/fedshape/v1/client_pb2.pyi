@@ -68,6 +68,18 @@ class AppMetricsRequest(_message.Message):
     completion_rate: float
     def __init__(self, tenant: _Optional[str] = ..., class_name: _Optional[str] = ..., fps: _Optional[float] = ..., completion_rate: _Optional[float] = ...) -> None: ...
 
+class PushedAppMetric(_message.Message):
+    __slots__ = ("class_name", "name", "value", "age_s")
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    class_name: str
+    name: str
+    value: float
+    age_s: float
+    def __init__(self, class_name: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[float] = ..., age_s: _Optional[float] = ...) -> None: ...
+
 class WatchRulesRequest(_message.Message):
     __slots__ = ("tenant", "after_revision")
     TENANT_FIELD_NUMBER: _ClassVar[int]

@@ -123,6 +123,11 @@ class ClientServiceStub:
                 request_serializer=fedshape_dot_v1_dot_rules__pb2.AgentStatus.SerializeToString,
                 response_deserializer=fedshape_dot_v1_dot_rules__pb2.Ack.FromString,
                 _registered_method=True)
+        self.WatchAppMetrics = channel.unary_stream(
+                '/fedshape.v1.ClientService/WatchAppMetrics',
+                request_serializer=fedshape_dot_v1_dot_rules__pb2.TenantRef.SerializeToString,
+                response_deserializer=fedshape_dot_v1_dot_client__pb2.PushedAppMetric.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -232,6 +237,13 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAppMetrics(self, request, context):
+        """The values pushed by PushAppMetrics: every stored one at once, then each new push.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +331,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.ReportStatus,
                     request_deserializer=fedshape_dot_v1_dot_rules__pb2.AgentStatus.FromString,
                     response_serializer=fedshape_dot_v1_dot_rules__pb2.Ack.SerializeToString,
+            ),
+            'WatchAppMetrics': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAppMetrics,
+                    request_deserializer=fedshape_dot_v1_dot_rules__pb2.TenantRef.FromString,
+                    response_serializer=fedshape_dot_v1_dot_client__pb2.PushedAppMetric.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -780,6 +797,33 @@ class ClientService:
             '/fedshape.v1.ClientService/ReportStatus',
             fedshape_dot_v1_dot_rules__pb2.AgentStatus.SerializeToString,
             fedshape_dot_v1_dot_rules__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAppMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedshape.v1.ClientService/WatchAppMetrics',
+            fedshape_dot_v1_dot_rules__pb2.TenantRef.SerializeToString,
+            fedshape_dot_v1_dot_client__pb2.PushedAppMetric.FromString,
             options,
             channel_credentials,
             insecure,
