@@ -267,10 +267,11 @@ def bench_loop(
     startup = (t0.user - s0.user) + (t0.system - s0.system)
     cpu = (t1.user - t0.user) + (t1.system - t0.system)
     children = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
-    step_ms = sorted(r.seconds * 1e3 for r in list(loop.history)[-iters:])
+    measured = list(loop.history)[-iters:]
+    step_ms = sorted(r.seconds * 1e3 for r in measured)
     return {
         "hz": hz, "iterations": steps, "epsilon": policy.epsilon,
-        "adaptive_steps": sum(r.mode is Mode.ADAPTIVE for r in loop.history),
+        "adaptive_steps": sum(r.mode is Mode.ADAPTIVE for r in measured),
         "overruns": loop.metrics.value("fedshape_agent_overruns_total", tenant=spec.name) or 0.0,
         "warmup_steps": warmup, "startup_cpu_s": round(startup, 4),
         "step_p50_ms": round(statistics.median(step_ms), 3), "cpu_s": round(cpu, 4),
