@@ -111,6 +111,13 @@ class PolicyRunner:
             self._worker = _Worker(self._torch_threads)
         self._inflight = None
 
-    def close(self) -> None:
-        """Stop the worker after its current call."""
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop the worker after its current call, and wait for it (at most ``timeout_s`` when not stuck).
+
+        Waiting matters at exit: a daemon worker still leaving torch's OpenMP pool while the
+        interpreter finalizes aborts the process ("terminate called without an active exception",
+        seen with torch 2.13 in `python -m shaping.control`).
+        """
         self._worker.jobs.put(None)
+        if not self.busy:
+            self._worker.thread.join(timeout_s)
