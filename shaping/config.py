@@ -46,6 +46,8 @@ class ClassConfig:
     """Transport protocol used for classification: tcp or udp."""
     ports: list[int] = field(default_factory=list)
     """Destination ports used for classification (empty: any)."""
+    dst_cidrs: list[str] = field(default_factory=list)
+    """Destination (remote) addresses used for classification, as CIDRs (empty: any)."""
     match_dscp: int | None = None
     """DSCP value used for classification (None: not matched on DSCP)."""
     qos: QoSConfig = field(default_factory=QoSConfig)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
 
 from shaping.enforce.target import EnforceTarget
 from shaping.spec.plan import ClassShaping, ShapingPlan
-from shaping.spec.tenant import TenantSpec, TrafficClass
+from shaping.spec.tenant import TenantSpec
 
 FAMILY = "inet"
 #: Drop probabilities are compared against numgen random mod DROP_SCALE (1 ppm resolution).
@@ -112,11 +113,10 @@ def _mangle(key: dict[str, Any], value: Any) -> dict[str, Any]:
     return {"mangle": {"key": key, "value": value}}
 
 
-def _prefixes(tc: TrafficClass, spec: TenantSpec) -> dict[str, list[dict[str, Any]]]:
-    """The class's entity addresses as nft prefixes, by IP family (ip, ip6)."""
-    entity = spec.entities[spec.entity_index(tc.entity)]
+def _prefixes(cidrs: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Addresses as nft prefixes, by IP family (ip, ip6)."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for cidr in entity.cidrs:
+    for cidr in cidrs:
         net = ipaddress.ip_network(cidr, strict=False)
         fam = "ip" if net.version == 4 else "ip6"
         out.setdefault(fam, []).append({"prefix": {"addr": str(net.network_address), "len": net.prefixlen}})
@@ -126,13 +126,20 @@ def _prefixes(tc: TrafficClass, spec: TenantSpec) -> dict[str, list[dict[str, An
 def classify_rules(spec: TenantSpec, plan: ShapingPlan, target: EnforceTarget) -> list[RuleSpec]:
     """Per class, family and port direction: match, then set the class's fwmark and DSCP, then return.
 
-    The first class (in spec order) that matches a packet wins. Ports match either direction,
-    since an entity may be the client or the server of its application.
+    A class matches its entity's source addresses and its protocol, and where given its remote
+    addresses (`dst_cidrs`), arriving DSCP and ports. The first class (in spec order) that matches a
+    packet wins. Ports match either direction, since an entity may be the client or the server of
+    its application.
     """
     out: list[RuleSpec] = []
     for i, (tc, cs) in enumerate(zip(spec.classes, plan.classes, strict=True)):
-        for fam, prefixes in _prefixes(tc, spec).items():
+        destinations = _prefixes(tc.dst_cidrs)
+        for fam, prefixes in _prefixes(spec.entities[spec.entity_index(tc.entity)].cidrs).items():
             base = [_match(_payload(fam, "saddr"), _set(prefixes)), _match({"meta": {"key": "l4proto"}}, tc.protocol)]
+            if tc.dst_cidrs:
+                if fam not in destinations:  # no destination of this family: nothing of it can match
+                    continue
+                base.append(_match(_payload(fam, "daddr"), _set(destinations[fam])))
             if tc.match_dscp is not None:
                 base.append(_match(_payload(fam, "dscp"), tc.match_dscp))
             tail = [

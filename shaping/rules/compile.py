@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from shaping.config import ClassConfig, EntityConfig, QoSConfig, ScenarioConfig, TenantConfig
-from shaping.rules.model import ClassRule, Limits, Match, RuleSet
+from shaping.rules.model import ClassRule, Limits, RuleSet
 from shaping.rules.validate import RulesError, check_overlaps, check_structure
 from shaping.spec.plan import ClassShaping, ShapingPlan, burst_bytes
 from shaping.spec.tenant import SpecError, TenantSpec, tenant_spec
@@ -22,8 +22,6 @@ class CompiledRules:
     """The static plan: enforced for static classes and as the fallback of adaptive ones."""
     adaptive: tuple[bool, ...]
     """Per class: whether its entity is in Adaptive Shaping mode."""
-    matches: tuple[Match, ...]
-    """Per class: the full match (the spec keeps protocol, ports and DSCP; this adds destinations)."""
 
     @property
     def any_adaptive(self) -> bool:
@@ -47,7 +45,8 @@ def tenant_config(rules: RuleSet) -> TenantConfig:
 def _class_config(c: ClassRule) -> ClassConfig:
     return ClassConfig(
         name=c.name, app=c.app, entity=c.entity, mbps=c.mbps, flows=c.flows, protocol=c.match.protocol,
-        ports=list(c.match.ports), match_dscp=c.match.dscp, qos=QoSConfig(**dataclasses.asdict(c.qos)),
+        ports=list(c.match.ports), dst_cidrs=list(c.match.dst_cidrs), match_dscp=c.match.dscp,
+        qos=QoSConfig(**dataclasses.asdict(c.qos)),
     )
 
 
@@ -121,5 +120,4 @@ def compile_rules(rules: RuleSet, scenario: ScenarioConfig, limits: Limits | Non
         spec=spec,
         plan=plan,
         adaptive=tuple(modes[c.entity] == "adaptive" for c in rules.classes),
-        matches=tuple(c.match for c in rules.classes),
     )

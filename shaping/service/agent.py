@@ -246,7 +246,7 @@ class TenantAgent:
     def _install(self, compiled: CompiledRules) -> None:
         old = self.compiled
         same = old is not None and self.loop is not None and old.spec == compiled.spec \
-            and old.matches == compiled.matches and old.any_adaptive == compiled.any_adaptive
+            and old.any_adaptive == compiled.any_adaptive
         if same and self.loop is not None:
             # Same classes: keep the loop (and its policy, watchdog, experience); swap plan and pins.
             self.loop.fallback = StaticPolicy(compiled.spec, compiled.plan, name="static-rules")

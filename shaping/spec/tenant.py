@@ -56,6 +56,8 @@ class TrafficClass:
     ports: tuple[int, ...]
     match_dscp: int | None
     qos: QoSRequirement
+    dst_cidrs: tuple[str, ...] = ()
+    """Remote addresses the class's packets go to (empty: any); classification only, not in the layouts."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ def _check_class(where: str, c: ClassConfig, entities: list[str]) -> None:
         raise SpecError(f"{where}: class {c.name!r} match_dscp must be in 0..63")
     if any(not 1 <= port <= 65535 for port in c.ports):
         raise SpecError(f"{where}: class {c.name!r} ports must be in 1..65535, got {list(c.ports)}")
+    if c.dst_cidrs:
+        _check_cidrs(f"{where}: class {c.name!r} dst_cidrs", c.dst_cidrs)
     q = c.qos
     # A non-positive latency bound or a negative minimum rate is always (or never) met: a typo, not an SLA.
     if q.max_p99_ms is not None and q.max_p99_ms <= 0:
@@ -221,6 +225,7 @@ def tenant_spec(scenario: ScenarioConfig, tenant: int | str) -> TenantSpec:
                 ports=tuple(c.ports),
                 match_dscp=c.match_dscp,
                 qos=QoSRequirement.from_config(c.qos),
+                dst_cidrs=tuple(str(ipaddress.ip_network(d, strict=False)) for d in c.dst_cidrs),
             )
             for c in cfg.classes
         ),

@@ -19,9 +19,11 @@ from shaping.spec import ClassShaping, ShapingPlan, TenantSpec, burst_bytes, ten
 PREFIX = "fse"
 
 
-def make_spec(n_classes: int = 3, cidrs: tuple[str, ...] = ("10.200.10.1/32", "10.200.11.1/32")) -> TenantSpec:
-    """A tenant on two paths: class 0 gaming (udp 5000), the rest bulk/web on tcp ports 6000+i."""
-    classes = [ClassConfig(name="game", app="gaming", protocol="udp", ports=[5000], match_dscp=None)]
+def make_spec(n_classes: int = 3, cidrs: tuple[str, ...] = ("10.200.10.1/32", "10.200.11.1/32"),
+              game_dst: tuple[str, ...] = ()) -> TenantSpec:
+    """A tenant on two paths: class 0 gaming (udp 5000, to ``game_dst`` when given), the rest bulk/web on tcp
+    ports 6000+i."""
+    classes = [ClassConfig(name="game", app="gaming", protocol="udp", ports=[5000], dst_cidrs=list(game_dst))]
     for i in range(1, n_classes):
         classes.append(ClassConfig(name=f"c{i}", app="bulk" if i % 2 else "web", protocol="tcp", ports=[6000 + i]))
     scenario = ScenarioConfig(

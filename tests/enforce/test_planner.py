@@ -161,6 +161,24 @@ def test_ipv6_entity_gets_ip6_rules() -> None:
     assert "c0.ip6.dport" in keys and "c0.ip.dport" in keys
 
 
+def test_destination_match_narrows_the_class_per_family() -> None:
+    spec = make_spec(2, cidrs=("10.200.10.1/32", "fd00:200::/64"), game_dst=("10.200.11.0/24", "10.200.12.7"))
+    target = target_from_spec(spec, EnforceConfig(interfaces=("a", "b")))
+    rules = {o.rule.key: o.rule for o in plan_operations(spec, make_plan(spec), target) if isinstance(o, NftRule)}
+    # Only IPv4 destinations: the class has no IPv6 rule; its IPv4 rules match both destinations.
+    assert "c0.ip.dport" in rules and "c0.ip6.dport" not in rules and "c1.ip6.dport" in rules
+    daddr = [e["match"]["right"] for e in rules["c0.ip.dport"].json("t")["expr"]
+             if "match" in e and e["match"]["left"] == {"payload": {"protocol": "ip", "field": "daddr"}}]
+    assert daddr == [{"set": [{"prefix": {"addr": "10.200.11.0", "len": 24}},
+                              {"prefix": {"addr": "10.200.12.7", "len": 32}}]}]
+    assert not any("daddr" in str(e) for e in rules["c1.ip.dport"].json("t")["expr"])
+
+
+def test_destination_match_rejects_a_bad_address() -> None:
+    with pytest.raises(SpecError, match="dst_cidrs has an invalid address '10.200.300.0/24'"):
+        make_spec(2, game_dst=("10.200.300.0/24",))
+
+
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [

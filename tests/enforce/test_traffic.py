@@ -8,7 +8,7 @@ from shaping.enforce import KernelEnforcer, NetlinkBackend
 from shaping.enforce.fast_stats import FastStats
 from shaping.enforce.testing import NetnsPair
 from shaping.spec import TenantSpec
-from tests.enforce.conftest import make_plan, pair_target, with_class
+from tests.enforce.conftest import make_plan, make_spec, pair_target, with_class
 from tests.enforce.traffic import WIRE_OVERHEAD, udp_run, wire_mbps
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -60,3 +60,30 @@ def test_dscp_drops_and_path_are_enforced(spec: TenantSpec, pair: NetnsPair) -> 
     assert isinstance(sent, int)
     assert 0.65 <= kept / sent <= 0.85, f"kept {kept} of {sent} packets with drop probability 0.25"
     assert len(stamps) == pytest.approx(kept, rel=0.02)
+
+
+def test_destination_match_classifies_only_traffic_to_those_addresses(pair: NetnsPair) -> None:
+    # Class 0 matches udp 5000 to side b's second address only; it is sent down path 1.
+    spec = make_spec(game_dst=(f"{pair.b_addrs[1]}/32",))
+    plan = with_class(make_plan(spec), 0, path=1)
+    with KernelEnforcer(spec, pair_target(spec, pair)) as enf:
+        enf.apply(plan)
+        backend = enf.backend
+        assert isinstance(backend, NetlinkBackend)
+        idx = [backend.ipr.link_lookup(ifname=n)[0] for n in pair.a_links]
+        fast = FastStats(pair.a)
+        try:
+            other = udp_run(pair.a, pair.a_addrs[0], pair.b, pair.b_addrs[0], 5000, mbps=2.0, duration=1.0)
+            after_other = [fast.read_classes([i]) for i in idx]
+            matched = udp_run(pair.a, pair.a_addrs[0], pair.b, pair.b_addrs[1], 5000, mbps=2.0, duration=1.0)
+            after_matched = [fast.read_classes([i]) for i in idx]
+        finally:
+            fast.close()
+    assert isinstance(other["stamps"], list) and len(other["stamps"]) > 100
+    assert isinstance(matched["stamps"], list) and len(matched["stamps"]) > 100
+    # Traffic to the other address stayed unclassified: not in class 0 on either path, and unmarked.
+    assert after_other[0][0x10010].packets == 0 and after_other[1][0x10010].packets == 0
+    assert after_other[0][0x10002].packets >= len(other["stamps"])
+    # Traffic to the class's destination was classified and routed down path 1.
+    assert after_matched[1][0x10010].packets >= len(matched["stamps"])
+    assert after_matched[0][0x10010].packets == 0

@@ -36,6 +36,15 @@ def test_compile_gives_spec_plan_and_modes(rules, scenario):
     assert len(ActionLayout(out.spec).nvec) == 3 * 6 + 1
 
 
+def test_destinations_reach_the_spec_normalized(rules, scenario):
+    game = replace(rules.classes[0], match=replace(rules.classes[0].match, dst_cidrs=("192.0.2.7", "198.51.100.9/24")))
+    out = compile_rules(replace(rules, classes=(game, *rules.classes[1:])), scenario)
+    assert out.spec.classes[0].dst_cidrs == ("192.0.2.7/32", "198.51.100.0/24")
+    assert out.spec.classes[1].dst_cidrs == ()
+    # Classification only: the layouts (and so checkpoints) do not depend on destinations.
+    assert out.spec.fingerprint() == compile_rules(rules, scenario).spec.fingerprint()
+
+
 def test_explicit_burst_is_kept(rules, scenario):
     game = replace(rules.classes[0], action=replace(rules.classes[0].action, burst_bytes=50_000))
     out = compile_rules(replace(rules, classes=(game, *rules.classes[1:])), scenario)
