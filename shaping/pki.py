@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from shaping.names import MAX_NAME_LEN, NAME_RULE, is_valid_name
+
 Role = Literal["tenant", "provider"]
 ROLES: tuple[str, ...] = get_args(Role)
 URI_SCHEME = "fedshape"
-# Names become a URI path segment and a file name: keep them to a safe alphabet.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch: "$" would accept a final "\n"
 # Certificates start a little in the past so that peers with a slightly late clock accept them.
 _BACKDATE = dt.timedelta(minutes=5)
 
@@ -54,8 +53,9 @@ class Identity:
 
 
 def _check_name(name: str) -> str:
-    if not _NAME_RE.fullmatch(name):
-        raise PKIError(f"invalid name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . _ -)")
+    # Names become a URI path segment and a file name, and a tenant's must be a valid rules tenant name.
+    if not is_valid_name(name):
+        raise PKIError(f"invalid name {name!r}: use 1..{MAX_NAME_LEN} {NAME_RULE}")
     return name
 
 
@@ -215,7 +215,7 @@ def _identity_from_uri(uri: str) -> Identity | None:
     if not uri.startswith(prefix):
         return None
     role, sep, name = uri[len(prefix):].partition("/")
-    if not sep or role not in ROLES or not _NAME_RE.fullmatch(name):
+    if not sep or role not in ROLES or not is_valid_name(name):
         raise PKIError(f"malformed FedShape identity URI {uri!r}")
     return Identity(role, name)  # type: ignore[arg-type]  # role checked against ROLES above
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from shaping.config import PathConfig
+from shaping.names import NAME_RULE, is_valid_name
 from shaping.rules.model import MODES, ClassRule, EntityRule, Limits, RuleSet
 from shaping.spec.tenant import SpecError
 
-#: Names of tenants, entities and classes: DNS-label-like, so they fit URIs, labels and interface maps.
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$")
 
 
 class RulesError(SpecError):
@@ -26,13 +24,10 @@ class RulesError(SpecError):
 
 
 def check_name(what: str, name: str, limits: Limits) -> None:
-    """Raise RulesError unless `name` is a short lower-case identifier."""
-    if not name or len(name) > limits.max_name_len or not NAME_RE.match(name):
+    """Raise RulesError unless `name` is a short lower-case identifier (shaping.names)."""
+    if not is_valid_name(name, limits.max_name_len):
         shown = name if len(name) <= 80 else name[:80] + "..."
-        raise RulesError(
-            f"{what} {shown!r} is not a valid name: 1..{limits.max_name_len} characters of a-z, 0-9, '_', '.', '-',"
-            " starting and ending with a letter or digit"
-        )
+        raise RulesError(f"{what} {shown!r} is not a valid name: 1..{limits.max_name_len} {NAME_RULE}")
 
 
 def _finite(where: str, value: float) -> None:

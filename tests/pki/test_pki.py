@@ -94,10 +94,20 @@ def test_expired_certificate_rejected():
     assert pki.verify_client(ca.cert_pem, creds.cert_pem, now=old + dt.timedelta(hours=1)).name == "t1"
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "../x", "-x", "a b", "x" * 65, "tenant\n"])
+@pytest.mark.parametrize("name", ["", "a/b", "../x", "-x", "x-", "a b", "x" * 64, "tenant\n", "Acme"])
 def test_bad_names_rejected(ca, name):
     with pytest.raises(pki.PKIError, match="invalid name"):
         pki.issue_client(ca, "tenant", name)
+
+
+@pytest.mark.parametrize("name", ["acme", "a", "x" * 63, "team-1.eu_west"])
+def test_certificate_names_are_exactly_the_rules_tenant_names(ca, name):
+    # A tenant certificate is only useful for a name the rules service accepts as a tenant.
+    from shaping.rules import check_name
+    from shaping.rules.model import Limits
+
+    check_name("tenant", name, Limits())
+    assert pki.peer_identity(pki.issue_client(ca, "tenant", name).cert_pem).name == name
 
 
 def test_bad_role_and_garbage_rejected(ca):
