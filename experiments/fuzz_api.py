@@ -234,7 +234,7 @@ class Harness:
         self.scenario = scenario
         self.store = RulesStore(directory / "fuzz.db")
         self.server = RulesServer(self.store, ServiceConfig(scenario=scenario, watch_poll_s=0.2),
-                                  insecure_loopback=True, max_workers=16).start()
+                                  insecure_loopback=True).start()
         target = f"127.0.0.1:{self.server.port}"
         self.channels = [connect(target, identity="tenant/acme"), connect(target, identity="provider/ops")]
         self.stubs = {"tenant": client_stub(self.channels[0]), "provider": provider_stub(self.channels[1])}

@@ -103,18 +103,12 @@ def abort(context: grpc.ServicerContext, err: BaseException) -> NoReturn:
 
 
 def rpc(method: F) -> F:
-    """Turn exceptions raised by a unary servicer method into gRPC statuses.
-
-    The call runs inside the servicer's `gate` (a semaphore): the server keeps many threads for
-    long-lived watches, but only a few of them run unary calls' Python code at once (the GIL serializes
-    them anyway; fewer runnable threads switch less).
-    """
+    """Turn exceptions raised by a unary servicer method into gRPC statuses."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            with self.gate:
-                return method(self, request, context)
+            return method(self, request, context)
         except Exception as err:
             abort(context, err)
 
@@ -122,12 +116,17 @@ def rpc(method: F) -> F:
 
 
 def stream_rpc(method: F) -> F:
-    """As `rpc`, for server-streaming methods (errors surface while the stream is iterated)."""
+    """As `rpc`, for server-streaming methods (errors surface while the stream is iterated).
+
+    A stream waits for changes most of its life: it runs inside the servicer's `blocking()`, so that the
+    server's pool serves other calls on another thread meanwhile (shaping.service.executor).
+    """
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            yield from method(self, request, context)
+            with self.blocking():
+                yield from method(self, request, context)
         except Exception as err:
             abort(context, err)
 

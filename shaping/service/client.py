@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import replace
 
 import grpc
@@ -67,25 +68,27 @@ def check_status(status: pb.AgentStatus, config: ServiceConfig) -> None:
 
 
 class ServicerBase:
-    """What the client and provider servicers hold: store, settings, authenticator, notifier, clock, call gate."""
+    """What the client and provider servicers hold: store, settings, authenticator, notifier, clock, and how a
+    watch tells the server's pool that it blocks (CallExecutor.blocking; a no-op by default)."""
 
     def __init__(self, store: RulesStore, config: ServiceConfig, auth: Authenticator, notifier: Notifier,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 blocking: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
         self.store = store
         self.config = config
         self.auth = auth
         self.notifier = notifier
         self.clock = clock
-        # The semaphore that shaping.service.auth.rpc runs every call inside.
-        self.gate = threading.BoundedSemaphore(config.active_calls)
+        self.blocking = blocking
 
 
 class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
     """Every call is scoped to the caller's own tenant (the `tenant` field may be empty or must be its name)."""
 
     def __init__(self, store: RulesStore, config: ServiceConfig, auth: Authenticator, notifier: Notifier,
-                 clock: Callable[[], float] = time.time) -> None:
-        super().__init__(store, config, auth, notifier, clock)
+                 clock: Callable[[], float] = time.time,
+                 blocking: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
+        super().__init__(store, config, auth, notifier, clock, blocking)
         self._pb_cache: dict[str, tuple[RuleSet, pb.RuleSet]] = {}
 
     def _tenant(self, context: grpc.ServicerContext, tenant: str) -> str:

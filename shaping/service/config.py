@@ -20,5 +20,8 @@ class ServiceConfig:
     """An agent that has not reported for this long is shown as stale."""
     watch_poll_s: float = 0.5
     """How often a streaming watch checks that its client is still there."""
-    active_calls: int = 8
-    """Unary calls that run at once (the rest wait on a semaphore); watches are not counted."""
+    active_calls: int = 4
+    """Threads that run calls at once (shaping.service.executor.CallExecutor); the GIL serializes their
+    Python code anyway, and fewer runnable threads switch less."""
+    max_watches: int = 256
+    """Streaming watches served at once, each on a thread of its own next to the `active_calls` threads."""

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
-from concurrent import futures
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from shaping.service._proto.fedshape.v1 import client_pb2, client_pb2_grpc, provider_pb2, provider_pb2_grpc
 from shaping.service.auth import Authenticator
 from shaping.service.client import ClientServicer
 from shaping.service.config import ServiceConfig
+from shaping.service.executor import CallExecutor
 from shaping.service.exposition import service_registry
 from shaping.service.notify import Notifier
 from shaping.service.provider import ProviderServicer
@@ -49,6 +50,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+
+Blocking = Callable[[], AbstractContextManager[None]]
+
+
+def _blocking_stream(responses: Iterator[Any], blocking: Blocking) -> Iterator[Any]:
+    """Yield a stream's responses inside `blocking()`: it holds its thread while it waits for more."""
+    with blocking():
+        yield from responses
+
+
+class _Health(health.HealthServicer):
+    """gRPC health checking whose Watch streams tell the pool that they block."""
+
+    def __init__(self, blocking: Blocking) -> None:
+        super().__init__()
+        self._blocking = blocking
+
+    def Watch(self, request: Any, context: Any, send_response_callback: Any = None) -> Any:
+        if send_response_callback is not None:  # the non-blocking form holds no thread
+            return super().Watch(request, context, send_response_callback)
+        return _blocking_stream(super().Watch(request, context), self._blocking)
+
+
+class _Reflection(reflection.ReflectionServicer):
+    """Server reflection whose streams (one per client session, waiting for its next request) block."""
+
+    def __init__(self, service_names: tuple[str, ...], blocking: Blocking) -> None:
+        super().__init__(service_names)
+        self._blocking = blocking
+
+    def ServerReflectionInfo(self, request_iterator: Any, context: Any) -> Any:
+        return _blocking_stream(super().ServerReflectionInfo(request_iterator, context), self._blocking)
+
 class RulesServer:
     """The rules service on one address; `start()` binds, `port` is the bound port, `stop()` ends it.
 
@@ -58,7 +92,7 @@ class RulesServer:
     """
 
     def __init__(self, store: RulesStore, config: ServiceConfig | None = None, *, address: str = "127.0.0.1:0",
-                 tls: ServerTLS | None = None, insecure_loopback: bool = False, max_workers: int = 64,
+                 tls: ServerTLS | None = None, insecure_loopback: bool = False,
                  metrics_address: tuple[str, int] | None = None, registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         host = address.rsplit(":", 1)[0]
@@ -70,17 +104,20 @@ class RulesServer:
         self.address = address
         self.notifier = Notifier()
         auth = Authenticator(insecure_identity=tls is None)
-        self.client = ClientServicer(store, self.config, auth, self.notifier, clock)
-        self.provider = ProviderServicer(store, self.config, auth, self.notifier, clock)
-        self.health = health.HealthServicer()
-        # Streaming watches hold a worker each; leave room for them next to unary calls.
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                   maximum_concurrent_rpcs=4 * max_workers)
+        cfg = self.config
+        # A few threads run calls; each watch gets one of its own while it waits (shaping.service.executor).
+        self.executor = CallExecutor(cfg.active_calls, cfg.max_watches, name="fedshape-rpc")
+        self.client = ClientServicer(store, cfg, auth, self.notifier, clock, self.executor.blocking)
+        self.provider = ProviderServicer(store, cfg, auth, self.notifier, clock, self.executor.blocking)
+        self.health = _Health(self.executor.blocking)
+        # Calls beyond this get RESOURCE_EXHAUSTED instead of queueing without bound.
+        self._server = grpc.server(self.executor, maximum_concurrent_rpcs=cfg.max_watches + 64 * cfg.active_calls)
         client_pb2_grpc.add_ClientServiceServicer_to_server(self.client, self._server)
         provider_pb2_grpc.add_ProviderServiceServicer_to_server(self.provider, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                            self._server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            _Reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.executor.blocking),
+            self._server)
         if tls is None:
             self.port = self._server.add_insecure_port(address)
         else:

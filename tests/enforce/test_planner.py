@@ -175,7 +175,7 @@ def test_destination_match_narrows_the_class_per_family() -> None:
 
 
 def test_destination_match_rejects_a_bad_address() -> None:
-    with pytest.raises(SpecError, match="dst_cidrs has an invalid address '10.200.300.0/24'"):
+    with pytest.raises(SpecError, match=r"dst_cidrs has an invalid address '10\.200\.300\.0/24'"):
         make_spec(2, game_dst=("10.200.300.0/24",))
 
 

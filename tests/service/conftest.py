@@ -46,7 +46,7 @@ def config() -> ServiceConfig:
 @pytest.fixture
 def running(tmp_path) -> Iterator[Running]:
     store = RulesStore(tmp_path / "rules.db")
-    server = RulesServer(store, config(), insecure_loopback=True, max_workers=16).start()
+    server = RulesServer(store, config(), insecure_loopback=True).start()
     run = Running(server, store, [])
     try:
         yield run
