@@ -11,6 +11,7 @@ import grpc
 
 from shaping.pki import Identity, PKIError, peer_identity
 from shaping.rules.validate import RulesError
+from shaping.service.executor import blocking_stream
 from shaping.spec.tenant import SpecError
 from shaping.store import AlreadyExistsError, ConflictError, NotFoundError
 
@@ -125,8 +126,7 @@ def stream_rpc(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            with self.blocking():
-                yield from method(self, request, context)
+            yield from blocking_stream(method(self, request, context), self.blocking)
         except Exception as err:
             abort(context, err)
 

@@ -6,7 +6,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from typing import Protocol, TypeVar
 from dataclasses import replace
 
 import grpc
@@ -19,6 +19,7 @@ from shaping.service._proto.fedshape.v1 import client_pb2, client_pb2_grpc
 from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
 from shaping.service.auth import Authenticator, CallError, rpc, scope, stream_rpc
 from shaping.service.config import ServiceConfig
+from shaping.service.executor import Blocking
 from shaping.service.convert import class_from_pb, class_to_pb, entity_from_pb, entity_to_pb, mode_from_pb, \
     qos_from_pb, rules_from_pb, rules_to_pb
 from shaping.service.notify import Notifier
@@ -29,6 +30,41 @@ STATUS_MODES = ("", "static", "adaptive", "mixed")
 
 def _short(name: str) -> str:
     return repr(name if len(name) <= 64 else name[:64] + "...")
+
+
+class _HasName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_Named = TypeVar("_Named", bound=_HasName)  # an EntityRule or a ClassRule
+
+
+def _find(items: tuple[_Named, ...], name: str, what: str) -> _Named:
+    """The item of that name; NOT_FOUND otherwise."""
+    for item in items:
+        if item.name == name:
+            return item
+    raise CallError(grpc.StatusCode.NOT_FOUND, f"{what} {_short(name)} does not exist")
+
+
+def _added(items: tuple[_Named, ...], new: _Named, what: str) -> tuple[_Named, ...]:
+    """The items with `new` appended; ALREADY_EXISTS when one has its name."""
+    if any(item.name == new.name for item in items):
+        raise CallError(grpc.StatusCode.ALREADY_EXISTS, f"{what} {_short(new.name)} exists already")
+    return (*items, new)
+
+
+def _replaced(items: tuple[_Named, ...], new: _Named, what: str) -> tuple[_Named, ...]:
+    """The items with the one of `new`'s name replaced by it; NOT_FOUND when there is none."""
+    _find(items, new.name, what)
+    return tuple(new if item.name == new.name else item for item in items)
+
+
+def _removed(items: tuple[_Named, ...], name: str, what: str) -> tuple[_Named, ...]:
+    """The items without the one of that name; NOT_FOUND when there is none."""
+    _find(items, name, what)
+    return tuple(item for item in items if item.name != name)
 
 
 def _unregistered(tenant: str) -> CallError:
@@ -73,7 +109,7 @@ class ServicerBase:
 
     def __init__(self, store: RulesStore, config: ServiceConfig, auth: Authenticator, notifier: Notifier,
                  clock: Callable[[], float] = time.time,
-                 blocking: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
+                 blocking: Blocking = contextlib.nullcontext) -> None:
         self.store = store
         self.config = config
         self.auth = auth
@@ -87,7 +123,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
 
     def __init__(self, store: RulesStore, config: ServiceConfig, auth: Authenticator, notifier: Notifier,
                  clock: Callable[[], float] = time.time,
-                 blocking: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
+                 blocking: Blocking = contextlib.nullcontext) -> None:
         super().__init__(store, config, auth, notifier, clock, blocking)
         self._pb_cache: dict[str, tuple[RuleSet, pb.RuleSet]] = {}
 
@@ -139,18 +175,14 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         entity = entity_from_pb(request.entity)
 
         def change(old: RuleSet) -> RuleSet:
-            if old.entity(entity.name):
-                raise CallError(grpc.StatusCode.ALREADY_EXISTS, f"entity {_short(entity.name)} exists already")
-            return replace(old, entities=(*old.entities, entity))
+            return replace(old, entities=_added(old.entities, entity, "entity"))
 
         return self._write(tenant, change, f"create entity {entity.name[:64]}", request.expect_revision)
 
     @rpc
     def GetEntity(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.Entity:
-        entity = self._rules(self._tenant(context, request.tenant)).entity(request.name)
-        if entity is None:
-            raise CallError(grpc.StatusCode.NOT_FOUND, f"entity {_short(request.name)} does not exist")
-        return entity_to_pb(entity)
+        rules = self._rules(self._tenant(context, request.tenant))
+        return entity_to_pb(_find(rules.entities, request.name, "entity"))
 
     @rpc
     def UpdateEntity(self, request: client_pb2.EntityRequest, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -158,9 +190,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         entity = entity_from_pb(request.entity)
 
         def change(old: RuleSet) -> RuleSet:
-            if not old.entity(entity.name):
-                raise CallError(grpc.StatusCode.NOT_FOUND, f"entity {_short(entity.name)} does not exist")
-            return replace(old, entities=tuple(entity if e.name == entity.name else e for e in old.entities))
+            return replace(old, entities=_replaced(old.entities, entity, "entity"))
 
         return self._write(tenant, change, f"update entity {entity.name[:64]}", request.expect_revision)
 
@@ -169,13 +199,12 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         tenant = self._tenant(context, request.tenant)
 
         def change(old: RuleSet) -> RuleSet:
-            if not old.entity(request.name):
-                raise CallError(grpc.StatusCode.NOT_FOUND, f"entity {_short(request.name)} does not exist")
+            _find(old.entities, request.name, "entity")
             users = [c.name for c in old.classes if c.entity == request.name]
             if users:
                 raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"entity {_short(request.name)} still has classes {users}; delete them first")
-            return replace(old, entities=tuple(e for e in old.entities if e.name != request.name))
+            return replace(old, entities=_removed(old.entities, request.name, "entity"))
 
         return self._write(tenant, change, f"delete entity {request.name[:64]}")
 
@@ -185,18 +214,14 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         klass = class_from_pb(getattr(request, "class"))
 
         def change(old: RuleSet) -> RuleSet:
-            if old.klass(klass.name):
-                raise CallError(grpc.StatusCode.ALREADY_EXISTS, f"class {_short(klass.name)} exists already")
-            return replace(old, classes=(*old.classes, klass))
+            return replace(old, classes=_added(old.classes, klass, "class"))
 
         return self._write(tenant, change, f"create class {klass.name[:64]}", request.expect_revision)
 
     @rpc
     def GetClass(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.TrafficClass:
-        klass = self._rules(self._tenant(context, request.tenant)).klass(request.name)
-        if klass is None:
-            raise CallError(grpc.StatusCode.NOT_FOUND, f"class {_short(request.name)} does not exist")
-        return class_to_pb(klass)
+        rules = self._rules(self._tenant(context, request.tenant))
+        return class_to_pb(_find(rules.classes, request.name, "class"))
 
     @rpc
     def UpdateClass(self, request: client_pb2.ClassRequest, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -204,9 +229,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         klass = class_from_pb(getattr(request, "class"))
 
         def change(old: RuleSet) -> RuleSet:
-            if not old.klass(klass.name):
-                raise CallError(grpc.StatusCode.NOT_FOUND, f"class {_short(klass.name)} does not exist")
-            return replace(old, classes=tuple(klass if c.name == klass.name else c for c in old.classes))
+            return replace(old, classes=_replaced(old.classes, klass, "class"))
 
         return self._write(tenant, change, f"update class {klass.name[:64]}", request.expect_revision)
 
@@ -215,9 +238,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         tenant = self._tenant(context, request.tenant)
 
         def change(old: RuleSet) -> RuleSet:
-            if not old.klass(request.name):
-                raise CallError(grpc.StatusCode.NOT_FOUND, f"class {_short(request.name)} does not exist")
-            return replace(old, classes=tuple(c for c in old.classes if c.name != request.name))
+            return replace(old, classes=_removed(old.classes, request.name, "class"))
 
         return self._write(tenant, change, f"delete class {request.name[:64]}")
 
@@ -229,8 +250,8 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         mode = mode_from_pb(request.mode)
 
         def change(old: RuleSet) -> RuleSet:
-            if request.entity and not old.entity(request.entity):
-                raise CallError(grpc.StatusCode.NOT_FOUND, f"entity {_short(request.entity)} does not exist")
+            if request.entity:
+                _find(old.entities, request.entity, "entity")
             return replace(old, entities=tuple(replace(e, mode=mode) if request.entity in ("", e.name) else e
                                                for e in old.entities))
 
@@ -242,10 +263,8 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         qos = qos_from_pb(request.qos)
 
         def change(old: RuleSet) -> RuleSet:
-            if not old.klass(request.class_name):
-                raise CallError(grpc.StatusCode.NOT_FOUND, f"class {_short(request.class_name)} does not exist")
-            return replace(old, classes=tuple(replace(c, qos=qos) if c.name == request.class_name else c
-                                              for c in old.classes))
+            klass = _find(old.classes, request.class_name, "class")
+            return replace(old, classes=_replaced(old.classes, replace(klass, qos=qos), "class"))
 
         return self._write(tenant, change, f"set qos of {request.class_name[:64]}")
 
@@ -310,8 +329,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         if not values:
             raise RulesError("push at least one of fps, completion_rate")
         rules = self._rules(tenant)
-        if rules.klass(request.class_name) is None:
-            raise CallError(grpc.StatusCode.NOT_FOUND, f"class {_short(request.class_name)} does not exist")
+        _find(rules.classes, request.class_name, "class")
         self.store.put_app_metrics(tenant, request.class_name, values)
         self.notifier.bump(f"status/{tenant}")
         self.notifier.bump(f"app/{tenant}")

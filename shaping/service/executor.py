@@ -16,8 +16,19 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
+
+
+Blocking = Callable[[], AbstractContextManager[None]]
+"""What a stream calls to say that it blocks: CallExecutor.blocking, or contextlib.nullcontext."""
+
+
+def blocking_stream(responses: Iterator[Any], blocking: Blocking) -> Iterator[Any]:
+    """Yield a stream's responses inside `blocking()`: it holds its thread while it waits for more."""
+    with blocking():
+        yield from responses
 
 
 @dataclass

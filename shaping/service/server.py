@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from shaping.service._proto.fedshape.v1 import client_pb2, client_pb2_grpc, prov
 from shaping.service.auth import Authenticator
 from shaping.service.client import ClientServicer
 from shaping.service.config import ServiceConfig
-from shaping.service.executor import CallExecutor
+from shaping.service.executor import Blocking, CallExecutor, blocking_stream
 from shaping.service.exposition import service_registry
 from shaping.service.notify import Notifier
 from shaping.service.provider import ProviderServicer
@@ -51,15 +50,6 @@ def is_loopback(host: str) -> bool:
 
 
 
-Blocking = Callable[[], AbstractContextManager[None]]
-
-
-def _blocking_stream(responses: Iterator[Any], blocking: Blocking) -> Iterator[Any]:
-    """Yield a stream's responses inside `blocking()`: it holds its thread while it waits for more."""
-    with blocking():
-        yield from responses
-
-
 class _Health(health.HealthServicer):
     """gRPC health checking whose Watch streams tell the pool that they block."""
 
@@ -70,7 +60,7 @@ class _Health(health.HealthServicer):
     def Watch(self, request: Any, context: Any, send_response_callback: Any = None) -> Any:
         if send_response_callback is not None:  # the non-blocking form holds no thread
             return super().Watch(request, context, send_response_callback)
-        return _blocking_stream(super().Watch(request, context), self._blocking)
+        return blocking_stream(super().Watch(request, context), self._blocking)
 
 
 class _Reflection(reflection.ReflectionServicer):
@@ -81,7 +71,7 @@ class _Reflection(reflection.ReflectionServicer):
         self._blocking = blocking
 
     def ServerReflectionInfo(self, request_iterator: Any, context: Any) -> Any:
-        return _blocking_stream(super().ServerReflectionInfo(request_iterator, context), self._blocking)
+        return blocking_stream(super().ServerReflectionInfo(request_iterator, context), self._blocking)
 
 class RulesServer:
     """The rules service on one address; `start()` binds, `port` is the bound port, `stop()` ends it.
