@@ -109,6 +109,18 @@ class FedOutputConfig:
 
 
 @dataclass
+class FedInitConfig:
+    """Where the global model starts."""
+
+    weights: str = ""
+    """Weights file every arm starts from (experiments.pretrain_universal's universal.npz, or a round
+    checkpoint of an earlier run); "" starts from the seeded random initialization."""
+    norm_count: float = 1e5
+    """With weights: the observations the file's normalizer statistics count for, so that a tenant's
+    first rollouts shift them gently instead of replacing them (the policy was trained on their scaling)."""
+
+
+@dataclass
 class AttackConfig:
     """A misbehaving tenant (robustness experiments)."""
 
@@ -136,6 +148,7 @@ class FederatedConfig:
     """Also train one model on all tenants' environments (centralized arm)."""
     seed: int = 0
     """Seed of the initial global model and of training."""
+    init: FedInitConfig = field(default_factory=FedInitConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: FedOutputConfig = field(default_factory=FedOutputConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
@@ -144,6 +157,11 @@ class FederatedConfig:
 def run_config(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     """The flat run config the Flower apps read (shaping.fed_settings.RunSettings)."""
     flat: dict[str, Any] = flat_config(cfg)
+    if cfg.init.weights:  # the Flower apps may run in another working directory
+        weights = Path(cfg.init.weights).expanduser().resolve()
+        if not weights.is_file():
+            raise FileNotFoundError(f"init.weights: no file {weights}")
+        flat["init.weights"] = str(weights)
     flat["output.checkpoint_dir"] = str(out_dir / "checkpoints")
     flat["output.results_file"] = str(out_dir / "federated_rounds.json")
     return flat

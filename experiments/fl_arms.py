@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from shaping.agents.global_model import make_model
+from shaping.agents.global_model import initial_model
 from shaping.agents.local_train import evaluate, evaluate_baseline, local_train
 from shaping.agents.universal import PaddedEnv, make_env
 from shaping.fed_settings import RunSettings
@@ -31,7 +31,7 @@ def _eval_envs(s: RunSettings) -> list[PaddedEnv]:
 
 def local_only(s: RunSettings) -> list[dict[str, Any]]:
     """Per round, each tenant's own model (trained alone) evaluated on its held-out seeds."""
-    models = [make_model(s.layout, s.hidden_sizes, s.seed) for _ in s.tenants]
+    models = [initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights, s.init_norm_count) for _ in s.tenants]
     envs = [make_env(t, s.layout) for t in s.tenants]
     evals = _eval_envs(s)
     rounds = []
@@ -48,7 +48,7 @@ def local_only(s: RunSettings) -> list[dict[str, Any]]:
 
 def centralized(s: RunSettings) -> list[dict[str, Any]]:
     """Per round, one model trained on every tenant's environments, evaluated on each tenant's held-out seeds."""
-    model = make_model(s.layout, s.hidden_sizes, s.seed)
+    model = initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights, s.init_norm_count)
     envs = [make_env(t, s.layout) for t in s.tenants]
     evals = _eval_envs(s)
     rounds = []

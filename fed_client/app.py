@@ -56,6 +56,10 @@ class TenantClient(NumPyClient):
         set_weights(self.model, parameters)
         if "norm_count" in self.state:  # the normalizer's sample count is local (shaping.agents.global_model)
             self.model.obs_norm.count.fill_(float(self.state["norm_count"]))  # type: ignore[arg-type]
+        elif self.s.init_weights and self.s.init_norm_count > 0:
+            # A pretrained start (the file itself is the server's): its statistics count as init_norm_count
+            # observations, as in the reference arms (shaping.agents.global_model.initial_model).
+            self.model.obs_norm.count.fill_(self.s.init_norm_count)
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         """The initial global weights (same seed on every party)."""

@@ -20,7 +20,7 @@ from fed_server.privacy import epsilon_after, rounds_within_budget
 from fed_server.secagg import run_legacy
 from fed_server.strategy import build_strategy
 from fed_server.tracking import TrackedStrategy
-from shaping.agents.global_model import get_weights, make_model
+from shaping.agents.global_model import get_weights, initial_model
 from shaping.fed_settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def run_server(grid: Grid, context: Context, config: Mapping[str, Any]) -> Track
     n_clients = len(s.tenants)
     ckpt = load_latest(s.checkpoint_dir) if (s.resume and s.checkpoint_dir) else None
     done = ckpt.round if ckpt else 0
-    weights = ckpt.weights if ckpt else get_weights(make_model(s.layout, s.hidden_sizes, s.seed))
+    weights = ckpt.weights if ckpt else get_weights(initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights))
     noisy = s.privacy_mode in ("central", "distributed")
     epsilon_of = (lambda r: epsilon_after(r, s.noise_multiplier, s.fraction_fit, s.delta)) if noisy else None
     allowed = rounds_within_budget(s.rounds, s.noise_multiplier, s.fraction_fit, s.delta, s.target_epsilon if noisy

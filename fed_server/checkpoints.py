@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from shaping.agents.global_model import load_weights, save_weights
+
 
 @dataclass
 class GlobalCheckpoint:
@@ -33,8 +35,7 @@ def save_global(directory: str | Path, ckpt: GlobalCheckpoint) -> Path:
     """Write the round's weights and point latest.json at them; returns the .npz path."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / f"round_{ckpt.round:04d}.npz"
-    np.savez(path, *ckpt.weights)
+    path = save_weights(d / f"round_{ckpt.round:04d}.npz", ckpt.weights)
     tmp = d / "latest.json.tmp"
     tmp.write_text(json.dumps({"round": ckpt.round, "weights": path.name, "history": ckpt.history}))
     os.replace(tmp, d / "latest.json")
@@ -48,6 +49,5 @@ def load_latest(directory: str | Path) -> GlobalCheckpoint | None:
     if not meta_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
-    with np.load(d / meta["weights"]) as npz:
-        weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    weights = load_weights(d / meta["weights"])
     return GlobalCheckpoint(round=int(meta["round"]), weights=weights, history=list(meta.get("history", [])))

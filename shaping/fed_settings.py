@@ -61,6 +61,8 @@ class RunSettings:
     seed: int = 0
     tenants: tuple[TenantTask, ...] = DEFAULT_TENANTS
     layout: UniversalLayout = field(default_factory=UniversalLayout)
+    init_weights: str = ""
+    init_norm_count: float = 1e5
     checkpoint_dir: str = ""
     resume: bool = False
     results_file: str = ""
@@ -170,6 +172,8 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
     "evaluation.envs": ("eval_envs", _I, _same),
     "evaluation.steps": ("eval_steps", _I, _same),
     "evaluation.seed": ("eval_seed", _I, _same),
+    "init.weights": ("init_weights", _S, _same),
+    "init.norm_count": ("init_norm_count", _F, _same),
     "output.checkpoint_dir": ("checkpoint_dir", _S, _same),
     "output.resume": ("resume", _B, _same),
     "output.results_file": ("results_file", _S, _same),

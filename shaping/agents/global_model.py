@@ -9,6 +9,7 @@ client, the server (initial weights, checkpoints) and the reference arms all use
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,49 @@ def make_model(layout: UniversalLayout, hidden_sizes: Sequence[int] = (64, 64), 
     """The global model's architecture, seeded so every party builds the same initial weights."""
     torch.manual_seed(seed)
     return ActorCritic(layout.obs_dim, layout.nvec, hidden_sizes)
+
+
+def initial_model(layout: UniversalLayout, hidden_sizes: Sequence[int] = (64, 64), seed: int = 0,
+                  weights_file: str | Path = "", norm_count: float = 0.0) -> ActorCritic:
+    """The model every arm of a run starts from: seeded fresh weights, or those of ``weights_file``.
+
+    Args:
+        layout, hidden_sizes, seed: the architecture and seed of make_model.
+        weights_file: a file written by save_weights (a universal pretraining's output, or any round
+            checkpoint of a federated run); "" starts from the seeded initialization.
+        norm_count: with weights_file, the sample count the file's normalizer statistics stand for
+            (see init_norm_count); 0 keeps make_model's near-zero prior.
+    Raises:
+        ValueError: the file's weights do not fit this layout and architecture (the message names it).
+    """
+    model = make_model(layout, hidden_sizes, seed)
+    if weights_file:
+        try:
+            set_weights(model, load_weights(weights_file))
+        except ValueError as err:
+            raise ValueError(f"initial weights {weights_file} do not fit the run's layout and hidden sizes "
+                             f"{list(hidden_sizes)}: {err}") from err  # fmt: skip
+        if norm_count > 0:
+            model.obs_norm.count.fill_(norm_count)
+    return model
+
+
+def save_weights(path: str | Path, weights: Sequence[np.ndarray]) -> Path:
+    """Write weights (as get_weights returns them) to an .npz file; returns its path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("wb") as f:  # a file object: np.savez would otherwise append .npz to other suffixes
+        np.savez(f, *weights)
+    return p
+
+
+def load_weights(path: str | Path) -> list[np.ndarray]:
+    """The weights of a file written by save_weights."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no weights file {p}")
+    with np.load(p) as npz:
+        return [npz[f"arr_{i}"] for i in range(len(npz.files))]
 
 
 def get_weights(model: ActorCritic) -> list[np.ndarray]:

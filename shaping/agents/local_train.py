@@ -62,6 +62,50 @@ class LocalResult:
     """Gradient steps taken."""
 
 
+class LocalTrainer:
+    """PPO iterations on environments in turn, keeping the optimizer, the environments' observations and
+    their return scalers from one ``run`` to the next (a long pretraining runs in chunks between
+    evaluations; a federated round is one ``run``).
+
+    Args:
+        model: the policy, trained in place.
+        envs: the environments; iteration i collects cfg.num_steps steps of envs[i % len(envs)].
+        cfg: PPO hyperparameters (learning rate constant unless the caller sets it between runs).
+        seed: seeds the environments' resets and the minibatch order.
+        optimizer: the optimizer to step (e.g. FedProx's or a DP-SGD wrapper); None: Adam at cfg.learning_rate.
+    """
+
+    def __init__(self, model: ActorCritic, envs: Sequence[PaddedEnv], cfg: PPOConfig, *, seed: int = 0,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:  # fmt: skip
+        if not envs:
+            raise ValueError("LocalTrainer needs at least one environment")
+        torch.manual_seed(seed)
+        self.model, self.envs, self.cfg = model, list(envs), cfg
+        self.optimizer = optimizer if optimizer is not None else make_optimizer(model, cfg.learning_rate)
+        self.obs = [env.reset_torch(seed=seed + 7919 * i) for i, env in enumerate(envs)]
+        self.scalers = [ReturnScaler(env.num_envs, cfg.gamma) for env in envs]
+        self.iterations = 0
+        """Iterations run so far (over all calls of run)."""
+
+    def run(self, iterations: int) -> tuple[int, list[float]]:
+        """Run PPO iterations; returns (valid environment steps collected, mean raw reward per iteration)."""
+        steps, rewards = 0, []
+        self.model.train()
+        try:
+            for _ in range(iterations):
+                k = self.iterations % len(self.envs)
+                env = self.envs[k]
+                self.model.set_envelope(env.mapping.envelope)  # the tenant's allowed choices in the shared layout
+                rollout, self.obs[k] = collect_rollout(env, self.model, self.obs[k], self.cfg.num_steps)
+                rewards.append(float(rollout.rewards[rollout.valid].mean()))
+                steps += int(rollout.valid.sum())
+                ppo_update(self.model, self.optimizer, self.scalers[k](rollout), self.cfg)
+                self.iterations += 1
+        finally:
+            self.model.eval()
+        return steps, rewards
+
+
 def local_train(
     model: ActorCritic,
     envs: Sequence[PaddedEnv],
@@ -72,7 +116,8 @@ def local_train(
     proximal_mu: float = 0.0,
     dp: SampleDP | None = None,
 ) -> LocalResult:
-    """PPO iterations on the tenant's environments (round robin over several, for the centralized arm).
+    """PPO iterations on the tenant's environments (round robin over several, for the centralized arm),
+    with a fresh optimizer: one federated round.
 
     Args:
         model: the policy, trained in place.
@@ -83,7 +128,6 @@ def local_train(
         proximal_mu: FedProx weight; > 0 keeps the model near the weights it started from.
         dp: sample-level DP (e.g. fed_client.dpsgd.DPSGD), which makes the updates DP-SGD.
     """
-    torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = (prox_adam(params, cfg.learning_rate, proximal_mu) if proximal_mu > 0
                                         else make_optimizer(model, cfg.learning_rate))  # fmt: skip
@@ -92,23 +136,12 @@ def local_train(
     hook = optimizer.register_step_post_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
     if dp is not None:
         optimizer = dp.attach(model, optimizer, envs[0].num_envs * cfg.num_steps, cfg.num_minibatches)
-    steps, rewards = 0, []
-    obs = [env.reset_torch(seed=seed + 7919 * i) for i, env in enumerate(envs)]
-    scalers = [ReturnScaler(env.num_envs, cfg.gamma) for env in envs]
-    model.train()
     try:
-        for it in range(iterations):
-            k = it % len(envs)
-            model.set_envelope(envs[k].mapping.envelope)  # the tenant's allowed choices in the shared layout
-            rollout, obs[k] = collect_rollout(envs[k], model, obs[k], cfg.num_steps)
-            rewards.append(float(rollout.rewards[rollout.valid].mean()))
-            steps += int(rollout.valid.sum())
-            ppo_update(model, optimizer, scalers[k](rollout), cfg)
+        steps, rewards = LocalTrainer(model, envs, cfg, seed=seed, optimizer=optimizer).run(iterations)
     finally:
         hook.remove()
         if dp is not None:
             dp.detach(model)
-        model.eval()
     return LocalResult(num_examples=steps, rollout_reward=float(np.mean(rewards)) if rewards else 0.0,
                        optimizer_steps=counter[0])  # fmt: skip
 

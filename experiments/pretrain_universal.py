@@ -1,0 +1,247 @@
+"""Pretraining of the federation's universal model in the simulator: ``python -m experiments.pretrain_universal``.
+
+The provider's offline step before a federation (shaping.agents.pretrain_universal): one model over the
+universal layout is trained with PPO on the provider's own simulated tenants, the best weights chosen on
+their held-out seeds; then, for reference only, those weights and the static baselines run on the
+report tenants (by default the embedded federation's four, which pretraining never sees). Writes into
+the output directory (Hydra's run directory unless output_dir is set):
+universal.npz (best weights, for ``experiments.federated init.weights=...``), last.npz, pretrain.csv,
+pretrain.png, summary.json.
+
+    python -m experiments.pretrain_universal                       # about 35 minutes on a quiet 2-core CPU
+    python -m experiments.pretrain_universal iterations=36 evaluation.every=18   # a quick look
+    python -m experiments.federated init.weights=outputs/DATE/TIME/universal.npz
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from experiments.config import register_configs
+from experiments.federated import TenantEntry
+from shaping.agents.global_model import make_model, save_weights, set_weights
+from shaping.agents.imitation import CloneStats, clone_baseline
+from shaping.agents.local_train import evaluate, evaluate_baseline
+from shaping.agents.pretrain_universal import PretrainEval, PretrainResult, pretrain_universal
+from shaping.agents.universal import PaddedEnv, TenantTask, UniversalLayout, make_env
+from shaping.config import PPOConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UniversalTrainConfig:
+    """PPO settings of the pretraining."""
+
+    num_steps: int = 128
+    """Steps per environment per iteration."""
+    learning_rate: float = 3e-4
+    """Adam's initial learning rate."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over the iterations."""
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    """Must equal the federation's train.hidden_sizes."""
+
+
+@dataclass
+class ImitationConfig:
+    """Behaviour cloning of a static baseline before PPO (shaping.agents.imitation)."""
+
+    baseline: str | None = "static_priority"
+    """The baseline imitated; None: PPO starts from the random initialization."""
+    iterations: int = 36
+    """Rollouts of the baseline (each tenant's in turn), each followed by PPO-shaped minibatch epochs."""
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class UniversalEvalConfig:
+    """Evaluation during pretraining (selection) and of the result (report)."""
+
+    every: int = 54
+    """Iterations between evaluations on the pretraining tenants' held-out seeds."""
+    envs: int = 8
+    steps: int = 60
+    seed: int = 5000
+    """Seed of the selection evaluations (held out from training's seeds)."""
+    report_seed: int = 1000
+    """Seed of the report tenants' evaluation (the federation's evaluation seed)."""
+    baselines: list[str] = field(default_factory=lambda: ["static_priority", "fair_share", "fifo", "greedy_premium"])
+
+
+@dataclass
+class UniversalPretrainConfig:
+    """Primary config of experiments.pretrain_universal."""
+
+    tenants: list[TenantEntry] = field(default_factory=list)
+    """The provider's simulated tenants trained on (num_envs: environments per iteration)."""
+    report_tenants: list[TenantEntry] = field(default_factory=list)
+    """Tenants the result is compared with the static baselines on; never trained or selected on."""
+    iterations: int = 540
+    """PPO iterations in all (each on one tenant, in turn)."""
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)
+    train: UniversalTrainConfig = field(default_factory=UniversalTrainConfig)
+    evaluation: UniversalEvalConfig = field(default_factory=UniversalEvalConfig)
+    seed: int = 0
+    max_wall_s: float | None = None
+    """Stop at the first evaluation past this many seconds (None: run every iteration)."""
+    progress: bool = True
+    output_dir: str | None = None
+
+
+def _task(t: TenantEntry) -> TenantTask:
+    return TenantTask(t.scenario, t.tenant, t.num_envs)
+
+
+def _report(cfg: UniversalPretrainConfig, model: Any, layout: UniversalLayout) -> dict[str, Any]:
+    """The best weights and the static baselines on the report tenants' held-out seeds."""
+    ev = cfg.evaluation
+    out: dict[str, Any] = {"tenants": {}, "mean": {}}
+    arms: dict[str, list[tuple[float, float]]] = {"pretrained": [], **{b: [] for b in ev.baselines}}
+    for entry in cfg.report_tenants:
+        task = _task(entry)
+        env = make_env(task, layout, ev.envs, episode_steps=max(ev.steps, 1))
+        res = {"pretrained": evaluate(model, env, ev.steps, ev.report_seed)}
+        res |= {b: evaluate_baseline(env, b, ev.steps, ev.report_seed) for b in ev.baselines}
+        out["tenants"][task.name] = {k: {"reward": r.reward, "sla_violation_rate": r.sla_violation_rate}
+                                     for k, r in res.items()}  # fmt: skip
+        for k, r in res.items():
+            arms[k].append((r.reward, r.sla_violation_rate))
+    if cfg.report_tenants:
+        for k, rows in arms.items():
+            out["mean"][k] = {"reward": sum(r for r, _ in rows) / len(rows),
+                              "sla_violation_rate": sum(s for _, s in rows) / len(rows)}  # fmt: skip
+        best = min(ev.baselines, key=lambda b: out["mean"][b]["sla_violation_rate"]) if ev.baselines else None
+        if best is not None:
+            b_sla = out["mean"][best]["sla_violation_rate"]
+            out["vs_best_baseline"] = {"baseline": best, "baseline_sla": b_sla,
+                                       "pretrained_sla": out["mean"]["pretrained"]["sla_violation_rate"],
+                                       "sla_ratio": out["mean"]["pretrained"]["sla_violation_rate"] / b_sla
+                                       if b_sla > 0 else None}  # fmt: skip
+    return out
+
+
+def _plot(history: list[PretrainEval], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [h.env_steps for h in history]
+    ax1.plot(steps, [h.reward for h in history], marker="o", label="held-out mean")
+    ax1.plot(steps, [h.rollout_reward for h in history], ls="--", label="rollouts")
+    ax2.plot(steps, [h.sla_violation_rate for h in history], marker="o")
+    ax1.set_ylabel("reward")
+    ax2.set_ylabel("SLA violation rate (held-out mean)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("environment steps")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[str, Any]:
+    """Pretrain, write the weights, the log, the plot and summary.json; returns the summary."""
+    if not cfg.tenants:
+        raise ValueError("tenants is empty: pretraining needs at least one simulated tenant")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layout = UniversalLayout()
+    t = cfg.train
+    ppo = PPOConfig(num_steps=t.num_steps, learning_rate=t.learning_rate, anneal_lr=t.anneal_lr,
+                    update_epochs=t.update_epochs, num_minibatches=t.num_minibatches,
+                    hidden_sizes=list(t.hidden_sizes))  # fmt: skip
+    tasks = [_task(e) for e in cfg.tenants]
+    train_envs = [make_env(task, layout) for task in tasks]
+    ev = cfg.evaluation
+    eval_envs: list[tuple[str, PaddedEnv]] = [
+        (task.name, make_env(task, layout, ev.envs, episode_steps=max(ev.steps, 1))) for task in tasks]
+    model = make_model(layout, t.hidden_sizes, cfg.seed)
+    cloned: CloneStats | None = None
+    im = cfg.imitation
+    if im.baseline:
+        log.info("cloning %s on %d tenants (%d iterations)", im.baseline, len(tasks), im.iterations)
+        cloned = clone_baseline(model, train_envs, im.baseline, im.iterations,
+                                replace(ppo, learning_rate=im.learning_rate), seed=cfg.seed)  # fmt: skip
+        log.info("cloned: %s", cloned)
+    csv_path = out_dir / "pretrain.csv"
+    bar = tqdm(total=cfg.iterations, unit="it", desc="pretrain/universal", disable=not cfg.progress)
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["iteration", "env_steps", "wall_s", "rollout_reward", "eval_reward", "eval_sla"])
+
+        def on_eval(e: PretrainEval) -> None:
+            writer.writerow([e.iteration, e.env_steps, round(e.wall_s, 2), e.rollout_reward, e.reward,
+                             e.sla_violation_rate])  # fmt: skip
+            f.flush()
+            bar.update(e.iteration - bar.n)
+            bar.set_postfix(eval=f"{e.reward:.3f}", sla=f"{e.sla_violation_rate:.3f}")
+
+        try:
+            result: PretrainResult = pretrain_universal(
+                model, train_envs, eval_envs, ppo, iterations=cfg.iterations, eval_every=ev.every,
+                eval_steps=ev.steps, eval_seed=ev.seed, seed=cfg.seed, max_wall_s=cfg.max_wall_s, on_eval=on_eval)
+        finally:
+            bar.close()
+    save_weights(out_dir / "universal.npz", result.best_weights)
+    save_weights(out_dir / "last.npz", result.last_weights)
+    _plot(result.history, out_dir / "pretrain.png")
+    set_weights(model, result.best_weights)
+    summary = {
+        "weights": str(out_dir / "universal.npz"),
+        "layout": layout.to_config(),
+        "hidden_sizes": list(t.hidden_sizes),
+        "tenants": [task.name for task in tasks],
+        "iterations": result.iterations,
+        "env_steps": result.env_steps,
+        "wall_s": round(result.wall_s, 1),
+        "stopped_early": result.stopped_early,
+        "imitation": {"baseline": cfg.imitation.baseline, **asdict(cloned)} if cloned else None,
+        "best": asdict(result.best),
+        "report": _report(cfg, model, layout),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("wrote %s", out_dir)
+    return summary
+
+
+def register() -> None:
+    """Register the primary schema next to the shared group schemas."""
+    register_configs()
+    ConfigStore.instance().store(name="pretrain_universal_schema", node=UniversalPretrainConfig)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain_universal")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: compose, validate, run, print the summary's headline."""
+    conf = OmegaConf.to_object(cfg)
+    if not isinstance(conf, UniversalPretrainConfig):
+        raise TypeError(f"expected a UniversalPretrainConfig, got {type(conf).__name__}")
+    out_dir = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
+    torch.set_num_threads(1)  # the simulator and the small MLP gain nothing from a second thread
+    summary = run_pretrain_universal(conf, out_dir)
+    brief = {k: summary[k] for k in ("weights", "iterations", "env_steps", "wall_s", "stopped_early")}
+    brief["best_selection_eval"] = {k: summary["best"][k] for k in ("iteration", "reward", "sla_violation_rate")}
+    brief["report"] = summary["report"].get("mean", {})
+    brief["vs_best_baseline"] = summary["report"].get("vs_best_baseline")
+    print(json.dumps(brief, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    register()
+    main()
