@@ -85,6 +85,9 @@ class FLConfig:
     """Fraction trimmed from each end before averaging (FedTrimmedAvg's beta)."""
     krum_malicious: int = 1
     """Malicious clients Krum tolerates (Flower Krum's num_malicious_clients)."""
+    local_normalizer: bool = False
+    """Keep the observation normalizer's statistics local (FedBN-style): they are the tenant's traffic
+    statistics, and DP noise on a near-constant feature's tiny std blows that input up."""
 
     def __post_init__(self) -> None:
         _check_choice("fl.strategy", self.strategy, FL_STRATEGIES)

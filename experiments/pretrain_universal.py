@@ -1,14 +1,16 @@
 """Pretraining of the federation's universal model in the simulator: ``python -m experiments.pretrain_universal``.
 
 The provider's offline step before a federation (shaping.agents.pretrain_universal): one model over the
-universal layout is trained with PPO on the provider's own simulated tenants, the best weights chosen on
-their held-out seeds; then, for reference only, those weights and the static baselines run on the
-report tenants (by default the embedded federation's four, which pretraining never sees). Writes into
+universal layout imitates a static baseline (shaping.agents.imitation), then is trained with PPO on the
+provider's own simulated tenants and on randomized variants of them (shaping.sim.variants: new class
+mixes in their slots), the best weights chosen on the listed tenants' held-out seeds; then, for
+reference only, those weights and the static baselines run on the report tenants (by default the
+embedded federation's four, which pretraining never sees). Writes into
 the output directory (Hydra's run directory unless output_dir is set):
 universal.npz (best weights, for ``experiments.federated init.weights=...``), last.npz, pretrain.csv,
-pretrain.png, summary.json.
+pretrain.png, summary.json, variants/*.yaml (the variant scenarios).
 
-    python -m experiments.pretrain_universal                       # about 35 minutes on a quiet 2-core CPU
+    python -m experiments.pretrain_universal                       # about 35 minutes on one core
     python -m experiments.pretrain_universal iterations=36 evaluation.every=18   # a quick look
     python -m experiments.federated init.weights=outputs/DATE/TIME/universal.npz
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -37,6 +40,8 @@ from shaping.agents.local_train import evaluate, evaluate_baseline
 from shaping.agents.pretrain_universal import PretrainEval, PretrainResult, pretrain_universal
 from shaping.agents.universal import PaddedEnv, TenantTask, UniversalLayout, make_env
 from shaping.config import PPOConfig
+from shaping.sim.scenarios import load_scenario
+from shaping.sim.variants import class_pool, tenant_variant, write_scenario
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +68,20 @@ class ImitationConfig:
 
     baseline: str | None = "static_priority"
     """The baseline imitated; None: PPO starts from the random initialization."""
-    iterations: int = 36
+    iterations: int = 96
     """Rollouts of the baseline (each tenant's in turn), each followed by PPO-shaped minibatch epochs."""
     learning_rate: float = 1e-3
+
+
+@dataclass
+class VariantsConfig:
+    """Randomized tenants trained on beside `tenants` (shaping.sim.variants): new class mixes in their slots."""
+
+    count: int = 30
+    """Variants (0: none); each takes a random tenant of `tenants` and a random mix of their classes."""
+    num_envs: int = 32
+    """Environments per iteration of each variant."""
+    seed: int = 0
 
 
 @dataclass
@@ -91,8 +107,9 @@ class UniversalPretrainConfig:
     """The provider's simulated tenants trained on (num_envs: environments per iteration)."""
     report_tenants: list[TenantEntry] = field(default_factory=list)
     """Tenants the result is compared with the static baselines on; never trained or selected on."""
-    iterations: int = 540
+    iterations: int = 360
     """PPO iterations in all (each on one tenant, in turn)."""
+    variants: VariantsConfig = field(default_factory=VariantsConfig)
     imitation: ImitationConfig = field(default_factory=ImitationConfig)
     train: UniversalTrainConfig = field(default_factory=UniversalTrainConfig)
     evaluation: UniversalEvalConfig = field(default_factory=UniversalEvalConfig)
@@ -105,6 +122,25 @@ class UniversalPretrainConfig:
 
 def _task(t: TenantEntry) -> TenantTask:
     return TenantTask(t.scenario, t.tenant, t.num_envs)
+
+
+def make_variants(cfg: UniversalPretrainConfig, directory: Path) -> list[TenantTask]:
+    """Write cfg.variants.count variant scenarios into directory; their tasks (the scenario is the YAML path)."""
+    v = cfg.variants
+    if v.count <= 0:
+        return []
+    pairs = [(t.scenario, t.tenant) for t in cfg.tenants]
+    scenarios = {name: load_scenario(name) for name in dict.fromkeys(s for s, _ in pairs)}
+    # Pool entries name scenarios by their loaded name (a YAML path loads under the name inside it).
+    pool = class_pool(list(scenarios.values()), [(scenarios[s].name, t) for s, t in pairs])
+    rng = np.random.default_rng(v.seed)
+    tasks = []
+    for i in range(v.count):
+        scenario, tenant = pairs[int(rng.integers(len(pairs)))]
+        variant = tenant_variant(scenarios[scenario], tenant, pool, rng, name=f"variant{i:03d}")
+        tasks.append(TenantTask(str(write_scenario(variant, directory / f"variant{i:03d}.yaml")), tenant,
+                                v.num_envs))  # fmt: skip
+    return tasks
 
 
 def _report(cfg: UniversalPretrainConfig, model: Any, layout: UniversalLayout) -> dict[str, Any]:
@@ -167,7 +203,8 @@ def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[
                     update_epochs=t.update_epochs, num_minibatches=t.num_minibatches,
                     hidden_sizes=list(t.hidden_sizes))  # fmt: skip
     tasks = [_task(e) for e in cfg.tenants]
-    train_envs = [make_env(task, layout) for task in tasks]
+    variants = make_variants(cfg, out_dir / "variants")
+    train_envs = [make_env(task, layout) for task in [*tasks, *variants]]
     ev = cfg.evaluation
     eval_envs: list[tuple[str, PaddedEnv]] = [
         (task.name, make_env(task, layout, ev.envs, episode_steps=max(ev.steps, 1))) for task in tasks]
@@ -175,7 +212,7 @@ def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[
     cloned: CloneStats | None = None
     im = cfg.imitation
     if im.baseline:
-        log.info("cloning %s on %d tenants (%d iterations)", im.baseline, len(tasks), im.iterations)
+        log.info("cloning %s on %d tenants (%d iterations)", im.baseline, len(train_envs), im.iterations)
         cloned = clone_baseline(model, train_envs, im.baseline, im.iterations,
                                 replace(ppo, learning_rate=im.learning_rate), seed=cfg.seed)  # fmt: skip
         log.info("cloned: %s", cloned)
@@ -207,6 +244,7 @@ def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[
         "layout": layout.to_config(),
         "hidden_sizes": list(t.hidden_sizes),
         "tenants": [task.name for task in tasks],
+        "variants": [f"{task.tenant}@{Path(task.scenario).name}" for task in variants],
         "iterations": result.iterations,
         "env_steps": result.env_steps,
         "wall_s": round(result.wall_s, 1),

@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Context
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import ConfigRecord, NDArrays, Scalar
 
 from fed_client.privacy import privacy_mods
-from shaping.agents.global_model import get_weights, make_model, set_weights
+from shaping.agents.global_model import get_weights, initial_model, make_model, set_weights
 from shaping.agents.local_train import evaluate, local_train
 from shaping.agents.universal import TenantTask, make_env, tenant_mapping
 from shaping.fed_settings import RunSettings
@@ -49,21 +50,34 @@ class TenantClient(NumPyClient):
 
     def __init__(self, s: RunSettings, index: int, task: TenantTask, context: Context, store: str | None) -> None:
         self.s, self.index, self.task, self.context, self.store = s, index, task, context, store
-        self.model = make_model(s.layout, s.hidden_sizes, s.seed)
+        # A local normalizer starts from the run's initial weights, which this node must then hold too.
+        self.model = (initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights) if s.local_normalizer
+                      else make_model(s.layout, s.hidden_sizes, s.seed))  # fmt: skip
         self.state = context.state.config_records.setdefault(STATE_KEY, ConfigRecord({}))
 
     def _load(self, parameters: NDArrays) -> None:
-        set_weights(self.model, parameters)
+        set_weights(self.model, parameters, self.s.local_normalizer)
+        norm = self.model.obs_norm
         if "norm_count" in self.state:  # the normalizer's sample count is local (shaping.agents.global_model)
-            self.model.obs_norm.count.fill_(float(self.state["norm_count"]))  # type: ignore[arg-type]
+            norm.count.fill_(float(self.state["norm_count"]))  # type: ignore[arg-type]
         elif self.s.init_weights and self.s.init_norm_count > 0:
-            # A pretrained start (the file itself is the server's): its statistics count as init_norm_count
-            # observations, as in the reference arms (shaping.agents.global_model.initial_model).
-            self.model.obs_norm.count.fill_(self.s.init_norm_count)
+            # A pretrained start: its statistics count as init_norm_count observations, as in the
+            # reference arms (shaping.agents.global_model.initial_model).
+            norm.count.fill_(self.s.init_norm_count)
+        if self.s.local_normalizer and "norm_mean" in self.state:
+            norm.mean.copy_(torch.tensor(self.state["norm_mean"], dtype=norm.mean.dtype))
+            norm.var.copy_(torch.tensor(self.state["norm_var"], dtype=norm.var.dtype))
+
+    def _save_normalizer(self) -> None:
+        norm = self.model.obs_norm
+        self.state["norm_count"] = float(norm.count)
+        if self.s.local_normalizer:
+            self.state["norm_mean"] = norm.mean.tolist()
+            self.state["norm_var"] = norm.var.tolist()
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         """The initial global weights (same seed on every party)."""
-        return get_weights(self.model)
+        return get_weights(self.model, self.s.local_normalizer)
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Local PPO iterations from the global weights; returns the new weights and metrics."""
@@ -86,8 +100,8 @@ class TenantClient(NumPyClient):
             seed = self.s.seed + 1000 * rnd + max(self.index, 0)
             res = local_train(self.model, [env], self.s.local_iterations, self.s.ppo, dp=dp, seed=seed,
                               proximal_mu=self.s.proximal_mu)
-        self.state["norm_count"] = float(self.model.obs_norm.count)
-        weights = get_weights(self.model)
+        self._save_normalizer()
+        weights = get_weights(self.model, self.s.local_normalizer)
         if self.index in self.s.attack_tenants:  # robustness experiments: a tenant that scales its update
             weights = [g + self.s.attack_scale * (w - g) for w, g in zip(weights, parameters, strict=True)]
         metrics: dict[str, Scalar] = {"tenant": self.task.name, "rollout_reward": res.rollout_reward,

@@ -61,6 +61,7 @@ class RunSettings:
     seed: int = 0
     tenants: tuple[TenantTask, ...] = DEFAULT_TENANTS
     layout: UniversalLayout = field(default_factory=UniversalLayout)
+    local_normalizer: bool = False
     init_weights: str = ""
     init_norm_count: float = 1e5
     checkpoint_dir: str = ""
@@ -172,6 +173,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
     "evaluation.envs": ("eval_envs", _I, _same),
     "evaluation.steps": ("eval_steps", _I, _same),
     "evaluation.seed": ("eval_seed", _I, _same),
+    "fl.local_normalizer": ("local_normalizer", _B, _same),
     "init.weights": ("init_weights", _S, _same),
     "init.norm_count": ("init_norm_count", _F, _same),
     "output.checkpoint_dir": ("checkpoint_dir", _S, _same),

@@ -19,6 +19,13 @@ from shaping.agents.universal import UniversalLayout
 
 #: state_dict keys that never travel: the normalizer's count is local.
 LOCAL_KEYS = ("obs_norm.count",)
+#: The normalizer's statistics, which stay local too with ``local_normalizer`` (FedBN-style).
+NORMALIZER_KEYS = ("obs_norm.mean", "obs_norm.var")
+
+
+def _wire_keys(model: ActorCritic, local_normalizer: bool) -> list[str]:
+    local = LOCAL_KEYS + NORMALIZER_KEYS if local_normalizer else LOCAL_KEYS
+    return [k for k in model.state_dict() if k not in local]
 
 
 def make_model(layout: UniversalLayout, hidden_sizes: Sequence[int] = (64, 64), seed: int = 0) -> ActorCritic:
@@ -70,21 +77,28 @@ def load_weights(path: str | Path) -> list[np.ndarray]:
         return [npz[f"arr_{i}"] for i in range(len(npz.files))]
 
 
-def get_weights(model: ActorCritic) -> list[np.ndarray]:
-    """The model's weights as the federation sends them (normalizer variance as std, count left out)."""
+def get_weights(model: ActorCritic, local_normalizer: bool = False) -> list[np.ndarray]:
+    """The model's weights as the federation sends them (normalizer variance as std, count left out).
+
+    Args:
+        local_normalizer: leave the normalizer's statistics out too: they are the tenant's traffic
+            statistics, and under DP the noise on a near-constant feature's tiny std would blow up that
+            input; each party then keeps its own (the run's initial weights, then its local updates).
+    """
     out = []
+    keys = _wire_keys(model, local_normalizer)
     for key, value in model.state_dict().items():
-        if key in LOCAL_KEYS:
+        if key not in keys:
             continue
         arr = value.detach().cpu().double() if key == "obs_norm.var" else value.detach().cpu()
         out.append((arr.sqrt() if key == "obs_norm.var" else arr).numpy().astype(np.float32))
     return out
 
 
-def set_weights(model: ActorCritic, weights: Sequence[np.ndarray]) -> None:
-    """Load weights produced by get_weights (the local normalizer count is kept)."""
+def set_weights(model: ActorCritic, weights: Sequence[np.ndarray], local_normalizer: bool = False) -> None:
+    """Load weights produced by get_weights with the same local_normalizer (what is local is kept)."""
     state = model.state_dict()
-    keys = [k for k in state if k not in LOCAL_KEYS]
+    keys = _wire_keys(model, local_normalizer)
     if len(keys) != len(weights):
         raise ValueError(f"expected {len(keys)} weight arrays, got {len(weights)}")
     for key, arr in zip(keys, weights, strict=True):

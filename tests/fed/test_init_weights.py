@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,28 @@ def test_client_gives_pretrained_statistics_their_prior_on_its_first_round(tmp_p
     assert 1e6 < count < 1e6 + 100  # the prior plus the round's few observations
     # The statistics hardly moved from the pretrained ones.
     np.testing.assert_allclose(new[0], w[0], atol=1e-3)
+
+
+def test_local_normalizer_never_travels_and_persists_in_the_node_state(tmp_path):
+    layout = UniversalLayout()
+    w_full = _pretrained(layout)
+    path = str(save_weights(tmp_path / "u.npz", w_full))
+    start = initial_model(layout, (8,), seed=0, weights_file=path)
+    wire = get_weights(start, local_normalizer=True)
+    assert len(wire) == len(w_full) - 2  # mean and std stay home
+    assert all(np.array_equal(a, b) for a, b in zip(wire, w_full[2:], strict=True))
+
+    s = dataclasses.replace(_settings(path), local_normalizer=True, init_norm_count=10.0)
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    client = TenantClient(s, 0, s.tenants[0], ctx, None)
+    # The node starts from the run's initial statistics (it holds the weights file).
+    np.testing.assert_allclose(client.model.obs_norm.mean.numpy(), w_full[0], rtol=1e-6)
+    new, _, _ = client.fit(wire, {"server_round": 1})
+    assert len(new) == len(wire)
+    moved = np.asarray(client.state["norm_mean"])
+    assert not np.allclose(moved, w_full[0])  # local observations updated them (prior of 10 only)
+    # Next round a fresh client object (Flower makes one per round) restores them from the node state.
+    again = TenantClient(s, 0, s.tenants[0], ctx, None)
+    again._load(new)
+    np.testing.assert_allclose(again.model.obs_norm.mean.numpy(), moved)
+    assert float(again.model.obs_norm.count) == client.state["norm_count"]

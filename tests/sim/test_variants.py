@@ -1,0 +1,76 @@
+"""Randomized tenant variants: valid scenarios with new class mixes, drawn only from the pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shaping.agents.universal import TenantTask, UniversalLayout, make_env
+from shaping.sim.scenarios import load_scenario
+from shaping.sim.variants import class_pool, tenant_variant, write_scenario
+from shaping.spec import scenario_specs
+
+PAIRS = [("default", "bank"), ("default", "saas"), ("datacenter", "cloudgaming"), ("edge_gaming", "streamer")]
+
+
+def _scenarios():
+    return {n: load_scenario(n) for n in ("default", "datacenter", "edge_gaming")}
+
+
+def test_pool_holds_exactly_the_named_tenants_classes():
+    scs = _scenarios()
+    pool = class_pool(list(scs.values()), PAIRS)
+    expected = [c for s, t in PAIRS for c in next(x for x in scs[s].tenants if x.name == t).classes]
+    assert pool == expected
+    with pytest.raises(KeyError, match="no tenant 'nobody'"):
+        class_pool(list(scs.values()), [("default", "nobody")])
+    with pytest.raises(KeyError, match="no scenario 'mars'"):
+        class_pool(list(scs.values()), [("mars", "bank")])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_variant_is_a_valid_scenario_that_only_changes_the_tenants_classes(tmp_path, seed):
+    scs = _scenarios()
+    pool = class_pool(list(scs.values()), PAIRS)
+    base = scs["default"]
+    v = tenant_variant(base, "bank", pool, np.random.default_rng(seed), name=f"v{seed}")
+    assert v.name == f"v{seed}" and v.paths == base.paths
+    for old, new in zip(base.tenants, v.tenants, strict=True):
+        if old.name != "bank":
+            assert new == old
+            continue
+        assert (new.entities, new.cap_mbps, new.policy) == (old.entities, old.cap_mbps, old.policy)
+        assert 2 <= len(new.classes) <= 4
+        assert len({c.name for c in new.classes}) == len(new.classes)
+        keys = [(c.protocol, p) for c in new.classes for p in c.ports]
+        assert len(set(keys)) == len(keys)  # classification stays unambiguous
+        entities = {e.name for e in new.entities}
+        for c in new.classes:
+            assert c.entity in entities
+            assert any((c.app, c.mbps, c.flows, c.qos) == (p.app, p.mbps, p.flows, p.qos) for p in pool)
+    # It survives the YAML round trip, compiles, and simulates.
+    path = write_scenario(v, tmp_path / "v.yaml")
+    assert load_scenario(str(path)) == v
+    scenario_specs(v)
+    env = make_env(TenantTask(str(path), "bank", 2), UniversalLayout())
+    env.reset_torch(seed=0)
+
+
+def test_variants_are_reproducible_and_differ_between_draws():
+    scs = _scenarios()
+    pool = class_pool(list(scs.values()), PAIRS)
+    a = tenant_variant(scs["default"], "bank", pool, np.random.default_rng(3))
+    b = tenant_variant(scs["default"], "bank", pool, np.random.default_rng(3))
+    assert a == b
+    mixes = {tuple(c.app for c in tenant_variant(scs["default"], "bank", pool, np.random.default_rng(s)).tenants[1]
+                   .classes) for s in range(10)}  # fmt: skip
+    assert len(mixes) >= 5
+
+
+def test_refuses_an_unknown_tenant_or_a_pool_too_small():
+    scs = _scenarios()
+    pool = class_pool(list(scs.values()), PAIRS[:1])
+    with pytest.raises(KeyError, match="no tenant"):
+        tenant_variant(scs["default"], "nobody", pool, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="cannot draw 5"):
+        tenant_variant(scs["default"], "bank", pool, np.random.default_rng(0), min_classes=5)
