@@ -75,6 +75,17 @@ def static_baselines(s: RunSettings, names: list[str]) -> dict[str, dict[str, di
     return out
 
 
+def initial_policy(s: RunSettings) -> dict[str, dict[str, float]]:
+    """tenant -> {reward, sla_violation_rate} of the model every arm starts from (init.weights, or the
+    seeded random one), on the same held-out seeds: what the rounds add is measured against it."""
+    model = initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights, s.init_norm_count)
+    out = {}
+    for task, env in zip(s.tenants, _eval_envs(s), strict=True):
+        ev = evaluate(model, env, s.eval_steps, s.eval_seed)
+        out[task.name] = {"reward": ev.reward, "sla_violation_rate": ev.sla_violation_rate}
+    return out
+
+
 def _one_thread() -> None:
     """Worker initializer: one torch thread per arm (the arms already share the cores between them)."""
     torch.set_num_threads(1)
@@ -87,7 +98,7 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
 
 def run_arms(s: RunSettings, *, local: bool, central: bool, baselines: list[str],
              workers: int = 2) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
-    """The reference arms and the static baselines: ({arm: result}, {arm: wall seconds}).
+    """The reference arms, the static baselines and the initial model: ({arm: result}, {arm: wall seconds}).
 
     Args:
         s: the federated run's settings (same tenants, budget and seeds).
@@ -101,6 +112,7 @@ def run_arms(s: RunSettings, *, local: bool, central: bool, baselines: list[str]
     if central:
         jobs["centralized"] = (centralized, (s,))
     jobs["baselines"] = (static_baselines, (s, baselines))
+    jobs["initial"] = (initial_policy, (s,))
     if workers <= 1:
         done = {name: _timed(fn, *args) for name, (fn, args) in jobs.items()}
     else:

@@ -66,6 +66,10 @@ def targets(results: dict[str, Any], small: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _mean(per_tenant: dict[str, dict[str, float]], key: str) -> float:
+    return sum(v[key] for v in per_tenant.values()) / len(per_tenant)
+
+
 def _f(x: float | None, pct: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -88,14 +92,20 @@ def markdown(results: dict[str, Any]) -> str:
         fr = eps.get(rec["round"], {})
         row += [_f(fr.get("epsilon")), _f(fr.get("round_s"))]
         lines.append("| " + " | ".join(row) + " |")
+    init = results.get("initial")
+    if init:
+        start = results["settings"].get("init.weights") or "the seeded random initialization"
+        lines += ["", f"Every arm starts from {start}: mean reward {_f(_mean(init, 'reward'))}, SLA violations "
+                      f"{_f(_mean(init, 'sla_violation_rate'), True)} before round 1."]  # fmt: skip
     lines += ["", "## Final round per tenant (reward / SLA violation rate)", ""]
     tenants = list(results["federated"][-1]["eval"]) if results["federated"] else []
-    cols = [*arms, *results.get("baselines", {})]
+    fixed = {**({"initial": results["initial"]} if results.get("initial") else {}), **results.get("baselines", {})}
+    cols = [*arms, *fixed]
     lines += ["| tenant | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for t in tenants:
         cells = []
         for c in cols:
-            v = (results[c][-1]["eval"].get(t) if c in arms else results["baselines"][c].get(t)) or {}
+            v = (results[c][-1]["eval"].get(t) if c in arms else fixed[c].get(t)) or {}
             cells.append(f"{_f(v.get('reward'))} / {_f(v.get('sla_violation_rate'), True)}")
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets (final round)", "", "```json", json.dumps(results.get("targets", {}), indent=1)]
@@ -114,7 +124,9 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             if m:
                 ax.plot([r["round"] for r in m], [r[key] for r in m], marker="o", label=arm)
         for name, per in results.get("baselines", {}).items():
-            ax.axhline(sum(v[key] for v in per.values()) / len(per), ls="--", lw=1, label=name)
+            ax.axhline(_mean(per, key), ls="--", lw=1, label=name)
+        if results.get("initial"):
+            ax.axhline(_mean(results["initial"], key), ls=":", lw=1.5, color="k", label="initial model")
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)

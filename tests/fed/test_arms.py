@@ -21,9 +21,11 @@ def test_arms_in_workers_equal_arms_in_process():
     assert here == there
     assert [r["round"] for r in here["local_only"]] == [1, 2] and len(here["centralized"]) == 2
     assert set(here["baselines"]["fifo"]) == {"gameco@default", "office@single_path"}
-    assert set(wall_here) == set(wall_there) == {"local_only", "centralized", "baselines"}
+    assert set(wall_here) == set(wall_there) == {"local_only", "centralized", "baselines", "initial"}
+    # The initial model is what round 1 of every arm starts from, on the same seeds.
+    assert set(here["initial"]) == {"gameco@default", "office@single_path"}
 
 
 def test_arms_can_be_left_out():
     res, wall = run_arms(TINY, local=False, central=False, baselines=[], workers=1)
-    assert res == {"baselines": {}} and set(wall) == {"baselines"}
+    assert set(res) == set(wall) == {"baselines", "initial"} and res["baselines"] == {}
