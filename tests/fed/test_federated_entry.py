@@ -88,3 +88,24 @@ def test_targets_config_overrides_only_the_budget_of_the_default():
     assert (targets.fl.rounds, targets.evaluation.envs, targets.evaluation.steps) == (3, 4, 60)
     assert targets.tenants == default.tenants and targets.train == default.train
     assert targets.privacy == default.privacy and targets.fl.strategy == default.fl.strategy
+
+
+def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_path):
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        targets = OmegaConf.to_object(compose(config_name="federated_targets"))
+        unset = OmegaConf.to_object(compose(config_name="federated_pretrained"))
+        conf = OmegaConf.to_object(compose(config_name="federated_pretrained", overrides=["init.weights=/w.npz"]))
+    assert isinstance(conf, FederatedConfig) and isinstance(targets, FederatedConfig)
+    assert conf.init.weights == "/w.npz" and conf.fl.local_normalizer
+    assert conf.tenants == targets.tenants and conf.evaluation == targets.evaluation
+    # The flat run config carries the settings to the Flower apps; a missing file is refused up front.
+    from experiments.federated import run_config
+
+    for missing in (unset, conf):
+        with pytest.raises(FileNotFoundError, match="init.weights: no file"):
+            run_config(missing, tmp_path)  # type: ignore[arg-type]
+    conf.init.weights = str(tmp_path / "u.npz")
+    (tmp_path / "u.npz").write_bytes(b"")
+    s = RunSettings.from_config(run_config(conf, tmp_path))
+    assert s.init_weights == str(tmp_path / "u.npz") and s.local_normalizer and s.local_iterations == 4
