@@ -71,6 +71,9 @@ class ImitationConfig:
     iterations: int = 96
     """Rollouts of the baseline (each tenant's in turn), each followed by PPO-shaped minibatch epochs."""
     learning_rate: float = 1e-3
+    smoothing: float = 0.2
+    """Label smoothing: the share of each action field's target spread over its other choices, so the
+    cloned policy still explores when PPO starts (cloned to certainty, PPO barely moves it)."""
 
 
 @dataclass
@@ -88,7 +91,7 @@ class VariantsConfig:
 class UniversalEvalConfig:
     """Evaluation during pretraining (selection) and of the result (report)."""
 
-    every: int = 54
+    every: int = 72
     """Iterations between evaluations on the pretraining tenants' held-out seeds."""
     envs: int = 8
     steps: int = 60
@@ -107,7 +110,7 @@ class UniversalPretrainConfig:
     """The provider's simulated tenants trained on (num_envs: environments per iteration)."""
     report_tenants: list[TenantEntry] = field(default_factory=list)
     """Tenants the result is compared with the static baselines on; never trained or selected on."""
-    iterations: int = 360
+    iterations: int = 288
     """PPO iterations in all (each on one tenant, in turn)."""
     variants: VariantsConfig = field(default_factory=VariantsConfig)
     imitation: ImitationConfig = field(default_factory=ImitationConfig)
@@ -214,7 +217,8 @@ def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[
     if im.baseline:
         log.info("cloning %s on %d tenants (%d iterations)", im.baseline, len(train_envs), im.iterations)
         cloned = clone_baseline(model, train_envs, im.baseline, im.iterations,
-                                replace(ppo, learning_rate=im.learning_rate), seed=cfg.seed)  # fmt: skip
+                                replace(ppo, learning_rate=im.learning_rate), seed=cfg.seed,
+                                smoothing=im.smoothing)  # fmt: skip
         log.info("cloned: %s", cloned)
     csv_path = out_dir / "pretrain.csv"
     bar = tqdm(total=cfg.iterations, unit="it", desc="pretrain/universal", disable=not cfg.progress)

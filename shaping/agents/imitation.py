@@ -46,7 +46,7 @@ class CloneStats:
     """Fraction of (step, action field) pairs where the actor's most likely choice is the baseline's
     (fields with a single allowed choice included), on the last iteration's batch."""
     policy_loss: float
-    """Cross-entropy of the baseline's choices, last iteration."""
+    """Cross-entropy of the (smoothed) baseline targets, last iteration."""
     value_loss: float
 
 
@@ -58,6 +58,7 @@ def clone_baseline(
     cfg: PPOConfig,
     *,
     seed: int = 0,
+    smoothing: float = 0.2,
 ) -> CloneStats:
     """Train the model (actor by cross-entropy, critic on returns) to act as `baseline` on each environment.
 
@@ -69,7 +70,12 @@ def clone_baseline(
             cfg.update_epochs passes of cfg.num_minibatches minibatches.
         cfg: learning rate, batch shape, gamma, gae_lambda, vf_coef and max_grad_norm.
         seed: seeds the resets and the minibatch order.
+        smoothing: share of each field's target spread evenly over its allowed choices (label
+            smoothing). The greedy action stays the baseline's, but the policy keeps exploring: cloned
+            to certainty, PPO's samples are all the baseline's action and its updates barely move it.
     """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     if iterations < 1 or not envs:
         raise ValueError(f"clone_baseline needs iterations >= 1 and environments, got {iterations} and {len(envs)}")
     torch.manual_seed(seed)
@@ -90,16 +96,20 @@ def clone_baseline(
         b_obs = rollout.obs.reshape(-1, model.obs_dim)[keep]
         b_returns = returns.reshape(-1)[keep]
         target = actions[k].to(b_obs.device)
+        fields = torch.arange(len(target))
+        allowed_all = model._allowed  # (D, max choices) for this tenant's envelope
+        # Fields whose baseline choice lies outside the tenant's envelope teach nothing.
+        teach = allowed_all[fields, target]
+        dist = allowed_all.float() * (smoothing / allowed_all.sum(-1, keepdim=True).clamp(min=1))
+        dist[fields, target] += 1.0 - smoothing
         n = b_obs.shape[0]
         mb = max(1, n // cfg.num_minibatches)
         model.train()
         for _ in range(cfg.update_epochs):
             for idx in torch.randperm(n).split(mb):
                 logp = torch.log_softmax(model.masked_logits(b_obs[idx]), -1)  # (mb, D, max choices)
-                # Fields whose baseline choice lies outside the tenant's envelope teach nothing.
-                allowed = model._allowed[torch.arange(len(target)), target]
-                chosen = logp[:, torch.arange(len(target)), target]
-                policy_loss = -chosen[:, allowed].sum(-1).mean()
+                safe = torch.where(allowed_all, logp, torch.zeros_like(logp))  # no 0 * -inf
+                policy_loss = -(dist * safe).sum(-1)[:, teach].sum(-1).mean()
                 value_loss = 0.5 * (model.get_value(b_obs[idx]) - b_returns[idx]).square().mean()
                 loss = policy_loss + cfg.vf_coef * value_loss
                 optimizer.zero_grad()

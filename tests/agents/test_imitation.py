@@ -22,7 +22,7 @@ def test_cloned_policy_takes_the_baselines_action_on_each_tenant():
     targets = [ConstantPolicy(env, "static_priority").action for env in envs]
     assert not torch.equal(targets[0], targets[1])  # two tenants, two different plans to learn
     stats = clone_baseline(model, envs, "static_priority", 20, FAST, seed=1)
-    assert stats.iterations == 20 and stats.accuracy > 0.95 and stats.policy_loss < 0.5
+    assert stats.iterations == 20 and stats.accuracy > 0.95
     for env, target in zip(envs, targets, strict=True):
         model.set_envelope(env.mapping.envelope)
         env.reset_torch(seed=123)  # unseen seeds; a reset's all-idle observation is seen once per rollout
@@ -31,6 +31,26 @@ def test_cloned_policy_takes_the_baselines_action_on_each_tenant():
             obs = env.step_torch(target.expand(env.num_envs, -1)).obs
             agree.append((model.act(obs) == target).float().mean())
         assert float(torch.stack(agree).mean()) > 0.9  # of the action fields, on observations never trained on
+
+
+def test_smoothing_keeps_the_greedy_action_but_leaves_room_to_explore():
+    layout = UniversalLayout()
+    env = make_env(TenantTask("small_congested", "shop", 4), layout)
+    target = ConstantPolicy(env, "static_priority").action
+    chosen_prob = {}
+    for smoothing in (0.0, 0.3):
+        model = make_model(layout, (32,), seed=0)
+        stats = clone_baseline(model, [env], "static_priority", 20, FAST, seed=1, smoothing=smoothing)
+        assert stats.accuracy > 0.95
+        model.set_envelope(env.mapping.envelope)
+        obs = env.step_torch(target.expand(env.num_envs, -1)).obs
+        probs = torch.softmax(model.masked_logits(model.obs_norm(obs)), -1)  # (B, D, choices)
+        free = model._allowed.sum(-1) > 1  # fields with a real choice
+        chosen_prob[smoothing] = float(probs[:, torch.arange(len(target)), target][:, free].mean())
+    assert chosen_prob[0.0] > 0.9
+    assert 0.5 < chosen_prob[0.3] < chosen_prob[0.0] - 0.1
+    with pytest.raises(ValueError, match="smoothing"):
+        clone_baseline(model, [env], "static_priority", 1, FAST, smoothing=1.0)
 
 
 def test_critic_learns_the_baselines_returns():
