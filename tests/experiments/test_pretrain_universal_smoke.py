@@ -40,7 +40,8 @@ def test_entry_point_writes_weights_a_federation_can_start_from(tmp_path):
         "train.num_minibatches=1", "evaluation.envs=1", "evaluation.steps=3", "progress=false",
         "tenants=[{scenario: default, tenant: bank, num_envs: 2}, {scenario: datacenter, tenant: crm, num_envs: 2}]",
         "report_tenants=[{scenario: small_congested, tenant: studio, num_envs: 2}]",
-        "evaluation.baselines=[static_priority,fifo]", f"output_dir={out}",
+        "evaluation.baselines=[static_priority,fifo]", "variants.count=2", "variants.num_envs=2",
+        "imitation.iterations=2", f"output_dir={out}",
     ]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "experiments.pretrain_universal", *overrides], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -48,9 +49,13 @@ def test_entry_point_writes_weights_a_federation_can_start_from(tmp_path):
     for name in ("universal.npz", "last.npz", "pretrain.csv", "pretrain.png", "summary.json"):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "pretrain.csv").open()))
-    assert [int(r["iteration"]) for r in rows] == [2, 3]
+    assert [int(r["iteration"]) for r in rows] == [0, 2, 3]  # the cloned start, then each chunk
     doc = json.loads((out / "summary.json").read_text())
     assert doc["iterations"] == 3 and doc["tenants"] == ["bank@default", "crm@datacenter"]
+    assert [v.split("@")[1] for v in doc["variants"]] == ["variant000.yaml", "variant001.yaml"]
+    assert {v.split("@")[0] for v in doc["variants"]} <= {"bank", "crm"}  # slots of the listed tenants
+    assert len(list((out / "variants").glob("variant*.yaml"))) == 2
+    assert doc["imitation"]["baseline"] == "static_priority" and doc["imitation"]["iterations"] == 2
     assert set(doc["report"]["tenants"]["studio@small_congested"]) == {"pretrained", "static_priority", "fifo"}
     assert doc["report"]["vs_best_baseline"]["baseline"] in ("static_priority", "fifo")
     printed = json.loads(proc.stdout[proc.stdout.index("{"):])
