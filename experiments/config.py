@@ -88,9 +88,14 @@ class FLConfig:
     local_normalizer: bool = False
     """Keep the observation normalizer's statistics local (FedBN-style): they are the tenant's traffic
     statistics, and DP noise on a near-constant feature's tiny std blows that input up."""
+    weighting: str = "examples"
+    """Weight of each tenant's update in the mean: examples (FedAvg's, by environment steps) or uniform
+    (every tenant the same, as the centralized arm gives every tenant the same iterations; always so
+    under clipping or DP)."""
 
     def __post_init__(self) -> None:
         _check_choice("fl.strategy", self.strategy, FL_STRATEGIES)
+        _check_choice("fl.weighting", self.weighting, ("examples", "uniform"))
         if self.rounds < 1 or self.clients < 1:
             raise ValueError("fl.rounds and fl.clients must be >= 1")
         if not 0.0 <= self.trim_beta < 0.5:

@@ -110,7 +110,8 @@ class TenantClient(NumPyClient):
             self.state["dpsgd_history"] = dp.history_json()
             metrics["dpsgd_epsilon"] = dp.epsilon()
         # Under DP every update weighs the same: the noise is calibrated to a uniform mean.
-        n = 1 if self.s.privacy_mode != "none" else max(res.num_examples, 1)
+        uniform = self.s.privacy_mode != "none" or self.s.weighting == "uniform"
+        n = 1 if uniform else max(res.num_examples, 1)
         return [np.asarray(w, dtype=np.float32) for w in weights], n, metrics
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:

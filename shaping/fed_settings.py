@@ -62,6 +62,7 @@ class RunSettings:
     tenants: tuple[TenantTask, ...] = DEFAULT_TENANTS
     layout: UniversalLayout = field(default_factory=UniversalLayout)
     local_normalizer: bool = False
+    weighting: str = "examples"
     init_weights: str = ""
     init_norm_count: float = 1e5
     checkpoint_dir: str = ""
@@ -174,6 +175,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
     "evaluation.steps": ("eval_steps", _I, _same),
     "evaluation.seed": ("eval_seed", _I, _same),
     "fl.local_normalizer": ("local_normalizer", _B, _same),
+    "fl.weighting": ("weighting", _S, _same),
     "init.weights": ("init_weights", _S, _same),
     "init.norm_count": ("init_norm_count", _F, _same),
     "output.checkpoint_dir": ("checkpoint_dir", _S, _same),

@@ -125,3 +125,14 @@ def test_local_normalizer_never_travels_and_persists_in_the_node_state(tmp_path)
     again._load(new)
     np.testing.assert_allclose(again.model.obs_norm.mean.numpy(), moved)
     assert float(again.model.obs_norm.count) == client.state["norm_count"]
+
+
+@pytest.mark.parametrize(("weighting", "privacy"), [("examples", "none"), ("uniform", "none"), ("examples", "clip")])
+def test_update_weight_is_examples_or_uniform(tmp_path, weighting, privacy):
+    layout = UniversalLayout()
+    s = dataclasses.replace(_settings(""), hidden_sizes=(8,), weighting=weighting, privacy_mode=privacy)
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    client = TenantClient(s, 0, s.tenants[0], ctx, None)
+    _, n, metrics = client.fit(get_weights(make_model(layout, (8,))), {"server_round": 1})
+    assert metrics["num_examples"] == 2  # 1 environment x 2 steps
+    assert n == (2 if (weighting, privacy) == ("examples", "none") else 1)
