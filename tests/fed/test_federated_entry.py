@@ -103,7 +103,7 @@ def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_p
     from experiments.federated import run_config
 
     for missing in (unset, conf):
-        with pytest.raises(FileNotFoundError, match="init.weights: no file"):
+        with pytest.raises(FileNotFoundError, match=r"init\.weights: no file"):
             run_config(missing, tmp_path)  # type: ignore[arg-type]
     conf.init.weights = str(tmp_path / "u.npz")
     (tmp_path / "u.npz").write_bytes(b"")
