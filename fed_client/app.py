@@ -50,10 +50,12 @@ class TenantClient(NumPyClient):
 
     def __init__(self, s: RunSettings, index: int, task: TenantTask, context: Context, store: str | None) -> None:
         self.s, self.index, self.task, self.context, self.store = s, index, task, context, store
-        # A local normalizer starts from the run's initial weights, which this node must then hold too.
-        self.model = (initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights) if s.local_normalizer
-                      else make_model(s.layout, s.hidden_sizes, s.seed))  # fmt: skip
         self.state = context.state.config_records.setdefault(STATE_KEY, ConfigRecord({}))
+        # A local normalizer starts from the run's initial weights, which this node must then hold too; from
+        # its second round on (Flower builds a client per round) it comes from the node state (_load).
+        first = s.local_normalizer and "norm_mean" not in self.state
+        self.model = (initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights) if first
+                      else make_model(s.layout, s.hidden_sizes, s.seed))  # fmt: skip
 
     def _load(self, parameters: NDArrays) -> None:
         set_weights(self.model, parameters, self.s.local_normalizer)

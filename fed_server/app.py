@@ -32,8 +32,10 @@ def run_server(grid: Grid, context: Context, config: Mapping[str, Any]) -> Track
     n_clients = len(s.tenants)
     ckpt = load_latest(s.checkpoint_dir) if (s.resume and s.checkpoint_dir) else None
     done = ckpt.round if ckpt else 0
-    start = initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights)
-    weights = ckpt.weights if ckpt else get_weights(start, s.local_normalizer)
+    if ckpt:  # a resumed run never reads init.weights again
+        weights = ckpt.weights
+    else:
+        weights = get_weights(initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights), s.local_normalizer)
     noisy = s.privacy_mode in ("central", "distributed")
     epsilon_of = (lambda r: epsilon_after(r, s.noise_multiplier, s.fraction_fit, s.delta)) if noisy else None
     allowed = rounds_within_budget(s.rounds, s.noise_multiplier, s.fraction_fit, s.delta, s.target_epsilon if noisy

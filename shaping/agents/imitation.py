@@ -83,7 +83,6 @@ def clone_baseline(
     actions = [ConstantPolicy(env, baseline).action for env in envs]
     obs = [env.reset_torch(seed=seed + 7919 * i) for i, env in enumerate(envs)]
     scalers = [ReturnScaler(env.num_envs, cfg.gamma) for env in envs]
-    stats = CloneStats(iterations=iterations, accuracy=0.0, policy_loss=0.0, value_loss=0.0)
     for it in range(iterations):
         k = it % len(envs)
         model.set_envelope(envs[k].mapping.envelope)
@@ -116,9 +115,9 @@ def clone_baseline(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            greedy = model.masked_logits(b_obs).argmax(-1)
-        stats = CloneStats(iterations=it + 1, accuracy=float((greedy == target).float().mean()),
-                           policy_loss=policy_loss.item(), value_loss=value_loss.item())  # fmt: skip
-    return stats
+    model.eval()
+    # The last iteration's batch, on the last tenant's envelope (still set).
+    with torch.no_grad():
+        greedy = model.masked_logits(b_obs).argmax(-1)
+    return CloneStats(iterations=iterations, accuracy=float((greedy == target).float().mean()),
+                      policy_loss=policy_loss.item(), value_loss=value_loss.item())  # fmt: skip
