@@ -33,13 +33,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from experiments.config import register_configs
+from experiments.fl_arms import initial_policy, static_baselines
 from experiments.federated import TenantEntry
-from shaping.agents.global_model import make_model, save_weights, set_weights
+from shaping.agents.global_model import make_model, save_weights
 from shaping.agents.imitation import CloneStats, clone_baseline
-from shaping.agents.local_train import evaluate, evaluate_baseline
 from shaping.agents.pretrain_universal import PretrainEval, PretrainResult, pretrain_universal
 from shaping.agents.universal import PaddedEnv, TenantTask, UniversalLayout, make_env
 from shaping.config import PPOConfig
+from shaping.fed_settings import RunSettings
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.variants import class_pool, tenant_variant, write_scenario
 
@@ -146,24 +147,20 @@ def make_variants(cfg: UniversalPretrainConfig, directory: Path) -> list[TenantT
     return tasks
 
 
-def _report(cfg: UniversalPretrainConfig, model: Any, layout: UniversalLayout) -> dict[str, Any]:
-    """The best weights and the static baselines on the report tenants' held-out seeds."""
+def _report(cfg: UniversalPretrainConfig, weights: Path, layout: UniversalLayout) -> dict[str, Any]:
+    """The weights file and the static baselines on the report tenants' held-out seeds, evaluated as the
+    federated report does (experiments.fl_arms)."""
     ev = cfg.evaluation
-    out: dict[str, Any] = {"tenants": {}, "mean": {}}
-    arms: dict[str, list[tuple[float, float]]] = {"pretrained": [], **{b: [] for b in ev.baselines}}
-    for entry in cfg.report_tenants:
-        task = _task(entry)
-        env = make_env(task, layout, ev.envs, episode_steps=max(ev.steps, 1))
-        res = {"pretrained": evaluate(model, env, ev.steps, ev.report_seed)}
-        res |= {b: evaluate_baseline(env, b, ev.steps, ev.report_seed) for b in ev.baselines}
-        out["tenants"][task.name] = {k: {"reward": r.reward, "sla_violation_rate": r.sla_violation_rate}
-                                     for k, r in res.items()}  # fmt: skip
-        for k, r in res.items():
-            arms[k].append((r.reward, r.sla_violation_rate))
-    if cfg.report_tenants:
-        for k, rows in arms.items():
-            out["mean"][k] = {"reward": sum(r for r, _ in rows) / len(rows),
-                              "sla_violation_rate": sum(s for _, s in rows) / len(rows)}  # fmt: skip
+    s = RunSettings(tenants=tuple(_task(e) for e in cfg.report_tenants), layout=layout,
+                    hidden_sizes=tuple(cfg.train.hidden_sizes), eval_envs=ev.envs, eval_steps=ev.steps,
+                    eval_seed=ev.report_seed, init_weights=str(weights))  # fmt: skip
+    per_arm = {"pretrained": initial_policy(s), **static_baselines(s, list(ev.baselines))}
+    out: dict[str, Any] = {"tenants": {t.name: {arm: res[t.name] for arm, res in per_arm.items()} for t in s.tenants},
+                           "mean": {}}  # fmt: skip
+    if s.tenants:
+        for arm, res in per_arm.items():
+            out["mean"][arm] = {key: sum(v[key] for v in res.values()) / len(res)
+                                for key in ("reward", "sla_violation_rate")}  # fmt: skip
         best = min(ev.baselines, key=lambda b: out["mean"][b]["sla_violation_rate"]) if ev.baselines else None
         if best is not None:
             b_sla = out["mean"][best]["sla_violation_rate"]
@@ -242,7 +239,6 @@ def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[
     save_weights(out_dir / "universal.npz", result.best_weights)
     save_weights(out_dir / "last.npz", result.last_weights)
     _plot(result.history, out_dir / "pretrain.png")
-    set_weights(model, result.best_weights)
     summary = {
         "weights": str(out_dir / "universal.npz"),
         "layout": layout.to_config(),
@@ -255,7 +251,7 @@ def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[
         "stopped_early": result.stopped_early,
         "imitation": {"baseline": cfg.imitation.baseline, **asdict(cloned)} if cloned else None,
         "best": asdict(result.best),
-        "report": _report(cfg, model, layout),
+        "report": _report(cfg, out_dir / "universal.npz", layout),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("wrote %s", out_dir)
