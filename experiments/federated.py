@@ -23,7 +23,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,24 @@ class FedInitConfig:
 
 
 @dataclass
+class PopulationConfig:
+    """Randomized tenants federating beside `tenants` (shaping.sim.variants): a provider's many tenants.
+
+    Client-level DP needs many tenants (its noise on the mean falls as 1 / tenants); a few hand-written
+    tenants plus a population of random ones is how a simulation gets there.
+    """
+
+    variants: int = 0
+    """Randomized tenants added to the federation (0: none); their scenarios go to output_dir/population/."""
+    num_envs: int = 2
+    """Environments per local iteration of each of them (their amount of data)."""
+    path_scale: float = 1.0
+    """Network randomization of each variant (shaping.sim.variants.tenant_variant; 1: none)."""
+    seed: int = 1
+    """Seed of the draws (pretrain_universal's variants use 0 by default: these are other tenants)."""
+
+
+@dataclass
 class AttackConfig:
     """A misbehaving tenant (robustness experiments)."""
 
@@ -152,6 +170,26 @@ class FederatedConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: FedOutputConfig = field(default_factory=FedOutputConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+
+
+def with_population(cfg: FederatedConfig, out_dir: Path) -> FederatedConfig:
+    """cfg with cfg.population.variants randomized tenants appended to its tenants.
+
+    Each takes the slot of a random tenant of a random scenario in conf/scenario/ and a random mix of
+    the classes of every tenant there (written to out_dir/population/, the same files for the same seed).
+    """
+    from shaping.sim.scenarios import available_scenarios, load_scenario
+    from shaping.sim.variants import write_variants
+
+    pop = cfg.population
+    if pop.variants <= 0:
+        return cfg
+    every = [(sc, t.name) for sc in available_scenarios() for t in load_scenario(sc).tenants]
+    written = write_variants(every, every, pop.variants, pop.seed, out_dir / "population",
+                             path_scale=pop.path_scale, prefix="tenant")  # fmt: skip
+    extra = [TenantEntry(scenario=path, tenant=tenant, num_envs=pop.num_envs) for path, tenant in written]
+    return replace(cfg, tenants=[*cfg.tenants, *extra])
 
 
 def run_config(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
@@ -229,6 +267,7 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     from shaping.fed_settings import RunSettings
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = with_population(cfg, out_dir)
     if not cfg.tenants:
         raise ValueError("tenants is empty: the federation needs at least one tenant")
     start = time.perf_counter()

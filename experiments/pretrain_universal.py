@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -41,8 +40,7 @@ from shaping.agents.pretrain_universal import PretrainEval, PretrainResult, pret
 from shaping.agents.universal import PaddedEnv, TenantTask, UniversalLayout, make_env
 from shaping.config import PPOConfig
 from shaping.fed_settings import RunSettings
-from shaping.sim.scenarios import load_scenario
-from shaping.sim.variants import class_pool, tenant_variant, write_scenario
+from shaping.sim.variants import write_variants
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +83,9 @@ class VariantsConfig:
     """Variants (0: none); each takes a random tenant of `tenants` and a random mix of their classes."""
     num_envs: int = 32
     """Environments per iteration of each variant."""
+    path_scale: float = 1.0
+    """Network randomization: each variant's path capacities and base delays are scaled by log-uniform
+    factors in [1 / path_scale, path_scale] (1: the slot's network as it is)."""
     seed: int = 0
 
 
@@ -134,17 +135,8 @@ def make_variants(cfg: UniversalPretrainConfig, directory: Path) -> list[TenantT
     if v.count <= 0:
         return []
     pairs = [(t.scenario, t.tenant) for t in cfg.tenants]
-    scenarios = {name: load_scenario(name) for name in dict.fromkeys(s for s, _ in pairs)}
-    # Pool entries name scenarios by their loaded name (a YAML path loads under the name inside it).
-    pool = class_pool(list(scenarios.values()), [(scenarios[s].name, t) for s, t in pairs])
-    rng = np.random.default_rng(v.seed)
-    tasks = []
-    for i in range(v.count):
-        scenario, tenant = pairs[int(rng.integers(len(pairs)))]
-        variant = tenant_variant(scenarios[scenario], tenant, pool, rng, name=f"variant{i:03d}")
-        tasks.append(TenantTask(str(write_scenario(variant, directory / f"variant{i:03d}.yaml")), tenant,
-                                v.num_envs))  # fmt: skip
-    return tasks
+    written = write_variants(pairs, pairs, v.count, v.seed, directory, path_scale=v.path_scale)
+    return [TenantTask(path, tenant, v.num_envs) for path, tenant in written]
 
 
 def _report(cfg: UniversalPretrainConfig, weights: Path, layout: UniversalLayout) -> dict[str, Any]:

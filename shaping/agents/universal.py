@@ -5,7 +5,12 @@ weights cannot be averaged. The federation trains one ActorCritic over a fixed *
 
 - observation: every block of shaping.spec.observation padded to the maximum count (zeros where a
   tenant has fewer), then per class slot a one-hot of the application and a present flag, so the
-  shared policy knows which application sits in each slot;
+  shared policy knows which application sits in each slot, then the tenant's *context*: per class
+  slot its latency SLA (max p99 / RTT_SCALE_MS, 0 without one) and per path slot a present flag, the
+  path's capacity / the tenant's cap (clipped to LOAD_CLIP) and its base delay / RTT_SCALE_MS. The
+  context is constant for a tenant, so a tenant's own model has no use for it; a model shared by
+  tenants does: a path that suits gaming in one network (a 2 ms spine) breaks it in another (a
+  45 ms LTE backup), and without the context the two look the same;
 - action: ``max_classes`` slots of the six per-class fields (each field padded to its largest number
   of choices), then the root rate. Choices a tenant does not have (a third path, an empty class slot)
   are outside its envelope, so the policy can never pick them.
@@ -28,6 +33,10 @@ from shaping.sim.tenant_view import TenantView
 from shaping.sim.vector_env import ShapingVectorEnv, TorchStep
 from shaping.spec import TenantSpec
 from shaping.spec.action import ACTION_FIELDS
+from shaping.spec.observation import LOAD_CLIP, RTT_SCALE_MS
+
+#: Values per path slot in the context block: present flag, capacity / cap, base delay.
+PATH_CONTEXT = 3
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,12 @@ class UniversalLayout:
     def obs_dim(self) -> int:
         """Length of the universal observation."""
         e, c, v = self.max_entities, self.max_classes, self.max_vms
-        return 2 * e + 4 * c + 2 * v + c * (len(APPS) + 1)
+        return 2 * e + 4 * c + 2 * v + c * (len(APPS) + 1) + c + PATH_CONTEXT * self.max_paths
+
+    @property
+    def max_paths(self) -> int:
+        """Path slots: the largest number of path choices."""
+        return self.per_class[ACTION_FIELDS.index("path")]
 
     @property
     def nvec(self) -> tuple[int, ...]:
@@ -94,6 +108,18 @@ class TenantMapping:
         return action[:, self.act_src.to(action.device)]
 
 
+def path_context(spec: TenantSpec, max_paths: int) -> torch.Tensor:
+    """(max_paths, PATH_CONTEXT) per path slot: present flag, capacity / the tenant's cap (clipped to
+    LOAD_CLIP), base delay / RTT_SCALE_MS; an empty slot is zeros, and so are a path's figures when
+    the spec does not publish them."""
+    ctx = torch.zeros(max_paths, PATH_CONTEXT)
+    ctx[: len(spec.paths), 0] = 1.0
+    for i, (mbps, delay) in enumerate(zip(spec.path_mbps, spec.path_delay_ms, strict=False)):
+        ctx[i, 1] = min(mbps / spec.cap_mbps, LOAD_CLIP)
+        ctx[i, 2] = delay / RTT_SCALE_MS
+    return ctx
+
+
 def tenant_mapping(spec: TenantSpec, layout: UniversalLayout, envelope: Envelope | None = None) -> TenantMapping:
     """The maps of one tenant; raises ValueError when the tenant does not fit the layout."""
     ne, nc, nv = len(spec.entities), len(spec.classes), len(spec.vms)
@@ -117,10 +143,14 @@ def tenant_mapping(spec: TenantSpec, layout: UniversalLayout, envelope: Envelope
         dst += [d_off + where[i] for i in range(count)]
         s_off, d_off = s_off + count, d_off + cap
     static = torch.zeros(layout.obs_dim)
+    sla_off = d_off + layout.max_classes * (len(APPS) + 1)
     for c, tc in enumerate(spec.classes):
         base = d_off + slots[c] * (len(APPS) + 1)
         static[base + APPS.index(tc.app)] = 1.0
         static[base + len(APPS)] = 1.0
+        if tc.qos.max_p99_ms is not None:
+            static[sla_off + slots[c]] = tc.qos.max_p99_ms / RTT_SCALE_MS
+    static[sla_off + layout.max_classes :] = path_context(spec, layout.max_paths).flatten()
     # Actions: class c's fields come from its slot's fields; the root rate from the last dimension.
     act_src = [slots[c] * nf + f for c in range(nc) for f in range(nf)] + [layout.max_classes * nf]
     masks: list[tuple[bool, ...]] = []

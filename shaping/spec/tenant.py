@@ -77,6 +77,10 @@ class TenantSpec:
     priority_levels: int
     bottleneck_share_mbps: float
     """The tenant's cap-weighted share of the first path: what an operator sets a shaper to."""
+    path_mbps: tuple[float, ...] = ()
+    """Capacity of each path (Mbit/s), as the provider publishes it; () when unknown."""
+    path_delay_ms: tuple[float, ...] = ()
+    """Base one-way delay of each path (ms), as the provider publishes it; () when unknown."""
 
     @property
     def vms(self) -> tuple[Entity, ...]:
@@ -240,6 +244,8 @@ def tenant_spec(scenario: ScenarioConfig, tenant: int | str) -> TenantSpec:
             float(cfg.cap_mbps),
             scenario.paths[0].capacity_mbps * cfg.cap_mbps / sum(t.cap_mbps for t in cfgs),
         ),
+        path_mbps=tuple(float(p.capacity_mbps) for p in scenario.paths),
+        path_delay_ms=tuple(float(p.base_delay_ms) for p in scenario.paths),
     )
 
 

@@ -109,3 +109,24 @@ def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_p
     (tmp_path / "u.npz").write_bytes(b"")
     s = RunSettings.from_config(run_config(conf, tmp_path))
     assert s.init_weights == str(tmp_path / "u.npz") and s.local_normalizer and s.local_iterations == 4
+
+
+def test_population_adds_randomized_tenants_that_the_run_settings_carry(tmp_path):
+    from experiments.federated import PopulationConfig, run_config, with_population
+
+    base = FederatedConfig(tenants=[TenantEntry("default", "gameco", 4)])
+    assert with_population(base, tmp_path) is base  # no population: unchanged
+    cfg = FederatedConfig(tenants=[TenantEntry("default", "gameco", 4)],
+                          population=PopulationConfig(variants=5, num_envs=1, path_scale=2.0, seed=3))  # fmt: skip
+    grown = with_population(cfg, tmp_path / "a")
+    again = with_population(cfg, tmp_path / "b")
+    assert grown.tenants[0] == cfg.tenants[0] and len(grown.tenants) == 6
+    assert [t.tenant for t in grown.tenants] == [t.tenant for t in again.tenants]
+    extra = grown.tenants[1:]
+    assert all(Path(t.scenario).parent == tmp_path / "a" / "population" and t.num_envs == 1 for t in extra)
+    s = RunSettings.from_config(run_config(grown, tmp_path / "a"))
+    assert [t.name for t in s.tenants][1:] == [f"{t.tenant}@{t.scenario}" for t in extra]
+    from shaping.agents.universal import make_env
+
+    for task in s.tenants:  # every randomized tenant fits the federation's layout and runs
+        make_env(task, s.layout, 1).reset_torch(seed=0)

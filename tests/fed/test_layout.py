@@ -78,3 +78,48 @@ def test_padded_env_steps_with_universal_actions():
     assert obs.shape == (2, UniversalLayout().obs_dim)
     res = env.step_torch(torch.zeros(2, len(UniversalLayout().nvec), dtype=torch.long))
     assert res.obs.shape == obs.shape and res.reward.shape == (2,)
+
+
+def _context(out, layout):
+    """The context block of a universal observation: (class SLAs, (paths, 3) path figures)."""
+    static0 = 2 * layout.max_entities + 4 * layout.max_classes + 2 * layout.max_vms
+    sla0 = static0 + layout.max_classes * (len(APPS) + 1)
+    return out[sla0 : sla0 + layout.max_classes], out[sla0 + layout.max_classes :].reshape(layout.max_paths, 3)
+
+
+def test_context_carries_the_class_slas_and_the_published_paths():
+    scenario = load_scenario("small_congested")
+    spec = scenario_specs(scenario)[1]  # studio: gaming (40 ms SLA), video, bulk; uplink and an LTE backup
+    layout = UniversalLayout()
+    m = tenant_mapping(spec, layout)
+    out = m.observation(torch.zeros(1, ObservationLayout(spec).size))[0]
+    slas, paths = _context(out, layout)
+    slots = class_slots(spec)
+    for c, tc in enumerate(spec.classes):
+        want = tc.qos.max_p99_ms / 100.0 if tc.qos.max_p99_ms is not None else 0.0
+        assert slas[slots[c]].item() == pytest.approx(want)
+    assert slas[3] == 0  # the empty slot
+    for i, p in enumerate(scenario.paths):
+        assert paths[i].tolist() == pytest.approx([1.0, p.capacity_mbps / spec.cap_mbps, p.base_delay_ms / 100.0])
+    assert paths[2].tolist() == [0.0, 0.0, 0.0]  # no third path
+    # The LTE backup's delay (45 ms) is above the gaming class's SLA (40 ms): the model can see it.
+    assert paths[1, 2] > slas[slots[0]]
+
+
+def test_context_tells_networks_apart_and_clips_huge_paths():
+    layout = UniversalLayout()
+    dc = scenario_specs(load_scenario("datacenter"))[0]
+    small = scenario_specs(load_scenario("small_congested"))[0]
+    _, dc_paths = _context(tenant_mapping(dc, layout).static, layout)
+    _, small_paths = _context(tenant_mapping(small, layout).static, layout)
+    assert not torch.equal(dc_paths, small_paths)
+    assert dc_paths[:, 1].max() <= 4.0  # 10 Gbit/s spines against a tenant's cap: clipped to LOAD_CLIP
+
+
+def test_context_of_a_spec_without_published_paths_is_only_the_present_flags():
+    import dataclasses
+
+    spec = dataclasses.replace(scenario_specs(load_scenario("default"))[0], path_mbps=(), path_delay_ms=())
+    layout = UniversalLayout()
+    _, paths = _context(tenant_mapping(spec, layout).static, layout)
+    assert paths[:, 0].tolist() == [1.0, 1.0, 0.0] and paths[:, 1:].abs().sum() == 0

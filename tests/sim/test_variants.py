@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from shaping.agents.universal import TenantTask, UniversalLayout, make_env
 from shaping.sim.scenarios import load_scenario
-from shaping.sim.variants import class_pool, tenant_variant, write_scenario
+from shaping.sim.variants import class_pool, tenant_variant, write_scenario, write_variants
 from shaping.spec import scenario_specs
 
 PAIRS = [("default", "bank"), ("default", "saas"), ("datacenter", "cloudgaming"), ("edge_gaming", "streamer")]
@@ -74,3 +76,30 @@ def test_refuses_an_unknown_tenant_or_a_pool_too_small():
         tenant_variant(scs["default"], "nobody", pool, np.random.default_rng(0))
     with pytest.raises(ValueError, match="cannot draw 5"):
         tenant_variant(scs["default"], "bank", pool, np.random.default_rng(0), min_classes=5)
+
+
+def test_path_scale_randomizes_the_network_within_its_bounds_and_1_keeps_it():
+    scs = _scenarios()
+    pool = class_pool(list(scs.values()), PAIRS)
+    plain = tenant_variant(scs["default"], "bank", pool, np.random.default_rng(4))
+    assert plain.paths == scs["default"].paths
+    scaled = [tenant_variant(scs["default"], "bank", pool, np.random.default_rng(s), path_scale=2.0) for s in range(8)]
+    # The classes are drawn first, so the same seed gives the same tenant on another network.
+    assert scaled[4].tenants == plain.tenants
+    ratios = [(v.capacity_mbps / p.capacity_mbps, v.base_delay_ms / p.base_delay_ms)
+              for sc in scaled for v, p in zip(sc.paths, scs["default"].paths, strict=True)]  # fmt: skip
+    assert all(0.5 <= r <= 2.0 for pair in ratios for r in pair)
+    assert len({round(r, 6) for pair in ratios for r in pair}) == 2 * len(ratios)  # independent draws
+    with pytest.raises(ValueError, match="path_scale"):
+        tenant_variant(scs["default"], "bank", pool, np.random.default_rng(0), path_scale=0.5)
+
+
+def test_write_variants_writes_loadable_reproducible_files(tmp_path):
+    slots = [("default", "bank"), ("small_congested", "shop")]
+    a = write_variants(slots, PAIRS, 4, 7, tmp_path / "a", path_scale=1.5, prefix="t")
+    b = write_variants(slots, PAIRS, 4, 7, tmp_path / "b", path_scale=1.5, prefix="t")
+    assert [t for _, t in a] == [t for _, t in b] and {t for _, t in a} <= {"bank", "shop"}
+    assert [Path(p).name for p, _ in a] == [f"t{i:03d}.yaml" for i in range(4)]
+    for (pa, tenant), (pb, _) in zip(a, b, strict=True):
+        assert load_scenario(pa) == load_scenario(pb)
+        make_env(TenantTask(pa, tenant, 1), UniversalLayout()).reset_torch(seed=0)
