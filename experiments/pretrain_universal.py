@@ -101,6 +101,11 @@ class UniversalEvalConfig:
     """Seed of the selection evaluations (held out from training's seeds)."""
     report_seed: int = 1000
     """Seed of the report tenants' evaluation (the federation's evaluation seed)."""
+    heldout_variants: int = 0
+    """Randomized tenants never trained on, added to the selection evaluation so the best weights are
+    the ones that serve new tenants best, not only new seeds of the trained ones (0: none)."""
+    heldout_seed: int = 1000
+    """Seed of the held-out variants' draws (the training variants use variants.seed)."""
     baselines: list[str] = field(default_factory=lambda: ["static_priority", "fair_share", "fifo", "greedy_premium"])
 
 
@@ -198,8 +203,11 @@ def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[
     variants = make_variants(cfg, out_dir / "variants")
     train_envs = [make_env(task, layout) for task in [*tasks, *variants]]
     ev = cfg.evaluation
+    heldout = [TenantTask(path, tenant, ev.envs) for path, tenant in write_variants(
+        [(x.scenario, x.tenant) for x in tasks], [(x.scenario, x.tenant) for x in tasks], ev.heldout_variants,
+        ev.heldout_seed, out_dir / "heldout", prefix="heldout")] if ev.heldout_variants > 0 else []  # fmt: skip
     eval_envs: list[tuple[str, PaddedEnv]] = [
-        (task.name, make_env(task, layout, ev.envs, episode_steps=max(ev.steps, 1))) for task in tasks]
+        (task.name, make_env(task, layout, ev.envs, episode_steps=max(ev.steps, 1))) for task in [*tasks, *heldout]]
     model = make_model(layout, t.hidden_sizes, cfg.seed)
     cloned: CloneStats | None = None
     im = cfg.imitation
@@ -237,6 +245,7 @@ def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[
         "hidden_sizes": list(t.hidden_sizes),
         "tenants": [task.name for task in tasks],
         "variants": [f"{task.tenant}@{Path(task.scenario).name}" for task in variants],
+        "heldout_variants": [f"{task.tenant}@{Path(task.scenario).name}" for task in heldout],
         "iterations": result.iterations,
         "env_steps": result.env_steps,
         "wall_s": round(result.wall_s, 1),
