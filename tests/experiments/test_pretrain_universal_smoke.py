@@ -41,7 +41,7 @@ def test_entry_point_writes_weights_a_federation_can_start_from(tmp_path):
         "tenants=[{scenario: default, tenant: bank, num_envs: 2}, {scenario: datacenter, tenant: crm, num_envs: 2}]",
         "report_tenants=[{scenario: small_congested, tenant: studio, num_envs: 2}]",
         "evaluation.baselines=[static_priority,fifo]", "variants.count=2", "variants.num_envs=2",
-        "imitation.iterations=2", f"output_dir={out}",
+        "imitation.iterations=2", "evaluation.heldout_variants=1", f"output_dir={out}",
     ]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "experiments.pretrain_universal", *overrides], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -55,6 +55,9 @@ def test_entry_point_writes_weights_a_federation_can_start_from(tmp_path):
     assert [v.split("@")[1] for v in doc["variants"]] == ["variant000.yaml", "variant001.yaml"]
     assert {v.split("@")[0] for v in doc["variants"]} <= {"bank", "crm"}  # slots of the listed tenants
     assert len(list((out / "variants").glob("variant*.yaml"))) == 2
+    # The held-out variant is selected on, never trained on.
+    assert [Path(v.split("@")[1]).name for v in doc["heldout_variants"]] == ["heldout000.yaml"]
+    assert any(name.endswith("heldout000.yaml") for name in doc["best"]["tenants"])
     assert doc["imitation"]["baseline"] == "static_priority" and doc["imitation"]["iterations"] == 2
     assert set(doc["report"]["tenants"]["studio@small_congested"]) == {"pretrained", "static_priority", "fifo"}
     assert doc["report"]["vs_best_baseline"]["baseline"] in ("static_priority", "fifo")
