@@ -282,8 +282,8 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
                           baselines=list(cfg.evaluation.baselines), workers=cfg.simulation.arm_workers)  # fmt: skip
     results.update(arms)
     wall = {"federated": round(fed_s, 1), **wall, "arms": round(time.perf_counter() - arms_start, 1)}
-    least = min(t.num_envs for t in cfg.tenants)
-    small = [f"{t.tenant}@{t.scenario}" for t in cfg.tenants if t.num_envs == least]
+    least = min(t.num_envs for t in s.tenants)
+    small = [t.name for t in s.tenants if t.num_envs == least]
     results["targets"] = targets(results, small)
     results["wall_s"] = {**wall, "total": round(time.perf_counter() - start, 1)}
     report = markdown(results)

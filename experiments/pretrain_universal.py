@@ -134,14 +134,15 @@ def _task(t: TenantEntry) -> TenantTask:
     return TenantTask(t.scenario, t.tenant, t.num_envs)
 
 
-def make_variants(cfg: UniversalPretrainConfig, directory: Path) -> list[TenantTask]:
-    """Write cfg.variants.count variant scenarios into directory; their tasks (the scenario is the YAML path)."""
-    v = cfg.variants
-    if v.count <= 0:
+def variant_tasks(cfg: UniversalPretrainConfig, count: int, seed: int, num_envs: int, directory: Path, *,
+                  path_scale: float = 1.0, prefix: str = "variant") -> list[TenantTask]:  # fmt: skip
+    """Write `count` variants of cfg.tenants' slots and classes into directory; their tasks (the scenario
+    is the YAML path)."""
+    if count <= 0:
         return []
     pairs = [(t.scenario, t.tenant) for t in cfg.tenants]
-    written = write_variants(pairs, pairs, v.count, v.seed, directory, path_scale=v.path_scale)
-    return [TenantTask(path, tenant, v.num_envs) for path, tenant in written]
+    written = write_variants(pairs, pairs, count, seed, directory, path_scale=path_scale, prefix=prefix)
+    return [TenantTask(path, tenant, num_envs) for path, tenant in written]
 
 
 def _report(cfg: UniversalPretrainConfig, weights: Path, layout: UniversalLayout) -> dict[str, Any]:
@@ -200,12 +201,12 @@ def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[
                     update_epochs=t.update_epochs, num_minibatches=t.num_minibatches,
                     hidden_sizes=list(t.hidden_sizes))  # fmt: skip
     tasks = [_task(e) for e in cfg.tenants]
-    variants = make_variants(cfg, out_dir / "variants")
+    v = cfg.variants
+    variants = variant_tasks(cfg, v.count, v.seed, v.num_envs, out_dir / "variants", path_scale=v.path_scale)
     train_envs = [make_env(task, layout) for task in [*tasks, *variants]]
     ev = cfg.evaluation
-    heldout = [TenantTask(path, tenant, ev.envs) for path, tenant in write_variants(
-        [(x.scenario, x.tenant) for x in tasks], [(x.scenario, x.tenant) for x in tasks], ev.heldout_variants,
-        ev.heldout_seed, out_dir / "heldout", prefix="heldout")] if ev.heldout_variants > 0 else []  # fmt: skip
+    # On the scenarios' own networks (no path_scale): the tenants the model will meet.
+    heldout = variant_tasks(cfg, ev.heldout_variants, ev.heldout_seed, ev.envs, out_dir / "heldout", prefix="heldout")
     eval_envs: list[tuple[str, PaddedEnv]] = [
         (task.name, make_env(task, layout, ev.envs, episode_steps=max(ev.steps, 1))) for task in [*tasks, *heldout]]
     model = make_model(layout, t.hidden_sizes, cfg.seed)

@@ -59,6 +59,8 @@ def tenant_variant(
         The variant; each drawn class sits on a random entity of the tenant, named ``<app><i>``, its
         ports moved up where they would collide with a class already placed.
     """
+    if path_scale < 1:
+        raise ValueError(f"path_scale must be >= 1, got {path_scale}")
     idx = [i for i, t in enumerate(scenario.tenants) if t.name == tenant]
     if not idx:
         raise KeyError(f"scenario {scenario.name!r} has no tenant {tenant!r}")
@@ -83,8 +85,6 @@ def tenant_variant(
     tenants[idx[0]] = replace(owner, classes=classes)
     tag = name or f"{scenario.name}~{tenant}~{int(rng.integers(1 << 30))}"
     paths = scenario.paths
-    if path_scale < 1:
-        raise ValueError(f"path_scale must be >= 1, got {path_scale}")
     if path_scale > 1:  # drawn last, so path_scale=1 gives the same variants as before it existed
         span = np.log(path_scale)
         paths = [replace(p, capacity_mbps=p.capacity_mbps * float(np.exp(rng.uniform(-span, span))),
