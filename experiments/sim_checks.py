@@ -154,7 +154,7 @@ def check_stage_invariants(trials: int = 200, seed: int = 0) -> Json:
     prov = network.provider_stage(
         flat(backlog),
         flat(arrivals),
-        network.queue_mask(qi.t().contiguous(), p * 4),
+        qi.t().contiguous(),
         path_kbit,
         ef_limit,
         buffer,

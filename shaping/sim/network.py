@@ -106,33 +106,28 @@ def wfq_serve(demand: torch.Tensor, budget: torch.Tensor, weights: torch.Tensor)
     return served
 
 
-def queue_mask(index: torch.Tensor, n_queues: int) -> torch.Tensor:
-    """One-hot (N, Q, B) float map from each class's queue index (N, B).
+def to_queues(x: torch.Tensor, index: torch.Tensor, n_queues: int) -> torch.Tensor:
+    """Sum per-class values (..., N, B) into their queues (..., Q, B); index (..., N, B) names each class's queue.
 
-    Built where it is used rather than stored: under torch.compile the comparison fuses into the
-    reductions below and the (N, Q, B) tensor is never materialized.
+    A scatter-add: every class is read once. The masked sum over a one-hot (N, Q, B) map it
+    replaced read every class once per queue (Q times the memory traffic); on the 2-core CPU the
+    sub-step ran 1.5x faster without it.
     """
-    q = torch.arange(n_queues, device=index.device, dtype=index.dtype).view(1, -1, 1)
-    return (index.unsqueeze(1) == q).to(torch.float32)
+    out = torch.zeros(*x.shape[:-2], n_queues, x.shape[-1], dtype=x.dtype, device=x.device)
+    return out.scatter_add(-2, index, x)
 
 
-def to_queues(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """Sum per-class values (N, B) into their queues (Q, B) through a one-hot (N, Q, B) map.
-
-    A masked sum rather than scatter_add: it vectorizes over B and fuses under torch.compile.
-    """
-    return (x.unsqueeze(-2) * onehot).sum(-3)
-
-
-def from_queues(v: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """Read each class's queue value: (Q, B) through a one-hot (N, Q, B) map to (N, B)."""
-    return (v.unsqueeze(-3) * onehot).sum(-2)
+def from_queues(v: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Read each class's queue value: (..., Q, B) at index (..., N, B) to (..., N, B)."""
+    return v.gather(-2, index)
 
 
 def priority_masks(priority: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float masks (..., C, C, B) [c', c]: c' has strictly higher priority than c; the same priority.
 
-    Computed where used for the same reason as queue_mask.
+    Built where they are used rather than stored: under torch.compile the comparisons fuse into
+    the sums over classes (C is small enough for inductor to unroll them) and the (C, C, B)
+    masks are never materialized.
     """
     a, b = priority.unsqueeze(-2), priority.unsqueeze(-3)
     return (a < b).to(torch.float32), (a == b).to(torch.float32)
@@ -152,7 +147,7 @@ class ProviderStage(NamedTuple):
 def provider_stage(
     backlog: torch.Tensor,
     arrivals: torch.Tensor,
-    onehot: torch.Tensor,
+    queue: torch.Tensor,
     path_kbit: torch.Tensor,
     ef_limit_kbit: torch.Tensor,
     buffer_kbit: torch.Tensor,
@@ -163,7 +158,7 @@ def provider_stage(
 
     Args:
         backlog, arrivals: (N, B) each class's volume in, and arriving at, its provider queue.
-        onehot: (N, P * N_QUEUES, B) float map of each class to its queue (path * N_QUEUES + queue).
+        queue: (N, B) int64 queue of each class, path * N_QUEUES + DSCP queue.
         path_kbit: (P,) volume each path serves per sub-step.
         ef_limit_kbit: (P,) EF volume admitted per sub-step; the rest is policed (dropped).
         buffer_kbit: (P,) buffer of each queue; the excess is dropped.
@@ -172,12 +167,12 @@ def provider_stage(
     """
     p = path_kbit.shape[0]
     b = arrivals.shape[-1]
-    arr_q = to_queues(arrivals, onehot)
-    back_q = to_queues(backlog, onehot)
+    arr_q = to_queues(arrivals, queue, p * N_QUEUES)
+    back_q = to_queues(backlog, queue, p * N_QUEUES)
     inf = torch.full_like(ef_limit_kbit, float("inf"))
     limit = torch.stack([ef_limit_kbit, inf, inf, inf], dim=-1).view(-1, 1)
     admit_q = (limit / arr_q.clamp_min(_EPS)).clamp(max=1.0)
-    x_adm = arrivals * from_queues(admit_q, onehot)
+    x_adm = arrivals * from_queues(admit_q, queue)
     demand_q = (back_q + arr_q * admit_q).view(p, N_QUEUES, b)
     cap = path_kbit.view(p, 1)
     ef = torch.minimum(demand_q[:, 0], cap)
@@ -186,12 +181,12 @@ def provider_stage(
     demand_q = demand_q.view(p * N_QUEUES, b)
     frac = served_q / demand_q.clamp_min(_EPS)
     demand_c = backlog + x_adm
-    delivered = demand_c * from_queues(frac, onehot)
+    delivered = demand_c * from_queues(frac, queue)
     left_c = demand_c - delivered
     left_q = demand_q - served_q
     buf = buffer_kbit.repeat_interleave(N_QUEUES).view(-1, 1)
     over_frac = ((left_q - buf).clamp_min(0.0) / left_q.clamp_min(_EPS)).clamp(max=1.0)
-    overflow = left_c * from_queues(over_frac, onehot)
+    overflow = left_c * from_queues(over_frac, queue)
     left_c = left_c - overflow
     delay_q = (left_q * (1.0 - over_frac) * dt_ms / served_q.clamp_min(_EPS)).clamp(max=MAX_DELAY_MS)
     util = served_q / path_kbit.repeat_interleave(N_QUEUES).view(-1, 1)
@@ -200,7 +195,7 @@ def provider_stage(
         backlog=left_c,
         policed=arrivals - x_adm,
         overflow=overflow,
-        fluid_delay_ms=from_queues(delay_q, onehot),
+        fluid_delay_ms=from_queues(delay_q, queue),
         queue_util=util,
     )
 

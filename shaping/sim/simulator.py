@@ -116,9 +116,8 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     """One fluid sub-step of every environment, tenant and class."""
     k, c, b = s.q_t.shape
     zero = torch.zeros_like(s.q_t)
+    n_paths = iv.path_kbit.shape[0]
     higher, same = network.priority_masks(iv.priority)
-    onehot = network.queue_mask(iv.queue, iv.path_kbit.shape[0] * N_QUEUES)
-    path_onehot = network.queue_mask(iv.path, iv.path_kbit.shape[0])
     rate = torch.where(iv.is_tcp, torch.minimum(s.win / s.rtt, iv.app_rate), iv.app_rate)
     offered = rate * dt
     nft = offered * iv.drop
@@ -139,7 +138,7 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     prov = network.provider_stage(
         s.q_p.view(k * c, b),
         ten.served.view(k * c, b),
-        onehot,
+        iv.queue,
         iv.path_kbit,
         iv.ef_limit_kbit,
         iv.buffer_kbit,
@@ -173,17 +172,16 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     # Counting it in full (Kleinrock independence) gave the testbed's shaped transactions a 14.5 ms
     # p99 for a measured 2.7 ms.
     rw_p = network.residual_work(delivered, iv.pkt, iv.cs2, iv.path_kbit_c)
-    w0_path = network.to_queues(rw_p.view(k * c, b), path_onehot)  # (P, B)
-    own_onehot = path_onehot.view(k, c, -1, b)
-    own_path = (rw_p.unsqueeze(-2) * own_onehot).sum(-3)  # (K, P, B) each tenant's own residual work
-    own_c = (own_path.unsqueeze(-3) * own_onehot).sum(-2)  # (K, C, B)
+    path = iv.path.view(k, c, b)
+    w0_path = network.to_queues(rw_p.view(k * c, b), iv.path, n_paths)  # (P, B)
+    own_c = network.from_queues(network.to_queues(rw_p, path, n_paths), path)  # each tenant's own, (K, C, B)
     smooth = 1.0 - ((iv.path_kbit_c / iv.cap_kbit).clamp(max=1.0)) ** 2
     util_q = prov.queue_util.view(-1, N_QUEUES, b)
     rho_ef = util_q[:, 0]
     rho_all = util_q.sum(1)
-    w0_c = (network.from_queues(w0_path, path_onehot).view(k, c, b) - own_c * (1.0 - smooth)).clamp_min(0.0)
-    ef_c = network.from_queues(rho_ef, path_onehot).view(k, c, b)
-    all_c = network.from_queues(rho_all, path_onehot).view(k, c, b)
+    w0_c = (network.from_queues(w0_path, iv.path).view(k, c, b) - own_c * (1.0 - smooth)).clamp_min(0.0)
+    ef_c = network.from_queues(rho_ef, iv.path).view(k, c, b)
+    all_c = network.from_queues(rho_all, iv.path).view(k, c, b)
     wait_p = (
         network.priority_wait_ms(w0_c, torch.where(iv.is_ef, 0.0, ef_c), torch.where(iv.is_ef, ef_c, all_c), dt)
         + iv.tx_path
@@ -192,7 +190,8 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     # faded out by 1 / (1 + backlog / 4 packets). The provider queue is one FIFO shared by its
     # classes: its backlog, not the class's own share of it, decides (the light classes of a
     # bufferbloated FIFO kept a 5 ms Cobham wait on top of the shared sojourn that bulk did not).
-    q_queue = network.from_queues(network.to_queues(q_p.view(k * c, b), onehot), onehot).view(k, c, b)
+    q_flat = q_p.view(k * c, b)
+    q_queue = network.from_queues(network.to_queues(q_flat, iv.queue, n_paths * N_QUEUES), iv.queue).view(k, c, b)
     micro = wait_t * fluid_t + wait_p / (1.0 + q_queue / (4.0 * iv.pkt))
     fixed = iv.base_delay + ten.fluid_delay_ms + prov.fluid_delay_ms.view(k, c, b)
     lost = nft + ten.overflow + codel_drop + (prov.policed + prov.overflow).view(k, c, b)
