@@ -37,10 +37,10 @@ def initial_load_state(
     )
 
 
-def _geometric(shape: tuple[int, ...], mean: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    u = torch.rand(shape, generator=gen, device=device).clamp_min(1e-6)
+def _geometric(u: torch.Tensor, mean: float) -> torch.Tensor:
+    """Geometric lengths (>= 1 step) of the given mean from uniforms u."""
     p = 1.0 / max(mean, 1.0)
-    return torch.ceil(torch.log(u) / math.log1p(-p) if p < 1.0 else torch.ones(shape, device=device))
+    return torch.ceil(torch.log(u.clamp_min(1e-6)) / math.log1p(-p)) if p < 1.0 else torch.ones_like(u)
 
 
 def capped_pareto_xm(alpha: float, cap: float) -> float:
@@ -66,44 +66,73 @@ def capped_pareto_xm(alpha: float, cap: float) -> float:
 _WEB_XM = capped_pareto_xm(WEB_PARETO_ALPHA, WEB_MULT_CAP)
 
 
-def advance_load(
-    state: LoadState, t: torch.Tensor, app: torch.Tensor, cfg: LoadConfig, gen: torch.Generator
+class LoadNoise(NamedTuple):
+    """The uniforms one control step of the load processes draws."""
+
+    burst_start: torch.Tensor  # (B, K, C)
+    burst_length: torch.Tensor  # (B, K, C)
+    flash_start: torch.Tensor  # (B, K)
+    flash_length: torch.Tensor  # (B, K)
+    web: torch.Tensor  # (B, K, C)
+
+
+def draw_load_noise(b: int, k: int, c: int, gen: torch.Generator, device: torch.device) -> LoadNoise:
+    """Draw one control step's uniforms for apply_load.
+
+    The draws are kept apart from the arithmetic so that the arithmetic can be compiled; they are
+    the same whatever the configuration switches on, so a seeded run's stream does not depend on it.
+    """
+
+    def u(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=gen, device=device)
+
+    return LoadNoise(u(b, k, c), u(b, k, c), u(b, k), u(b, k), u(b, k, c))
+
+
+def apply_load(
+    state: LoadState, t: torch.Tensor, app: torch.Tensor, cfg: LoadConfig, noise: LoadNoise
 ) -> tuple[LoadState, torch.Tensor]:
-    """Advance the load processes by one control step.
+    """Advance the load processes by one control step with the given draws (a pure function).
 
     Args:
         state: current state.
         t: (B,) control step of each environment.
         app: (K, C) application codes.
         cfg: load configuration.
-        gen: random generator.
+        noise: this step's uniforms.
     Returns:
         The new state and the load multiplier of shape (B, K, C).
     """
-    dev = t.device
-    b, k, c = state.burst_left.shape
+    b = state.burst_left.shape[0]
     angle = 2.0 * math.pi * (t.float() + state.phase) / cfg.diurnal_period_steps
     diurnal = (1.0 + cfg.diurnal_amplitude * torch.sin(angle)).view(b, 1, 1)
 
-    start = torch.rand(b, k, c, generator=gen, device=dev) < cfg.burst_prob
-    new_len = _geometric((b, k, c), cfg.burst_steps, gen, dev)
+    start = noise.burst_start < cfg.burst_prob
+    new_len = _geometric(noise.burst_length, cfg.burst_steps)
     burst_left = torch.where((state.burst_left <= 0) & start, new_len, (state.burst_left - 1).clamp_min(0))
     burst = torch.where(burst_left > 0, cfg.burst_factor, 1.0)
 
-    fstart = torch.rand(b, k, generator=gen, device=dev) < cfg.flash_crowd_prob
-    flen = _geometric((b, k), cfg.flash_crowd_steps, gen, dev)
+    fstart = noise.flash_start < cfg.flash_crowd_prob
+    flen = _geometric(noise.flash_length, cfg.flash_crowd_steps)
     flash_left = torch.where((state.flash_left <= 0) & fstart, flen, (state.flash_left - 1).clamp_min(0))
     crowd_app = ((app == WEB) | (app == VIDEO)).unsqueeze(0)
     flash = torch.where(crowd_app & (flash_left > 0).unsqueeze(-1), cfg.flash_crowd_factor, 1.0)
 
     # Pareto(alpha) capped so one sample stays bounded, with x_m chosen so the capped law has mean 1.
-    u = torch.rand(b, k, c, generator=gen, device=dev).clamp_min(1e-6)
-    pareto = (_WEB_XM * u.pow(-1.0 / WEB_PARETO_ALPHA)).clamp(max=WEB_MULT_CAP)
     # The draw happens even with the multiplier off, so the generator's stream (and every other
     # random process of a seeded run) does not depend on the flag.
+    pareto = (_WEB_XM * noise.web.clamp_min(1e-6).pow(-1.0 / WEB_PARETO_ALPHA)).clamp(max=WEB_MULT_CAP)
     web = torch.where((app.unsqueeze(0) == WEB) & cfg.web_pareto, pareto, 1.0)
 
     return LoadState(state.phase, burst_left, flash_left), diurnal * burst * flash * web
+
+
+def advance_load(
+    state: LoadState, t: torch.Tensor, app: torch.Tensor, cfg: LoadConfig, gen: torch.Generator
+) -> tuple[LoadState, torch.Tensor]:
+    """Draw one step's uniforms from gen and advance the load processes (see apply_load)."""
+    b, k, c = state.burst_left.shape
+    return apply_load(state, t, app, cfg, draw_load_noise(b, k, c, gen, t.device))
 
 
 def reset_where(state: LoadState, fresh: LoadState, mask: torch.Tensor) -> LoadState:
