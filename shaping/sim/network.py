@@ -142,6 +142,7 @@ class ProviderStage(NamedTuple):
     overflow: torch.Tensor
     fluid_delay_ms: torch.Tensor
     queue_util: torch.Tensor  # (P * N_QUEUES, B) served / capacity of each queue's path
+    queue_backlog: torch.Tensor  # (P * N_QUEUES, B) volume each queue holds after the sub-step
 
 
 def provider_stage(
@@ -188,7 +189,8 @@ def provider_stage(
     over_frac = ((left_q - buf).clamp_min(0.0) / left_q.clamp_min(_EPS)).clamp(max=1.0)
     overflow = left_c * from_queues(over_frac, queue)
     left_c = left_c - overflow
-    delay_q = (left_q * (1.0 - over_frac) * dt_ms / served_q.clamp_min(_EPS)).clamp(max=MAX_DELAY_MS)
+    kept_q = left_q * (1.0 - over_frac)  # the sum of its classes' backlogs, without a second scatter
+    delay_q = (kept_q * dt_ms / served_q.clamp_min(_EPS)).clamp(max=MAX_DELAY_MS)
     util = served_q / path_kbit.repeat_interleave(N_QUEUES).view(-1, 1)
     return ProviderStage(
         delivered=delivered,
@@ -197,6 +199,7 @@ def provider_stage(
         overflow=overflow,
         fluid_delay_ms=from_queues(delay_q, queue),
         queue_util=util,
+        queue_backlog=kept_q,
     )
 
 

@@ -190,8 +190,7 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     # faded out by 1 / (1 + backlog / 4 packets). The provider queue is one FIFO shared by its
     # classes: its backlog, not the class's own share of it, decides (the light classes of a
     # bufferbloated FIFO kept a 5 ms Cobham wait on top of the shared sojourn that bulk did not).
-    q_flat = q_p.view(k * c, b)
-    q_queue = network.from_queues(network.to_queues(q_flat, iv.queue, n_paths * N_QUEUES), iv.queue).view(k, c, b)
+    q_queue = network.from_queues(prov.queue_backlog, iv.queue).view(k, c, b)
     micro = wait_t * fluid_t + wait_p / (1.0 + q_queue / (4.0 * iv.pkt))
     fixed = iv.base_delay + ten.fluid_delay_ms + prov.fluid_delay_ms.view(k, c, b)
     lost = nft + ten.overflow + codel_drop + (prov.policed + prov.overflow).view(k, c, b)
