@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 
 #: Known values of the string-typed choices (checked in __post_init__ so OmegaConf.to_object fails early).
-FL_STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed_mean", "krum")
+FL_STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "trimmed_mean", "krum")
 PRIVACY_MODES = ("none", "clip", "central", "distributed")
 SHAPER_BACKENDS = ("sim", "kernel")
 
@@ -58,7 +58,7 @@ class FLConfig:
     """Federated learning run (Flower strategy); consumed by the federation issue (fed_server, fed_client)."""
 
     strategy: str = "fedavg"
-    """Aggregation: fedavg, fedprox, fedadam, trimmed_mean or krum (Flower's strategies of those names)."""
+    """Aggregation: fedavg, fedavgm, fedprox, fedadam, trimmed_mean or krum (Flower's strategies of those names)."""
     rounds: int = 10
     """Federated rounds."""
     clients: int = 4
@@ -72,7 +72,9 @@ class FLConfig:
     proximal_mu: float = 0.0
     """FedProx proximal term weight (0: plain FedAvg local objective)."""
     server_lr: float = 1e-2
-    """FedAdam server learning rate (Flower's eta)."""
+    """Server learning rate: FedAdam's eta, FedAvgM's server_learning_rate (1: plain FedAvg)."""
+    server_momentum: float = 0.0
+    """FedAvgM server momentum (0: none)."""
     client_lr: float = 1e-2
     """FedAdam client-side learning rate hint (Flower's eta_l)."""
     beta_1: float = 0.9

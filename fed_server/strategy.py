@@ -2,7 +2,8 @@
 
 The strategies are Flower's (legacy ``flwr.server.strategy``, because SecAgg+ in flwr 1.42 runs only
 through the legacy DefaultWorkflow, and one code path serves every privacy setting):
-fedavg, fedprox, fedadam, trimmed_mean (FedTrimmedAvg), krum. Privacy wraps the chosen strategy in
+fedavg, fedavgm (FedAvg with a server learning rate and momentum), fedprox, fedadam, trimmed_mean
+(FedTrimmedAvg), krum. Privacy wraps the chosen strategy in
 Flower's DifferentialPrivacyClientSideFixedClipping (clipping by the clients' fixedclipping_mod,
 noise at the server; ``clip`` mode: clipping without noise; ``distributed``: the clients add the
 noise shares, the server none).
@@ -11,10 +12,12 @@ Refused combinations (check_compatible raises IncompatibleSettings saying why):
 - a robust rule (trimmed_mean, krum) with SecAgg+: the server sees only the masked sum, never the
   individual updates a robust rule must rank or trim;
 - distributed DP without SecAgg+: each share alone is far too little noise to protect one update;
-- central or distributed noise with krum, trimmed_mean or fedadam: the noise is calibrated to the
+- central or distributed noise with krum, trimmed_mean, fedadam or fedavgm: the noise is calibrated to the
   sensitivity of the *mean* of clipped updates (C / n); Krum returns one client's update (sensitivity C),
-  a trimmed mean has larger sensitivity than the mean, and FedAdam's noise would be added after its
-  adaptive step, which rescales it. Clipping alone (``clip``) works with all of them.
+  a trimmed mean has larger sensitivity than the mean, FedAdam's noise would be added after its
+  adaptive step, which rescales it, and FedAvgM's server learning rate scales the mean (and its momentum
+  carries each update into later rounds) before the noise is added. Clipping alone (``clip``) works with
+  all of them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from flwr.server.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedProx,
     FedTrimmedAvg,
     Krum,
@@ -35,7 +39,7 @@ from flwr.server.strategy import (
 from fed_server.privacy import distributed_share_std
 from shaping.fed_settings import RunSettings
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed_mean", "krum")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "trimmed_mean", "krum")
 ROBUST = ("trimmed_mean", "krum")
 #: Fit-config key carrying each client's distributed-DP noise share (std, in weight units).
 KEY_NOISE_SHARE = "fedshape.noise_share_std"
@@ -54,14 +58,14 @@ def check_compatible(s: RunSettings) -> None:
     if s.strategy in ROBUST and s.secure_aggregation:
         raise IncompatibleSettings(
             f"{s.strategy} needs the individual updates, but SecAgg+ only reveals their sum: "
-            "use fedavg/fedprox/fedadam with secure aggregation, or turn it off"
+            "use fedavg/fedavgm/fedprox/fedadam with secure aggregation, or turn it off"
         )
     if s.privacy_mode == "distributed" and not s.secure_aggregation:
         raise IncompatibleSettings(
             "distributed DP needs SecAgg+ (privacy.secure_aggregation=true): without it the server sees each "
             "update with only its small noise share"
         )
-    if s.privacy_mode in ("central", "distributed") and s.strategy in (*ROBUST, "fedadam"):
+    if s.privacy_mode in ("central", "distributed") and s.strategy in (*ROBUST, "fedadam", "fedavgm"):
         raise IncompatibleSettings(
             f"{s.privacy_mode} DP noise is calibrated to the mean of clipped updates; {s.strategy} changes the "
             "sensitivity (see fed_server/strategy.py). Use fedavg or fedprox, or privacy.mode=clip"
@@ -78,6 +82,9 @@ def base_strategy(s: RunSettings, initial: Parameters, n_clients: int,
     }  # fmt: skip
     if s.strategy == "fedprox":
         return FedProx(proximal_mu=s.proximal_mu, **common)  # type: ignore[arg-type]
+    if s.strategy == "fedavgm":
+        return FedAvgM(server_learning_rate=s.server_lr, server_momentum=s.server_momentum,
+                       **common)  # type: ignore[arg-type]  # fmt: skip
     if s.strategy == "fedadam":
         return FedAdam(eta=s.server_lr, eta_l=s.client_lr, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau,
                        **common)  # type: ignore[arg-type]  # fmt: skip

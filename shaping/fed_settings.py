@@ -38,6 +38,7 @@ class RunSettings:
     min_fit_clients: int = 2
     proximal_mu: float = 0.0
     server_lr: float = 1e-2
+    server_momentum: float = 0.0
     client_lr: float = 1e-2
     beta_1: float = 0.9
     beta_2: float = 0.99
@@ -150,6 +151,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
     "fl.min_fit_clients": ("min_fit_clients", _I, _same),
     "fl.proximal_mu": ("proximal_mu", _F, _same),
     "fl.server_lr": ("server_lr", _F, _same),
+    "fl.server_momentum": ("server_momentum", _F, _same),
     "fl.client_lr": ("client_lr", _F, _same),
     "fl.beta_1": ("beta_1", _F, _same),
     "fl.beta_2": ("beta_2", _F, _same),

@@ -57,7 +57,7 @@ def test_groups_present():
     for group in GROUPS:
         assert options(group), f"conf/{group}/ has no options"
     assert len(options("scenario")) >= 4
-    assert {"fedavg", "fedprox", "fedadam", "trimmed_mean"} <= set(options("fl"))
+    assert {"fedavg", "fedavgm", "fedprox", "fedadam", "trimmed_mean"} <= set(options("fl"))
     assert {"none", "central_dp", "distributed_dp"} <= set(options("privacy"))
     assert {"ppo", "dqn"} <= set(options("agent"))
     assert {"sim", "kernel"} <= set(options("shaper"))

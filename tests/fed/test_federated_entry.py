@@ -40,7 +40,9 @@ def _check_option(conf):
     assert [t.name for t in s.tenants] == [f"{t.tenant}@{t.scenario}" for t in conf.tenants]
     noisy = conf.privacy.mode in ("central", "distributed")
     robust = conf.fl.strategy in ("trimmed_mean", "krum")
-    refused = (noisy and (robust or conf.fl.strategy == "fedadam")) or (robust and conf.privacy.secure_aggregation)
+    refused = (noisy and (robust or conf.fl.strategy in ("fedadam", "fedavgm"))) or (
+        robust and conf.privacy.secure_aggregation
+    )
     if refused:
         with pytest.raises(IncompatibleSettings):
             check_compatible(s)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 from flwr.common import ndarrays_to_parameters
-from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedTrimmedAvg, Krum
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedAvgM, FedTrimmedAvg, Krum
 
 from fed_server.strategy import IncompatibleSettings, build_strategy, check_compatible
 from shaping.fed_settings import RunSettings
@@ -26,6 +26,7 @@ def s(**kw):
         (s(privacy_mode="distributed", noise_multiplier=1.0), "needs SecAgg"),
         (s(strategy="krum", privacy_mode="central", noise_multiplier=1.0), "sensitivity"),
         (s(strategy="fedadam", privacy_mode="central", noise_multiplier=1.0), "sensitivity"),
+        (s(strategy="fedavgm", server_lr=2.0, privacy_mode="central", noise_multiplier=1.0), "sensitivity"),
         (s(strategy="nope"), "unknown strategy"),
     ],
 )
@@ -40,6 +41,7 @@ def test_refused_combinations_say_why(settings, match):
         s(),
         s(strategy="fedprox", proximal_mu=0.1, privacy_mode="central", noise_multiplier=1.0),
         s(strategy="fedadam", secure_aggregation=True),
+        s(strategy="fedavgm", server_lr=2.0, secure_aggregation=True, privacy_mode="clip"),
         s(strategy="trimmed_mean", privacy_mode="clip"),
         s(strategy="krum", privacy_mode="clip"),
         s(privacy_mode="distributed", noise_multiplier=1.0, secure_aggregation=True),
@@ -60,3 +62,21 @@ def test_privacy_wrapper_noise_by_mode():
     assert isinstance(clip, DifferentialPrivacyClientSideFixedClipping) and isinstance(clip.strategy, Krum)
     assert isinstance(build_strategy(s(), INIT, 4), FedAvg)
     assert isinstance(build_strategy(s(strategy="trimmed_mean"), INIT, 4), FedTrimmedAvg)
+
+
+def test_fedavgm_steps_by_the_server_learning_rate():
+    """FedAvgM moves the global model by server_lr times the clients' mean update."""
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
+
+    start = [np.zeros(3, dtype=np.float32)]
+    strategy = build_strategy(s(strategy="fedavgm", server_lr=2.0), ndarrays_to_parameters(start), 2)
+    assert isinstance(strategy, FedAvgM)
+    updates = [np.array([1.0, 0.0, -1.0], dtype=np.float32), np.array([3.0, 2.0, -1.0], dtype=np.float32)]
+    results = [
+        (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([u]), num_examples=1, metrics={}))
+        for u in updates
+    ]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    assert params is not None
+    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], 2.0 * np.mean(updates, axis=0))
