@@ -41,7 +41,8 @@ def test_validate_sim_runs_selected_checks():
 
 @pytest.mark.slow
 def test_compiled_simulator_matches_eager():
-    """torch.compile fuses the sub-step; it must compute the same thing (float32 tolerance)."""
+    """torch.compile fuses the step (preparation, sub-steps, accounting); it must compute the same
+    metrics and next state as eager, for tenants with and without CoDel leaves (float32 tolerance)."""
     cfg = load_scenario("default")
     b = 16
     eager = Simulator(cfg, batch_size=b, seed=5)
@@ -49,7 +50,11 @@ def test_compiled_simulator_matches_eager():
     st = eager.tensors
     one = stack_plans([[get_baseline("static_priority").plan(s) for s in st.specs]], st.n_classes)
     plan = PlanBatch(*(x.expand(b, *x.shape[1:]).contiguous() for x in one))
+    aqm = torch.arange(st.n_tenants) % 2 == 0  # CoDel leaves for every other tenant
     for _ in range(3):
-        a, c = eager.step(plan), fused.step(plan)
+        a, c = eager.step(plan, aqm), fused.step(plan, aqm)
     for name in a.metrics._fields:
         torch.testing.assert_close(getattr(c.metrics, name), getattr(a.metrics, name), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(c.host, a.host, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(c.path_utilization, a.path_utilization, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(fused.state, eager.state, rtol=1e-3, atol=1e-3)
