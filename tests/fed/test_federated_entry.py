@@ -98,8 +98,16 @@ def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_p
         targets = OmegaConf.to_object(compose(config_name="federated_targets"))
         unset = OmegaConf.to_object(compose(config_name="federated_pretrained"))
         conf = OmegaConf.to_object(compose(config_name="federated_pretrained", overrides=["init.weights=/w.npz"]))
+        population = OmegaConf.to_object(
+            compose(config_name="federated_population_dp", overrides=["init.weights=/w.npz"])
+        )
     assert isinstance(conf, FederatedConfig) and isinstance(targets, FederatedConfig)
     assert conf.init.weights == "/w.npz" and conf.fl.local_normalizer
+    assert (conf.fl.strategy, conf.fl.server_lr) == ("fedavgm", 2.0)
+    # The DP population falls back to plain FedAvg, the one strategy central DP accepts here.
+    assert isinstance(population, FederatedConfig) and population.fl.strategy == "fedavg"
+    check_compatible(RunSettings.from_config(_flat(population)))
+    check_compatible(RunSettings.from_config(_flat(conf)))
     assert conf.tenants == targets.tenants and conf.evaluation == targets.evaluation
     # The flat run config carries the settings to the Flower apps; a missing file is refused up front.
     from experiments.federated import run_config
