@@ -110,8 +110,8 @@ def to_queues(x: torch.Tensor, index: torch.Tensor, n_queues: int) -> torch.Tens
     """Sum per-class values (..., N, B) into their queues (..., Q, B); index (..., N, B) names each class's queue.
 
     A scatter-add: every class is read once. The masked sum over a one-hot (N, Q, B) map it
-    replaced read every class once per queue (Q times the memory traffic); on the 2-core CPU the
-    sub-step ran 1.5x faster without it.
+    replaced read every class once per queue (Q times the memory traffic): without it the
+    compiled sub-step ran 1.5x faster on the 2-core CPU and the compiled step 1.5x faster on an H100.
     """
     out = torch.zeros(*x.shape[:-2], n_queues, x.shape[-1], dtype=x.dtype, device=x.device)
     return out.scatter_add(-2, index, x)
