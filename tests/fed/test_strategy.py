@@ -80,3 +80,11 @@ def test_fedavgm_steps_by_the_server_learning_rate():
     params, _ = strategy.aggregate_fit(1, results, [])
     assert params is not None
     np.testing.assert_allclose(parameters_to_ndarrays(params)[0], 2.0 * np.mean(updates, axis=0))
+
+
+def test_the_config_schema_offers_exactly_the_server_strategies():
+    """experiments.config keeps its own list (it does not import Flower); the two must agree."""
+    from experiments.config import FL_STRATEGIES
+    from fed_server.strategy import STRATEGIES
+
+    assert FL_STRATEGIES == STRATEGIES
