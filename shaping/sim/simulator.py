@@ -325,11 +325,10 @@ class Simulator:
         self.state = SimState(**tensors, load=reset_where(self.state.load, fresh.load, m))
 
     # ------------------------------------------------------------------- step
-    def _interval(
-        self, plan: PlanBatch, aqm: torch.Tensor | None, demand: torch.Tensor, mult: torch.Tensor
-    ) -> Interval:
-        """Plan-derived quantities, constant over the interval (batch-last)."""
+    def _interval(self, plan: PlanBatch, aqm: torch.Tensor | None, mult: torch.Tensor) -> Interval:
+        """Plan-derived quantities, constant over the interval (batch-last); mult is the load multiplier."""
         st, dt, s = self.tensors, self.dt_ms, self.state
+        demand = st.mbps.unsqueeze(-1) * mult * self._valid  # (K, C, B) Mbit/s
         k, c, b = s.q_tenant.shape
         rate, ceil, pr, dscp, drop, path, root = (_batch_last(x) for x in plan)
         # The tenant's HTB root serves at its plan's root rate, never above what it pays for.
@@ -395,8 +394,7 @@ class Simulator:
         k, c, b = s.q_tenant.shape
         load, mult = apply_load(s.load, s.t, st.apps.app, self.cfg.load, noise)
         mult = _batch_last(mult)
-        demand = st.mbps.unsqueeze(-1) * mult * self._valid  # (K, C, B) Mbit/s
-        iv = self._interval(plan, aqm, demand, mult)
+        iv = self._interval(plan, aqm, mult)
         acc = torch.zeros(7, k, c, b, device=self.device)
         carry = Carry(
             q_t=s.q_tenant,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
-from flwr.common import ndarrays_to_parameters
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedAvgM, FedTrimmedAvg, Krum
 
 from fed_server.strategy import IncompatibleSettings, build_strategy, check_compatible
@@ -66,9 +67,6 @@ def test_privacy_wrapper_noise_by_mode():
 
 def test_fedavgm_steps_by_the_server_learning_rate():
     """FedAvgM moves the global model by server_lr times the clients' mean update."""
-    import numpy as np
-    from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
-
     start = [np.zeros(3, dtype=np.float32)]
     strategy = build_strategy(s(strategy="fedavgm", server_lr=2.0), ndarrays_to_parameters(start), 2)
     assert isinstance(strategy, FedAvgM)
