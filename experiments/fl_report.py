@@ -1,7 +1,8 @@
 """Report of a federated run: per-round reward and SLA violations of each arm, epsilon, targets (md, PNG, JSON).
 
 An arm is a list of rounds, each ``{"round": r, "eval": {tenant: {"reward", "sla_violation_rate"}}}``
-(the federated arm's rounds also carry ``epsilon`` and timings). Rewards can be negative, so the
+(the federated arm's rounds also carry ``epsilon`` and timings, and with DP-SGD each tenant's
+``dpsgd_epsilon`` in their ``fit`` records). Rewards can be negative, so the
 relative targets are stated on the reward axis: "a >= 95% of b" is ``a >= b - 0.05 |b|`` and
 "a is 20% better than b" is ``a >= b + 0.2 |b|``.
 """
@@ -36,6 +37,16 @@ def arm_means(arm: Arm, tenants: Sequence[str] | None = None) -> list[dict[str, 
     return out
 
 
+def dpsgd_epsilon(round_record: dict[str, Any]) -> float | None:
+    """The largest sample-level (DP-SGD) epsilon any tenant reported in a round; None without DP-SGD.
+
+    Each tenant runs its own accountant, so the federation's sample-level guarantee is the weakest
+    tenant's (they differ when tenants take different numbers of local steps).
+    """
+    eps = [float(f["dpsgd_epsilon"]) for f in round_record.get("fit", []) if f.get("dpsgd_epsilon") is not None]
+    return max(eps) if eps else None
+
+
 def at_least_fraction(a: float, b: float, fraction: float) -> bool:
     """a >= fraction of b on a reward axis that may be negative: a >= b - (1 - fraction) |b|."""
     return a >= b - (1.0 - fraction) * abs(b)
@@ -59,10 +70,11 @@ def targets(results: dict[str, Any], small: Sequence[str]) -> dict[str, Any]:
     if fed and base:
         best = min(base, key=lambda b: sum(v["sla_violation_rate"] for v in base[b].values()))
         b_sla = sum(v["sla_violation_rate"] for v in base[best].values()) / len(base[best])
-        eps = results["federated"][-1].get("epsilon")
-        out["sla_vs_best_baseline"] = {"baseline": best, "baseline_sla": b_sla, "federated_sla":
-                                       fed[-1]["sla_violation_rate"], "beats": fed[-1]["sla_violation_rate"] < b_sla,
-                                       "epsilon": eps}  # fmt: skip
+        last = results["federated"][-1]
+        f_sla = fed[-1]["sla_violation_rate"]
+        out["sla_vs_best_baseline"] = {"baseline": best, "baseline_sla": b_sla, "federated_sla": f_sla,
+                                       "beats": f_sla < b_sla, "epsilon": last.get("epsilon"),
+                                       "dpsgd_epsilon": dpsgd_epsilon(last)}  # fmt: skip
     return out
 
 
@@ -79,10 +91,14 @@ def _f(x: float | None, pct: bool = False) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The report as markdown: per-round means of each arm, epsilon, per-tenant final round, baselines, targets."""
     arms = {k: arm_means(results[k]) for k in ("federated", "local_only", "centralized") if results.get(k)}
-    lines = [f"# Federated run ({results['settings'].get('fl.strategy')}, privacy "
-             f"{results['settings'].get('privacy.mode')}, status {results['status']})", "",
+    settings = results["settings"]
+    sample_dp = bool(settings.get("privacy.dpsgd_noise_multiplier"))
+    dpsgd = f" + DP-SGD (z {settings.get('privacy.dpsgd_noise_multiplier')})" if sample_dp else ""
+    lines = [f"# Federated run ({settings.get('fl.strategy')}, privacy {settings.get('privacy.mode')}{dpsgd}, "
+             f"status {results['status']})", "",
              "## Mean over tenants per round (reward / SLA violation rate)", ""]  # fmt: skip
-    header = ["round", *[f"{a} reward" for a in arms], *[f"{a} SLA viol." for a in arms], "epsilon", "round s"]
+    header = ["round", *[f"{a} reward" for a in arms], *[f"{a} SLA viol." for a in arms], "epsilon",
+              *(["sample-level epsilon (DP-SGD, largest tenant)"] if sample_dp else []), "round s"]  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     eps = {r["round"]: r for r in results["federated"]}
     for i, rec in enumerate(arms.get("federated", [])):
@@ -90,7 +106,7 @@ def markdown(results: dict[str, Any]) -> str:
         row += [_f(arms[a][i]["reward"]) if i < len(arms[a]) else "-" for a in arms]
         row += [_f(arms[a][i]["sla_violation_rate"], True) if i < len(arms[a]) else "-" for a in arms]
         fr = eps.get(rec["round"], {})
-        row += [_f(fr.get("epsilon")), _f(fr.get("round_s"))]
+        row += [_f(fr.get("epsilon")), *([_f(dpsgd_epsilon(fr))] if sample_dp else []), _f(fr.get("round_s"))]
         lines.append("| " + " | ".join(row) + " |")
     init = results.get("initial")
     if init:
@@ -114,7 +130,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """reward.png, sla.png (per round, each arm, baselines as lines) and epsilon.png (when DP is on)."""
+    """reward.png, sla.png (per round, each arm, baselines as lines) and epsilon.png (when DP or DP-SGD is on)."""
     paths = []
     for key, fname, label in (("reward", "reward.png", "mean reward"),
                               ("sla_violation_rate", "sla.png", "SLA violation rate")):  # fmt: skip
@@ -134,10 +150,15 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.savefig(out_dir / fname, dpi=100)
         plt.close(fig)
         paths.append(out_dir / fname)
-    eps = [(r["round"], r["epsilon"]) for r in results["federated"] if r.get("epsilon") is not None]
-    if eps:
+    client = [(r["round"], r["epsilon"]) for r in results["federated"] if r.get("epsilon") is not None]
+    sample = [(r["round"], e) for r in results["federated"] if (e := dpsgd_epsilon(r)) is not None]
+    if client or sample:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(*zip(*eps, strict=True), marker="o")
+        curves = ((client, "client-level (server noise)"), (sample, "sample-level (DP-SGD, largest tenant)"))
+        for points, label in curves:
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        ax.legend(fontsize=7)
         ax.set_xlabel("round")
         ax.set_ylabel(f"epsilon (delta={results['settings'].get('privacy.delta')})")
         fig.tight_layout()
