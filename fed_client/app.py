@@ -96,7 +96,7 @@ class TenantClient(NumPyClient):
 
             spec = tenant_spec(load_scenario(self.task.scenario), self.task.tenant)
             store = open_store(self.store, spec)
-            res = train_on_experience(self.model, store, tenant_mapping(spec, self.s.layout), self.s.ppo)
+            res = train_on_experience(self.model, store, tenant_mapping(spec, self.s.layout), self.s.ppo, dp=dp)
         else:
             env = make_env(self.task, self.s.layout)
             seed = self.s.seed + 1000 * rnd + max(self.index, 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from shaping.agents import ActorCritic, Rollout, make_optimizer, ppo_update
-from shaping.agents.local_train import LocalResult
+from shaping.agents.local_train import LocalResult, SampleDP
 from shaping.agents.universal import TenantMapping
 from shaping.config import PPOConfig
 from shaping.control.experience import ExperienceBatch, ExperienceStore
@@ -68,8 +68,11 @@ def experience_rollout(model: ActorCritic, batch: ExperienceBatch, mapping: Tena
 
 
 def train_on_experience(model: ActorCritic, store: ExperienceStore, mapping: TenantMapping, cfg: PPOConfig,
-                        window: int = 4096) -> LocalResult:  # fmt: skip
-    """One PPO update on the store's latest `window` transitions; a no-op when the store is empty."""
+                        window: int = 4096, dp: SampleDP | None = None) -> LocalResult:  # fmt: skip
+    """One PPO update on the store's latest `window` transitions; a no-op when the store is empty.
+
+    With dp (e.g. fed_client.dpsgd.DPSGD) the update is DP-SGD and dp's accountant is charged for it.
+    """
     batch = store.read(since=max(0, store.next_seq - window))
     if batch.size == 0:
         return LocalResult(num_examples=0, rollout_reward=0.0, optimizer_steps=0)
@@ -77,7 +80,14 @@ def train_on_experience(model: ActorCritic, store: ExperienceStore, mapping: Ten
     if not bool(rollout.valid.any()):
         return LocalResult(num_examples=0, rollout_reward=float(batch.reward.mean()), optimizer_steps=0)
     model.train()
-    ppo_update(model, make_optimizer(model, cfg.learning_rate), rollout, cfg)
-    model.eval()
+    optimizer: torch.optim.Optimizer = make_optimizer(model, cfg.learning_rate)
+    if dp is not None:
+        optimizer = dp.attach(model, optimizer, batch.size, cfg.num_minibatches)
+    try:
+        ppo_update(model, optimizer, rollout, cfg)
+    finally:
+        if dp is not None:
+            dp.detach(model)
+        model.eval()
     steps = int(cfg.update_epochs * min(cfg.num_minibatches, int(rollout.valid.sum())))
     return LocalResult(num_examples=batch.size, rollout_reward=float(batch.reward.mean()), optimizer_steps=steps)

@@ -61,3 +61,23 @@ def test_universal_actions_put_each_class_in_its_slot():
     mapping = tenant_mapping(spec, UniversalLayout())
     own = torch.arange(len(ActionLayout(spec).nvec)).unsqueeze(0) % 2
     assert torch.equal(mapping.action(universal_actions(mapping, own)), own)
+
+
+def test_dp_sgd_on_recorded_experience_is_charged_to_the_tenants_accountant(tmp_path):
+    from fed_client.dpsgd import DPSGD
+
+    spec = scenario_specs(load_scenario("small_congested"))[1]
+    _write_store(tmp_path / "exp", spec)
+    layout = UniversalLayout()
+    model = make_model(layout, (8,))
+    before = [p.clone() for p in model.parameters()]
+    dp = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
+    store = open_store(str(tmp_path / "exp"), spec)
+    res = train_on_experience(model, store, tenant_mapping(spec, layout), PPOConfig(update_epochs=1, num_minibatches=2),
+                              dp=dp)  # fmt: skip
+    assert res.optimizer_steps > 0
+    # One epoch of two minibatches: two DP-SGD steps at sampling rate 1/2.
+    assert sum(steps for _, _, steps in dp.accountant.history) == 2
+    assert 0 < dp.epsilon() < float("inf")
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())  # hooks removed
