@@ -118,7 +118,8 @@ class PrivacyConfig:
     delta: float = 1e-5
     """Delta of the (epsilon, delta) guarantee the accountant reports."""
     target_epsilon: float | None = None
-    """Stop federating once the spent epsilon would exceed this; None: no budget."""
+    """Stop federating once the spent epsilon would exceed this (the client-level epsilon under central or
+    distributed DP, and each tenant's sample-level epsilon under DP-SGD); None: no budget."""
     secure_aggregation: bool = False
     """Mask client updates with SecAgg+ so the server sees only their sum."""
     dpsgd_noise_multiplier: float = 0.0

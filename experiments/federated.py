@@ -276,6 +276,10 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     fed = run_flower(flat, len(cfg.tenants), cfg.simulation)
     fed_s = time.perf_counter() - start
     s = RunSettings.from_config(flat)
+    # The reference arms train as many rounds as the federation did (a privacy budget may stop it early),
+    # so the targets compare final rounds of the same length.
+    done = fed["rounds"][-1]["round"] if fed["rounds"] else 0
+    s = replace(s, rounds=min(s.rounds, done))
     results: dict[str, Any] = {"status": fed["status"], "settings": flat, "federated": fed["rounds"]}
     arms_start = time.perf_counter()
     arms, wall = run_arms(s, local=cfg.compare_local, central=cfg.compare_centralized,

@@ -91,6 +91,7 @@ class TenantClient(NumPyClient):
 
             dp = DPSGD(self.s.dpsgd_noise, self.s.dpsgd_max_grad_norm, self.s.delta,
                        str(self.state.get("dpsgd_history", "")) or None)  # fmt: skip
+            dp.check_budget(self.s.dpsgd_steps_per_round, 1.0 / self.s.ppo.num_minibatches, self.s.target_epsilon)
         if self.store:
             from fed_client.experience import open_store, train_on_experience
 

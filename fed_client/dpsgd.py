@@ -20,6 +20,10 @@ from opacus.accountants import RDPAccountant
 from opacus.optimizers import DPOptimizer
 
 
+class PrivacyBudgetExceeded(RuntimeError):
+    """A round of DP-SGD would take a tenant past its privacy budget."""
+
+
 class DPSGD:
     """DP-SGD settings plus the accountant of one tenant.
 
@@ -69,6 +73,27 @@ class DPSGD:
     def epsilon(self) -> float:
         """Epsilon spent so far at self.delta (0 before any step)."""
         return float(self.accountant.get_epsilon(self.delta)) if self.accountant.history else 0.0
+
+    def epsilon_after(self, steps: int, sample_rate: float) -> float:
+        """Epsilon this tenant would have spent after `steps` more DP-SGD steps at sample_rate."""
+        projected = RDPAccountant()
+        projected.history = [*self.accountant.history, (self.noise_multiplier, sample_rate, steps)]
+        return float(projected.get_epsilon(self.delta))
+
+    def check_budget(self, steps: int, sample_rate: float, target_epsilon: float | None) -> None:
+        """Refuse to train when `steps` more steps would take this tenant past target_epsilon (None: no budget).
+
+        The server already stops the run before the budget (fed_server.app); this guard keeps a tenant
+        within its own budget whatever a server asks.
+        """
+        if target_epsilon is None:
+            return
+        after = self.epsilon_after(steps, sample_rate)
+        if after > target_epsilon:
+            raise PrivacyBudgetExceeded(
+                f"DP-SGD: this round's {steps} steps would spend epsilon {after:.3f} > privacy.target_epsilon "
+                f"{target_epsilon} at delta {self.delta} (spent so far: {self.epsilon():.3f}); not training"
+            )
 
     def history_json(self) -> str:
         """The accountant's state, for the node context."""

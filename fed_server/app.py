@@ -16,7 +16,7 @@ from flwr.common import ndarrays_to_parameters
 from flwr.server import Grid, ServerApp
 
 from fed_server.checkpoints import load_latest
-from fed_server.privacy import epsilon_after, rounds_within_budget
+from fed_server.privacy import epsilon_after, rounds_allowed
 from fed_server.secagg import run_legacy
 from fed_server.strategy import build_strategy
 from fed_server.tracking import TrackedStrategy
@@ -38,8 +38,7 @@ def run_server(grid: Grid, context: Context, config: Mapping[str, Any]) -> Track
         weights = get_weights(initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights), s.local_normalizer)
     noisy = s.privacy_mode in ("central", "distributed")
     epsilon_of = (lambda r: epsilon_after(r, s.noise_multiplier, s.fraction_fit, s.delta)) if noisy else None
-    allowed = rounds_within_budget(s.rounds, s.noise_multiplier, s.fraction_fit, s.delta, s.target_epsilon if noisy
-                                   else None)  # fmt: skip
+    allowed = rounds_allowed(s)
     if allowed < s.rounds:
         log.warning("privacy budget epsilon=%s at delta=%s allows %d of %d rounds: stopping after round %d",
                     s.target_epsilon, s.delta, allowed, s.rounds, allowed)  # fmt: skip

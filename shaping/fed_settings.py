@@ -72,6 +72,15 @@ class RunSettings:
     attack_scale: float = 1.0
     attack_tenants: tuple[int, ...] = ()
 
+    @property
+    def dpsgd_steps_per_round(self) -> int:
+        """DP-SGD steps a tenant takes in one round at most, each at sampling rate 1 / num_minibatches.
+
+        Simulated training takes exactly this many; training on recorded experience one PPO update,
+        at most update_epochs x num_minibatches.
+        """
+        return max(self.local_iterations, 1) * self.ppo.update_epochs * self.ppo.num_minibatches
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
         """Read the flat keys (unknown keys are ignored, missing ones take the defaults)."""

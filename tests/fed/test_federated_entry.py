@@ -64,14 +64,21 @@ def test_tiny_secagg_distributed_dp_run_writes_the_report(tmp_path):
         train=FedTrainConfig(local_iterations=1, num_steps=4, update_epochs=1, num_minibatches=1, hidden_sizes=[8]),
         evaluation=FedEvalConfig(envs=1, steps=3, baselines=["static_priority"]),
     )  # fmt: skip
-    cfg.fl.rounds = 2
+    cfg.fl.rounds = 3
     cfg.privacy.mode, cfg.privacy.noise_multiplier, cfg.privacy.secure_aggregation = "distributed", 2.0, True
-    cfg.privacy.target_epsilon = 50.0
+    # DP-SGD too (one step a round at sampling rate 1): its sample-level epsilon, 10.7 / 16.5 / 21.4 after
+    # rounds 1-3, binds the budget before the client-level one (2.2 / 3.2 / 4.0).
+    cfg.privacy.dpsgd_noise_multiplier = 0.5
+    cfg.privacy.target_epsilon = 20.0
     res = run_federated(cfg, tmp_path)
-    assert res["status"] == "completed"
+    assert res["status"] == "stopped_at_privacy_budget"
     fed = res["federated"]
     assert [r["round"] for r in fed] == [1, 2]
-    assert 0 < fed[0]["epsilon"] < fed[1]["epsilon"] <= 50.0
+    assert 0 < fed[0]["epsilon"] < fed[1]["epsilon"] <= 20.0
+    sample = [[f["dpsgd_epsilon"] for f in r["fit"]] for r in fed]
+    assert all(len(eps) == 3 for eps in sample)
+    assert 0 < max(sample[0]) < min(sample[1]) and max(sample[1]) <= 20.0
+    assert "sample-level epsilon" in (tmp_path / "results.md").read_text()
     assert set(fed[-1]["eval"]) == {"gameco@default", "studio@small_congested", "devops@single_path"}
     assert len(res["local_only"]) == 2 and len(res["centralized"]) == 2
     for name in ("results.md", "results.json", "reward.png", "sla.png", "epsilon.png"):
