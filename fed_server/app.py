@@ -18,6 +18,7 @@ from flwr.server import Grid, ServerApp
 from fed_server.checkpoints import load_latest
 from fed_server.privacy import epsilon_after, rounds_allowed
 from fed_server.secagg import run_legacy
+from fed_server.server_state import restore_server_state
 from fed_server.strategy import build_strategy
 from fed_server.tracking import TrackedStrategy
 from shaping.agents.global_model import get_weights, initial_model
@@ -44,6 +45,8 @@ def run_server(grid: Grid, context: Context, config: Mapping[str, Any]) -> Track
                     s.target_epsilon, s.delta, allowed, s.rounds, allowed)  # fmt: skip
     remaining = max(0, allowed - done)
     inner = build_strategy(s, ndarrays_to_parameters(weights), n_clients)
+    if ckpt:
+        restore_server_state(inner, ckpt.server_state)
     settings = {**dict(config), "rounds_allowed_by_budget": allowed, "resumed_from_round": done}
     tracked = TrackedStrategy(inner, round_offset=done, epsilon_of=epsilon_of, checkpoint_dir=s.checkpoint_dir,
                               results_file=s.results_file, history=ckpt.history if ckpt else None,

@@ -1,7 +1,8 @@
 """Global model checkpoints, one per round, and resuming a run from the latest.
 
 A checkpoint is ``round_NNNN.npz`` (the weight arrays as the federation sends them, see
-shaping.agents.global_model.get_weights) plus ``latest.json`` naming it, with the round and the history of
+shaping.agents.global_model.get_weights), ``round_NNNN_server.npz`` when the server optimizer keeps
+state (fed_server.server_state), plus ``latest.json`` naming them, with the round and the history of
 per-round records so far; latest.json is written last (atomically), so a crash mid-save leaves the
 previous checkpoint valid.
 """
@@ -29,6 +30,8 @@ class GlobalCheckpoint:
     """The global weight arrays."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """The per-round records of the run up to this round."""
+    server_state: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    """The server optimizer's state by name (FedAvgM's momentum, FedAdam's moments; empty for FedAvg)."""
 
 
 def save_global(directory: str | Path, ckpt: GlobalCheckpoint) -> Path:
@@ -36,8 +39,15 @@ def save_global(directory: str | Path, ckpt: GlobalCheckpoint) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     path = save_weights(d / f"round_{ckpt.round:04d}.npz", ckpt.weights)
+    meta: dict[str, Any] = {"round": ckpt.round, "weights": path.name, "history": ckpt.history}
+    if ckpt.server_state:
+        server = d / f"round_{ckpt.round:04d}_server.npz"
+        arrays: dict[str, Any] = {f"{name}.{i}": a for name, values in ckpt.server_state.items()
+                                  for i, a in enumerate(values)}  # fmt: skip
+        np.savez(server, **arrays)
+        meta["server_state"] = server.name
     tmp = d / "latest.json.tmp"
-    tmp.write_text(json.dumps({"round": ckpt.round, "weights": path.name, "history": ckpt.history}))
+    tmp.write_text(json.dumps(meta))
     os.replace(tmp, d / "latest.json")
     return path
 
@@ -50,4 +60,11 @@ def load_latest(directory: str | Path) -> GlobalCheckpoint | None:
         return None
     meta = json.loads(meta_path.read_text())
     weights = load_weights(d / meta["weights"])
-    return GlobalCheckpoint(round=int(meta["round"]), weights=weights, history=list(meta.get("history", [])))
+    state: dict[str, list[np.ndarray]] = {}
+    if meta.get("server_state"):
+        with np.load(d / meta["server_state"]) as z:
+            # Keys are "name.index"; sorted by index, not as strings (".10" before ".2").
+            for key in sorted(z.files, key=lambda k: (k.rsplit(".", 1)[0], int(k.rsplit(".", 1)[1]))):
+                state.setdefault(key.rsplit(".", 1)[0], []).append(z[key])
+    return GlobalCheckpoint(round=int(meta["round"]), weights=weights, history=list(meta.get("history", [])),
+                            server_state=state)  # fmt: skip

@@ -1,9 +1,12 @@
 """A strategy wrapper that records every round: per-tenant evaluation, epsilon, timing, and a checkpoint.
 
-It delegates aggregation to the wrapped strategy unchanged. After each aggregation it saves the global
-model (fed_server.checkpoints) and, after each evaluation, appends a record to the history and rewrites
-the results file (JSON), so a run that dies mid-way leaves its rounds so far on disk, and a caller can
-tell a finished run (``status: completed``) from a failed one.
+It delegates aggregation to the wrapped strategy unchanged, under the run's round numbers: a resumed
+run's first round is round_offset + 1 to the wrapped strategy too, so what depends on the round
+(FedAvgM's momentum, FedAdam's bias correction, the clients' seeds) goes on where the run stopped.
+After each aggregation it saves the global model and the server optimizer's state
+(fed_server.checkpoints, fed_server.server_state) and, after each evaluation, appends a record to the
+history and rewrites the results file (JSON), so a run that dies mid-way leaves its rounds so far on
+disk, and a caller can tell a finished run (``status: completed``) from a failed one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from fed_server.checkpoints import GlobalCheckpoint, save_global
+from fed_server.server_state import server_state
 
 
 class TrackedStrategy(Strategy):
@@ -73,7 +77,7 @@ class TrackedStrategy(Strategy):
         """Start timing the round, then let the wrapped strategy pick and configure clients."""
         self._fit_start = self.clock()
         self._current = {"round": self.round_offset + server_round}
-        return self.inner.configure_fit(server_round, parameters, client_manager)
+        return self.inner.configure_fit(self.round_offset + server_round, parameters, client_manager)
 
     def aggregate_fit(
         self,
@@ -85,15 +89,15 @@ class TrackedStrategy(Strategy):
         if failures:
             raise RuntimeError(f"round {self.round_offset + server_round}: {len(failures)} client(s) failed: "
                                f"{[str(f) for f in failures][:3]}")  # fmt: skip
-        params, metrics = self.inner.aggregate_fit(server_round, results, failures)
         total = self.round_offset + server_round
+        params, metrics = self.inner.aggregate_fit(total, results, failures)
         self._current["fit_s"] = self.clock() - self._fit_start
         self._current["fit_clients"] = len(results)
         self._current["fit"] = [dict(res.metrics) for _, res in results]
         if self.epsilon_of is not None:
             self._current["epsilon"] = self.epsilon_of(total)
         if params is not None and self.checkpoint_dir:
-            ckpt = GlobalCheckpoint(total, parameters_to_ndarrays(params), self.history)
+            ckpt = GlobalCheckpoint(total, parameters_to_ndarrays(params), self.history, server_state(self.inner))
             self._current["checkpoint"] = str(save_global(self.checkpoint_dir, ckpt))
         return params, metrics
 
@@ -101,7 +105,7 @@ class TrackedStrategy(Strategy):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
         """The wrapped strategy's evaluation round."""
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+        return self.inner.configure_evaluate(self.round_offset + server_round, parameters, client_manager)
 
     def aggregate_evaluate(
         self,
@@ -113,7 +117,7 @@ class TrackedStrategy(Strategy):
         if failures:
             total = self.round_offset + server_round
             raise RuntimeError(f"round {total}: evaluation failed on {len(failures)} client(s)")
-        loss, metrics = self.inner.aggregate_evaluate(server_round, results, failures)
+        loss, metrics = self.inner.aggregate_evaluate(self.round_offset + server_round, results, failures)
         per_tenant = {str(res.metrics.get("tenant", i)): dict(res.metrics) for i, (_, res) in enumerate(results)}
         self._current["eval"] = per_tenant
         self._current["round_s"] = self.clock() - self._fit_start
@@ -123,7 +127,7 @@ class TrackedStrategy(Strategy):
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         """No server-side evaluation (tenants evaluate on their own held-out scenarios)."""
-        return self.inner.evaluate(server_round, parameters)
+        return self.inner.evaluate(self.round_offset + server_round, parameters)
 
     def write(self) -> None:
         """Rewrite the results file with the settings, status and history."""
