@@ -76,8 +76,9 @@ class RunSettings:
     def dpsgd_steps_per_round(self) -> int:
         """DP-SGD steps a tenant takes in one round at most, each at sampling rate 1 / num_minibatches.
 
-        Simulated training takes exactly this many; training on recorded experience one PPO update,
-        at most update_epochs x num_minibatches.
+        Simulated training takes this many (fewer when ppo.target_kl ends an update early); training on
+        recorded experience takes one PPO update, at most update_epochs x num_minibatches. The budget
+        counts the most, so it never underestimates the epsilon spent.
         """
         return max(self.local_iterations, 1) * self.ppo.update_epochs * self.ppo.num_minibatches
 
