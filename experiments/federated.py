@@ -201,6 +201,7 @@ def run_config(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
             raise FileNotFoundError(f"init.weights: no file {weights}")
         flat["init.weights"] = str(weights)
     flat["output.checkpoint_dir"] = str(out_dir / "checkpoints")
+    flat["output.client_state_dir"] = str(out_dir / "tenant_state")
     flat["output.results_file"] = str(out_dir / "federated_rounds.json")
     return flat
 

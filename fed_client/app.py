@@ -6,13 +6,16 @@ Node config (``flwr-supernode --node-config``; the simulation engine gives only 
 - ``num-envs``: environments per local iteration (default 8);
 - ``experience-store``: a shaping.control ExperienceStore directory: train on the recorded experience
   instead of the simulator (the scenario then only supplies the spec and the held-out evaluation);
-- without ``tenant``: ``partition-id`` picks the tenant from the run config's ``tenants`` (a JSON list).
+- without ``tenant``: ``partition-id`` picks the tenant from the run config's ``tenants`` (a JSON list);
+- ``state-file``: where the tenant keeps its round-to-round state (fed_client.state); a simulation
+  uses ``output.client_state_dir``/tenant_NNNN.json instead.
 The NumPyClient shape is what SecAgg+'s legacy path needs (fed_server.secagg).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,7 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import ConfigRecord, NDArrays, Scalar
 
 from fed_client.privacy import privacy_mods
+from fed_client.state import load_state, save_state
 from shaping.agents.global_model import get_weights, initial_model, make_model, set_weights
 from shaping.agents.local_train import evaluate, local_train
 from shaping.agents.universal import TenantTask, make_env, tenant_mapping
@@ -48,9 +52,14 @@ def tenant_of(s: RunSettings, node_config: Mapping[str, Any]) -> tuple[int, Tena
 class TenantClient(NumPyClient):
     """Trains and evaluates the global policy on one tenant's environment (or recorded experience)."""
 
-    def __init__(self, s: RunSettings, index: int, task: TenantTask, context: Context, store: str | None) -> None:
+    def __init__(self, s: RunSettings, index: int, task: TenantTask, context: Context, store: str | None,
+                 state_file: str | None = None) -> None:  # fmt: skip
         self.s, self.index, self.task, self.context, self.store = s, index, task, context, store
+        self.state_file = state_file
         self.state = context.state.config_records.setdefault(STATE_KEY, ConfigRecord({}))
+        if state_file and not self.state:  # a restarted node, or a resumed run: pick up where it was
+            for key, value in load_state(state_file).items():
+                self.state[key] = value
         # A local normalizer starts from the run's initial weights, which this node must then hold too; from
         # its second round on (Flower builds a client per round) it comes from the node state (_load).
         first = s.local_normalizer and "norm_mean" not in self.state
@@ -112,6 +121,8 @@ class TenantClient(NumPyClient):
         if dp is not None:
             self.state["dpsgd_history"] = dp.history_json()
             metrics["dpsgd_epsilon"] = dp.epsilon()
+        if self.state_file:
+            save_state(self.state_file, dict(self.state))
         # Under DP every update weighs the same: the noise is calibrated to a uniform mean.
         uniform = self.s.privacy_mode != "none" or self.s.weighting == "uniform"
         n = 1 if uniform else max(res.num_examples, 1)
@@ -136,7 +147,11 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
         s = settings_of(context)
         index, task = tenant_of(s, context.node_config)
         store = context.node_config.get("experience-store")
-        return TenantClient(s, index, task, context, str(store) if store else None).to_client()
+        state_file = context.node_config.get("state-file") or (
+            str(Path(s.client_state_dir) / f"tenant_{index:04d}.json") if s.client_state_dir and index >= 0 else None
+        )
+        return TenantClient(s, index, task, context, str(store) if store else None,
+                            str(state_file) if state_file else None).to_client()  # fmt: skip
 
     return ClientApp(client_fn=client_fn, mods=privacy_mods(settings_of))
 

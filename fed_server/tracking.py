@@ -61,6 +61,7 @@ class TrackedStrategy(Strategy):
         self.settings = settings or {}
         self.clock = clock
         self._current: dict[str, Any] = {}
+        self._ckpt: GlobalCheckpoint | None = None
         self._fit_start = 0.0
         self.status = "running"
 
@@ -97,8 +98,9 @@ class TrackedStrategy(Strategy):
         if self.epsilon_of is not None:
             self._current["epsilon"] = self.epsilon_of(total)
         if params is not None and self.checkpoint_dir:
-            ckpt = GlobalCheckpoint(total, parameters_to_ndarrays(params), self.history, server_state(self.inner))
-            self._current["checkpoint"] = str(save_global(self.checkpoint_dir, ckpt))
+            self._ckpt = GlobalCheckpoint(total, parameters_to_ndarrays(params), list(self.history),
+                                          server_state(self.inner))  # fmt: skip
+            self._current["checkpoint"] = str(save_global(self.checkpoint_dir, self._ckpt))
         return params, metrics
 
     def configure_evaluate(
@@ -122,6 +124,11 @@ class TrackedStrategy(Strategy):
         self._current["eval"] = per_tenant
         self._current["round_s"] = self.clock() - self._fit_start
         self.history.append(self._current)
+        if self._ckpt is not None and self._ckpt.round == self._current["round"]:
+            # The checkpoint was saved before this round's evaluation: save it again with the round's
+            # record, so a run resumed from it keeps every round's record.
+            self._ckpt.history = list(self.history)
+            save_global(self.checkpoint_dir, self._ckpt)
         self.write()
         return loss, metrics
 

@@ -67,6 +67,7 @@ class RunSettings:
     init_weights: str = ""
     init_norm_count: float = 1e5
     checkpoint_dir: str = ""
+    client_state_dir: str = ""
     resume: bool = False
     results_file: str = ""
     attack_scale: float = 1.0
@@ -191,6 +192,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
     "init.weights": ("init_weights", _S, _same),
     "init.norm_count": ("init_norm_count", _F, _same),
     "output.checkpoint_dir": ("checkpoint_dir", _S, _same),
+    "output.client_state_dir": ("client_state_dir", _S, _same),
     "output.resume": ("resume", _B, _same),
     "output.results_file": ("results_file", _S, _same),
     "attack.scale": ("attack_scale", _F, _same),

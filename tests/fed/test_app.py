@@ -34,3 +34,44 @@ def test_settings_from_flat_keys_with_defaults_and_strings():
     assert s.tenants[0].name == "devops@single_path" and s.hidden_sizes == (16, 16) and s.attack_tenants == (0,)
     assert RunSettings.from_config({"privacy.target_epsilon": 8.0}).target_epsilon == 8.0
     assert RunSettings.from_config({}).tenants == DEFAULT_TENANTS
+
+
+def _client(s, context, state_file):
+    from fed_client.app import TenantClient
+
+    index, task = tenant_of(s, {"partition-id": 0})
+    return TenantClient(s, index, task, context, None, state_file)
+
+
+def _context():
+    from flwr.app import Context
+    from flwr.common import RecordDict
+
+    return Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+
+
+def test_a_restarted_tenant_picks_up_its_state_and_privacy_spent_from_its_file(tmp_path):
+    """The node context dies with the SuperNode (or the run); the tenant's state file carries the
+    normalizer's count and the DP-SGD accountant's history into the next one."""
+    from fed_client.state import load_state
+    from shaping.config import PPOConfig
+    from shaping.agents.universal import TenantTask
+
+    ppo = PPOConfig(num_steps=4, update_epochs=1, num_minibatches=1)
+    s = RunSettings(tenants=(TenantTask("single_path", "devops", 1),), local_iterations=1, ppo=ppo,
+                    hidden_sizes=(8,), dpsgd_noise=1.0)  # fmt: skip
+    path = tmp_path / "tenant_0000.json"
+    first = _client(s, _context(), str(path))
+    weights = first.get_parameters({})
+    _, _, metrics = first.fit(weights, {"server_round": 1})
+    saved = load_state(path)
+    assert saved["norm_count"] > 0 and json.loads(saved["dpsgd_history"])
+    # A new node (fresh context) reads the file; its next round's epsilon adds to the first's.
+    again = _client(s, _context(), str(path))
+    assert again.state["norm_count"] == saved["norm_count"]
+    _, _, later = again.fit(weights, {"server_round": 2})
+    assert float(later["dpsgd_epsilon"]) > float(metrics["dpsgd_epsilon"]) > 0
+    # Without a file a fresh node starts from nothing (what every restart did before).
+    fresh = _client(s, _context(), None)
+    _, _, cold = fresh.fit(weights, {"server_round": 2})
+    assert float(cold["dpsgd_epsilon"]) == pytest.approx(float(metrics["dpsgd_epsilon"]))

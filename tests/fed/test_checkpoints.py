@@ -52,6 +52,8 @@ def test_tracked_strategy_checkpoints_records_and_continues_numbering(tmp_path):
     assert last["epsilon"] == 1.5 and set(last["eval"]) == {"a", "b"} and last["fit_clients"] == 2
     ck = load_latest(tmp_path / "ck")
     assert ck is not None and ck.round == 3  # a resumed run continues from here
+    assert [r["round"] for r in ck.history] == [1, 2, 3]  # with every round's record, this one's included
+    assert set(ck.history[-1]["eval"]) == {"a", "b"}
 
 
 def test_a_failed_client_fails_the_round_loudly(tmp_path):
