@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -274,6 +275,8 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     flat = run_config(cfg, out_dir)
     flat["output.resume"] = cfg.output.resume
+    if not cfg.output.resume:  # a fresh run's simulated tenants start fresh, even in a reused directory
+        shutil.rmtree(flat["output.client_state_dir"], ignore_errors=True)
     fed = run_flower(flat, len(cfg.tenants), cfg.simulation)
     fed_s = time.perf_counter() - start
     s = RunSettings.from_config(flat)

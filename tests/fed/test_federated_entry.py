@@ -79,6 +79,10 @@ def test_tiny_secagg_distributed_dp_run_writes_the_report(tmp_path):
     assert all(len(eps) == 3 for eps in sample)
     assert 0 < max(sample[0]) < min(sample[1]) and max(sample[1]) <= 20.0
     assert "sample-level epsilon" in (tmp_path / "results.md").read_text()
+    # Each simulated tenant mirrored its state (with the accountant's history) for a resume.
+    states = sorted((tmp_path / "tenant_state").glob("tenant_*.json"))
+    assert [p.name for p in states] == ["tenant_0000.json", "tenant_0001.json", "tenant_0002.json"]
+    assert all(len(json.loads(json.loads(p.read_text())["dpsgd_history"])) > 0 for p in states)
     assert set(fed[-1]["eval"]) == {"gameco@default", "studio@small_congested", "devops@single_path"}
     assert len(res["local_only"]) == 2 and len(res["centralized"]) == 2
     for name in ("results.md", "results.json", "reward.png", "sla.png", "epsilon.png"):
