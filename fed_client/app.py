@@ -14,6 +14,7 @@ The NumPyClient shape is what SecAgg+'s legacy path needs (fed_server.secagg).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from shaping.sim.scenarios import load_scenario
 from shaping.spec.tenant import tenant_spec
 
 STATE_KEY = "fedshape"
+
+log = logging.getLogger(__name__)
 
 
 def tenant_of(s: RunSettings, node_config: Mapping[str, Any]) -> tuple[int, TenantTask]:
@@ -58,7 +61,14 @@ class TenantClient(NumPyClient):
         self.state_file = state_file
         self.state = context.state.config_records.setdefault(STATE_KEY, ConfigRecord({}))
         if state_file and not self.state:  # a restarted node, or a resumed run: pick up where it was
-            for key, value in load_state(state_file).items():
+            saved = load_state(state_file)
+            obs_size = s.layout.obs_dim
+            if len(saved.get("norm_mean", [])) not in (0, obs_size):
+                # Statistics of another layout (the provider changed the universal layout): start them afresh.
+                log.warning("%s: normalizer statistics of %d inputs, the layout has %d: not used",
+                            state_file, len(saved["norm_mean"]), obs_size)  # fmt: skip
+                saved = {k: v for k, v in saved.items() if k not in ("norm_mean", "norm_var")}
+            for key, value in saved.items():
                 self.state[key] = value
         # A local normalizer starts from the run's initial weights, which this node must then hold too; from
         # its second round on (Flower builds a client per round) it comes from the node state (_load).

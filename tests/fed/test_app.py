@@ -75,3 +75,13 @@ def test_a_restarted_tenant_picks_up_its_state_and_privacy_spent_from_its_file(t
     fresh = _client(s, _context(), None)
     _, _, cold = fresh.fit(weights, {"server_round": 2})
     assert float(cold["dpsgd_epsilon"]) == pytest.approx(float(metrics["dpsgd_epsilon"]))
+
+
+def test_a_state_file_of_another_layout_keeps_its_privacy_history_but_not_its_statistics(tmp_path):
+    from fed_client.state import save_state
+
+    path = tmp_path / "tenant_0000.json"
+    save_state(path, {"norm_count": 5.0, "norm_mean": [0.0, 1.0], "norm_var": [1.0, 1.0], "dpsgd_history": "[]"})
+    client = _client(RunSettings(local_normalizer=True, hidden_sizes=(8,)), _context(), str(path))
+    assert "norm_mean" not in client.state and "norm_var" not in client.state
+    assert client.state["norm_count"] == 5.0 and client.state["dpsgd_history"] == "[]"
