@@ -119,8 +119,8 @@ def apply_load(
     flash = torch.where(crowd_app & (flash_left > 0).unsqueeze(-1), cfg.flash_crowd_factor, 1.0)
 
     # Pareto(alpha) capped so one sample stays bounded, with x_m chosen so the capped law has mean 1.
-    # The draw happens even with the multiplier off, so the generator's stream (and every other
-    # random process of a seeded run) does not depend on the flag.
+    # Its uniform is drawn even with the multiplier off (draw_load_noise), so the generator's stream
+    # (and every other random process of a seeded run) does not depend on the flag.
     pareto = (_WEB_XM * noise.web.clamp_min(1e-6).pow(-1.0 / WEB_PARETO_ALPHA)).clamp(max=WEB_MULT_CAP)
     web = torch.where((app.unsqueeze(0) == WEB) & cfg.web_pareto, pareto, 1.0)
 
