@@ -34,22 +34,39 @@ class GlobalCheckpoint:
     """The server optimizer's state by name (FedAvgM's momentum, FedAdam's moments; empty for FedAvg)."""
 
 
+def _weights_name(ckpt: GlobalCheckpoint) -> str:
+    return f"round_{ckpt.round:04d}.npz"
+
+
+def _server_name(ckpt: GlobalCheckpoint) -> str:
+    return f"round_{ckpt.round:04d}_server.npz"
+
+
 def save_global(directory: str | Path, ckpt: GlobalCheckpoint) -> Path:
-    """Write the round's weights and point latest.json at them; returns the .npz path."""
+    """Write the round's weights (and server state) and point latest.json at them; returns the .npz path."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    path = save_weights(d / f"round_{ckpt.round:04d}.npz", ckpt.weights)
-    meta: dict[str, Any] = {"round": ckpt.round, "weights": path.name, "history": ckpt.history}
+    path = save_weights(d / _weights_name(ckpt), ckpt.weights)
     if ckpt.server_state:
-        server = d / f"round_{ckpt.round:04d}_server.npz"
         arrays: dict[str, Any] = {f"{name}.{i}": a for name, values in ckpt.server_state.items()
                                   for i, a in enumerate(values)}  # fmt: skip
-        np.savez(server, **arrays)
-        meta["server_state"] = server.name
+        np.savez(d / _server_name(ckpt), **arrays)
+    write_latest(d, ckpt)
+    return path
+
+
+def write_latest(directory: str | Path, ckpt: GlobalCheckpoint) -> None:
+    """Point latest.json at the round's saved arrays, with ckpt.history (atomically).
+
+    save_global calls it; on its own it updates the history of a round whose arrays are already saved.
+    """
+    d = Path(directory)
+    meta: dict[str, Any] = {"round": ckpt.round, "weights": _weights_name(ckpt), "history": ckpt.history}
+    if ckpt.server_state:
+        meta["server_state"] = _server_name(ckpt)
     tmp = d / "latest.json.tmp"
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, d / "latest.json")
-    return path
 
 
 def load_latest(directory: str | Path) -> GlobalCheckpoint | None:

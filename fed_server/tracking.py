@@ -22,7 +22,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fed_server.checkpoints import GlobalCheckpoint, save_global
+from fed_server.checkpoints import GlobalCheckpoint, save_global, write_latest
 from fed_server.server_state import server_state
 
 
@@ -125,10 +125,10 @@ class TrackedStrategy(Strategy):
         self._current["round_s"] = self.clock() - self._fit_start
         self.history.append(self._current)
         if self._ckpt is not None and self._ckpt.round == self._current["round"]:
-            # The checkpoint was saved before this round's evaluation: save it again with the round's
-            # record, so a run resumed from it keeps every round's record.
+            # The checkpoint was saved before this round's evaluation: add the round's record to it,
+            # so a run resumed from it keeps every round's record.
             self._ckpt.history = list(self.history)
-            save_global(self.checkpoint_dir, self._ckpt)
+            write_latest(self.checkpoint_dir, self._ckpt)
         self.write()
         return loss, metrics
 
