@@ -37,8 +37,8 @@ def run_server(grid: Grid, context: Context, config: Mapping[str, Any]) -> Track
         weights = ckpt.weights
     else:
         weights = get_weights(initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights), s.local_normalizer)
-    noisy = s.privacy_mode in ("central", "distributed")
-    epsilon_of = (lambda r: epsilon_after(r, s.noise_multiplier, s.fraction_fit, s.delta)) if noisy else None
+    epsilon_of = ((lambda r: epsilon_after(r, s.noise_multiplier, s.fraction_fit, s.delta))
+                  if s.client_level_dp else None)  # fmt: skip
     allowed = rounds_allowed(s)
     if allowed < s.rounds:
         log.warning("privacy budget epsilon=%s at delta=%s allows %d of %d rounds: stopping after round %d",

@@ -68,7 +68,7 @@ def rounds_allowed(s: RunSettings) -> int:
     """Rounds of the run that fit privacy.target_epsilon: the client-level budget under central or
     distributed DP, and each tenant's sample-level budget under DP-SGD (all of s.rounds without a budget)."""
     allowed = s.rounds
-    if s.privacy_mode in ("central", "distributed"):
+    if s.client_level_dp:
         allowed = rounds_within_budget(s.rounds, s.noise_multiplier, s.fraction_fit, s.delta, s.target_epsilon)
     if s.dpsgd_noise > 0:
         sample_rate = 1.0 / s.ppo.num_minibatches

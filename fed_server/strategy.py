@@ -65,7 +65,7 @@ def check_compatible(s: RunSettings) -> None:
             "distributed DP needs SecAgg+ (privacy.secure_aggregation=true): without it the server sees each "
             "update with only its small noise share"
         )
-    if s.privacy_mode in ("central", "distributed") and s.strategy in (*ROBUST, "fedadam", "fedavgm"):
+    if s.client_level_dp and s.strategy in (*ROBUST, "fedadam", "fedavgm"):
         raise IncompatibleSettings(
             f"{s.privacy_mode} DP noise is calibrated to the mean of clipped updates; {s.strategy} changes the "
             "sensitivity (see fed_server/strategy.py). Use fedavg or fedprox, or privacy.mode=clip"

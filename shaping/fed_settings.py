@@ -74,6 +74,11 @@ class RunSettings:
     attack_tenants: tuple[int, ...] = ()
 
     @property
+    def client_level_dp(self) -> bool:
+        """Whether the run adds client-level DP noise (central, or distributed shares), which the server accounts."""
+        return self.privacy_mode in ("central", "distributed")
+
+    @property
     def dpsgd_steps_per_round(self) -> int:
         """DP-SGD steps a tenant takes in one round at most, each at sampling rate 1 / num_minibatches.
 
