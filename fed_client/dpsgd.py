@@ -5,9 +5,20 @@ DPOptimizer clips each transition's gradient and adds Gaussian noise at every st
 The accountant's history is a list of (noise_multiplier, sample_rate, steps) that serializes to JSON, so
 the Flower client keeps it in its node context between rounds and reports the spent epsilon each round.
 
-Accounting note: ppo_update draws minibatches by shuffling, not by Poisson sampling, and several PPO
-epochs reuse a rollout; the accountant is charged sample_rate = 1 / num_minibatches for every step,
-the standard DP-SGD approximation (Opacus does the same for shuffled loaders).
+What is protected, exactly: clipping bounds one *training example's* influence, i.e. one transition
+with its advantage and return, only if no example's loss term depends on another's data. So training
+under DP-SGD keeps its examples independent (shaping.agents.local_train's independent_examples): no
+per-minibatch advantage normalization, no running reward scale (rewards / FIXED_REWARD_SCALE), the
+observation normalizer frozen at the global model's statistics (which also keeps them from leaving the
+tenant un-noised when the normalizer is shared), no target_kl stop. One control interval's traffic
+still reaches the advantages of the intervals before it in the same rollout (GAE), so for one
+interval's raw data the guarantee is group privacy over a rollout segment, which is weak at these
+epsilons; client-level DP (fed_server.privacy) is the guarantee for a tenant's traffic as a whole.
+
+Accounting: minibatches are Poisson samples at sample_rate = 1 / num_minibatches (ppo_update), the
+sampling RDP accounting of the subsampled Gaussian assumes, and the accountant is charged for every
+step, every epoch's included: several epochs reuse a rollout, and experience training reuses recorded
+transitions across rounds, so no step is assumed to miss an example.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import torch
 
 from shaping.agents import ActorCritic, Rollout, make_optimizer, ppo_update
 from shaping.agents.local_train import LocalResult, SampleDP
+from shaping.agents.train import FIXED_REWARD_SCALE
 from shaping.agents.universal import TenantMapping
 from shaping.config import PPOConfig
 from shaping.control.experience import ExperienceBatch, ExperienceStore
@@ -41,11 +42,15 @@ def universal_actions(mapping: TenantMapping, own: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def experience_rollout(model: ActorCritic, batch: ExperienceBatch, mapping: TenantMapping) -> Rollout:
-    """The batch as a (N, 1) rollout of the model (normalizer updated with the batch's observations)."""
+def experience_rollout(model: ActorCritic, batch: ExperienceBatch, mapping: TenantMapping, *,
+                       update_obs_norm: bool = True) -> Rollout:  # fmt: skip
+    """The batch as a (N, 1) rollout of the model, rewards divided by FIXED_REWARD_SCALE (the units of
+    simulated training; one update cannot keep a running return scale); the normalizer is updated with
+    the batch's observations if update_obs_norm."""
     obs = mapping.observation(batch.obs.float())
     next_obs = mapping.observation(batch.next_obs.float())
-    model.obs_norm.update(obs)
+    if update_obs_norm:
+        model.obs_norm.update(obs)
     nobs, nnext = model.obs_norm(obs), model.obs_norm(next_obs)
     actions = universal_actions(mapping, batch.action)
     model.set_envelope(mapping.envelope)
@@ -61,7 +66,7 @@ def experience_rollout(model: ActorCritic, batch: ExperienceBatch, mapping: Tena
     n = batch.size
     col = lambda x: x.reshape(n, 1, *x.shape[1:])  # noqa: E731 (T, B=1, ...)
     return Rollout(
-        obs=col(nobs), actions=col(actions), logprobs=col(logp), rewards=col(batch.reward.float()),
+        obs=col(nobs), actions=col(actions), logprobs=col(logp), rewards=col(batch.reward.float() / FIXED_REWARD_SCALE),
         values=col(values), next_values=col(model.get_value(nnext)), terminations=col(batch.done.bool()),
         truncations=col(torch.zeros(n, dtype=torch.bool)), valid=col(inside),
     )  # fmt: skip
@@ -71,12 +76,13 @@ def train_on_experience(model: ActorCritic, store: ExperienceStore, mapping: Ten
                         window: int = 4096, dp: SampleDP | None = None) -> LocalResult:  # fmt: skip
     """One PPO update on the store's latest `window` transitions; a no-op when the store is empty.
 
-    With dp (e.g. fed_client.dpsgd.DPSGD) the update is DP-SGD and dp's accountant is charged for it.
+    With dp (e.g. fed_client.dpsgd.DPSGD) the update is DP-SGD with independent examples (the normalizer
+    frozen, ppo_update's independent_examples) and dp's accountant is charged for it.
     """
     batch = store.read(since=max(0, store.next_seq - window))
     if batch.size == 0:
         return LocalResult(num_examples=0, rollout_reward=0.0, optimizer_steps=0)
-    rollout = experience_rollout(model, batch, mapping)
+    rollout = experience_rollout(model, batch, mapping, update_obs_norm=dp is None)
     if not bool(rollout.valid.any()):
         return LocalResult(num_examples=0, rollout_reward=float(batch.reward.mean()), optimizer_steps=0)
     model.train()
@@ -84,7 +90,7 @@ def train_on_experience(model: ActorCritic, store: ExperienceStore, mapping: Ten
     if dp is not None:
         optimizer = dp.attach(model, optimizer, batch.size, cfg.num_minibatches)
     try:
-        ppo_update(model, optimizer, rollout, cfg)
+        ppo_update(model, optimizer, rollout, cfg, independent_examples=dp is not None)
     finally:
         if dp is not None:
             dp.detach(model)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from shaping.agents.ppo import ActorCritic, collect_rollout, make_optimizer, ppo_update
-from shaping.agents.train import EvalResult, ReturnScaler, evaluate_agent
+from shaping.agents.train import FIXED_REWARD_SCALE, EvalResult, ReturnScaler, evaluate_agent
 from shaping.agents.universal import PaddedEnv
 from shaping.baselines import get_baseline
 from shaping.config import PPOConfig
@@ -73,14 +73,19 @@ class LocalTrainer:
         cfg: PPO hyperparameters (learning rate constant unless the caller sets it between runs).
         seed: seeds the environments' resets and the minibatch order.
         optimizer: the optimizer to step (e.g. FedProx's or a DP-SGD wrapper); None: Adam at cfg.learning_rate.
+        independent_examples: train as DP-SGD needs: no statistic of the data outside the examples' own
+            loss terms, i.e. the observation normalizer frozen, rewards divided by FIXED_REWARD_SCALE
+            instead of the running return scale, and ppo_update's independent_examples.
     """
 
     def __init__(self, model: ActorCritic, envs: Sequence[PaddedEnv], cfg: PPOConfig, *, seed: int = 0,
-                 optimizer: torch.optim.Optimizer | None = None) -> None:  # fmt: skip
+                 optimizer: torch.optim.Optimizer | None = None,
+                 independent_examples: bool = False) -> None:  # fmt: skip
         if not envs:
             raise ValueError("LocalTrainer needs at least one environment")
         torch.manual_seed(seed)
         self.model, self.envs, self.cfg = model, list(envs), cfg
+        self.independent_examples = independent_examples
         self.optimizer = optimizer if optimizer is not None else make_optimizer(model, cfg.learning_rate)
         self.obs = [env.reset_torch(seed=seed + 7919 * i) for i, env in enumerate(envs)]
         self.scalers = [ReturnScaler(env.num_envs, cfg.gamma) for env in envs]
@@ -96,10 +101,13 @@ class LocalTrainer:
                 k = self.iterations % len(self.envs)
                 env = self.envs[k]
                 self.model.set_envelope(env.mapping.envelope)  # the tenant's allowed choices in the shared layout
-                rollout, self.obs[k] = collect_rollout(env, self.model, self.obs[k], self.cfg.num_steps)
+                rollout, self.obs[k] = collect_rollout(env, self.model, self.obs[k], self.cfg.num_steps,
+                                                       update_obs_norm=not self.independent_examples)  # fmt: skip
                 rewards.append(float(rollout.rewards[rollout.valid].mean()))
                 steps += int(rollout.valid.sum())
-                ppo_update(self.model, self.optimizer, self.scalers[k](rollout), self.cfg)
+                scaled = (rollout._replace(rewards=rollout.rewards / FIXED_REWARD_SCALE) if self.independent_examples
+                          else self.scalers[k](rollout))  # fmt: skip
+                ppo_update(self.model, self.optimizer, scaled, self.cfg, independent_examples=self.independent_examples)
                 self.iterations += 1
         finally:
             self.model.eval()
@@ -126,7 +134,8 @@ def local_train(
         cfg: PPO hyperparameters (learning rate constant here: rounds, not iterations, set the schedule).
         seed: seeds the rollouts' resets and the minibatch order.
         proximal_mu: FedProx weight; > 0 keeps the model near the weights it started from.
-        dp: sample-level DP (e.g. fed_client.dpsgd.DPSGD), which makes the updates DP-SGD.
+        dp: sample-level DP (e.g. fed_client.dpsgd.DPSGD), which makes the updates DP-SGD; the training
+            then keeps its examples independent (LocalTrainer's independent_examples).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = (prox_adam(params, cfg.learning_rate, proximal_mu) if proximal_mu > 0
@@ -137,7 +146,8 @@ def local_train(
     if dp is not None:
         optimizer = dp.attach(model, optimizer, envs[0].num_envs * cfg.num_steps, cfg.num_minibatches)
     try:
-        steps, rewards = LocalTrainer(model, envs, cfg, seed=seed, optimizer=optimizer).run(iterations)
+        trainer = LocalTrainer(model, envs, cfg, seed=seed, optimizer=optimizer, independent_examples=dp is not None)
+        steps, rewards = trainer.run(iterations)
     finally:
         hook.remove()
         if dp is not None:

@@ -283,13 +283,38 @@ def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
     return torch.optim.Adam(agent.parameters(), lr=learning_rate, eps=1e-5)
 
 
+def minibatch_indices(batch_size: int, num_minibatches: int, poisson: bool, device: torch.device) -> list[torch.Tensor]:
+    """One epoch's minibatches of indices into a batch: a shuffled partition into num_minibatches, or,
+    with poisson, num_minibatches independent Poisson samples (each index in each with probability
+    1 / num_minibatches), the sampling DP-SGD's accountant assumes."""
+    if poisson:
+        q = 1.0 / num_minibatches
+        return [(torch.rand(batch_size, device=device) < q).nonzero().squeeze(1) for _ in range(num_minibatches)]
+    return list(torch.randperm(batch_size, device=device).tensor_split(num_minibatches))
+
+
 def ppo_update(
-    agent: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: PPOHyperparams
+    agent: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    cfg: PPOHyperparams,
+    *,
+    independent_examples: bool = False,
 ) -> dict[str, float]:
     """Clipped PPO update on one rollout: GAE, then update_epochs passes over num_minibatches minibatches.
 
     Steps whose action had no effect (autoreset) are left out. Returns losses and diagnostics (floats).
+
+    Args:
+        independent_examples: what DP-SGD needs (fed_client.dpsgd): no example's loss term may depend on
+            another example of the minibatch, or clipping each example's gradient would not bound its
+            influence. So advantages are not normalized per minibatch (one outlier would rescale every
+            other example's advantage), minibatches are Poisson samples (the accountant's sampling), and
+            cfg.target_kl, a stop decided on the data, is refused. An empty Poisson sample (probability
+            (1 - 1/num_minibatches)^n for n examples) takes no step.
     """
+    if independent_examples and cfg.target_kl is not None:
+        raise ValueError("target_kl stops the update on a statistic of the data; DP-SGD needs it None")
     r = rollout
     advantages, returns = compute_gae(
         r.rewards, r.values, r.next_values, r.terminations, r.truncations, cfg.gamma, cfg.gae_lambda
@@ -311,8 +336,7 @@ def ppo_update(
     zero = torch.zeros((), device=b_obs.device)
     pg_loss = v_loss = entropy_loss = old_approx_kl = approx_kl = zero
     for _epoch in range(cfg.update_epochs):
-        b_inds = torch.randperm(batch_size, device=b_obs.device)
-        for mb_inds in b_inds.tensor_split(cfg.num_minibatches):
+        for mb_inds in minibatch_indices(batch_size, cfg.num_minibatches, independent_examples, b_obs.device):
             if mb_inds.numel() == 0:
                 continue
             _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
@@ -325,7 +349,7 @@ def ppo_update(
                 clipfracs.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
 
             mb_advantages = b_advantages[mb_inds]
-            if cfg.norm_adv and mb_inds.numel() > 1:
+            if cfg.norm_adv and not independent_examples and mb_inds.numel() > 1:
                 mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
             # Policy loss

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from fed_client.dpsgd import DPSGD
 from shaping.agents.global_model import get_weights, make_model, set_weights
 from shaping.agents.local_train import local_train, prox_adam
+from shaping.agents.ppo import Rollout, minibatch_indices, ppo_update
 from shaping.agents.universal import TenantTask, UniversalLayout, make_env
 from shaping.config import PPOConfig
 
@@ -66,3 +69,82 @@ def test_dpsgd_spends_epsilon_and_its_history_survives_rounds():
     local_train(model, [env], 1, TINY, dp=again)
     assert again.epsilon() > first
     assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())  # hooks removed
+
+
+def _one_step_rollout(model, rewards):
+    """A (T=1, B=n) rollout of terminal steps: each example's advantage is its own reward minus its value."""
+    n = rewards.shape[0]
+    g = torch.Generator().manual_seed(3)
+    nobs = torch.randn(n, model.obs_dim, generator=g)
+    with torch.no_grad():
+        torch.manual_seed(4)
+        actions, logprobs, _, values = model.get_action_and_value(nobs)
+    one = lambda x: x.unsqueeze(0)  # noqa: E731
+    yes, no = torch.ones(1, n, dtype=torch.bool), torch.zeros(1, n, dtype=torch.bool)
+    return Rollout(
+        obs=one(nobs),
+        actions=one(actions),
+        logprobs=one(logprobs),
+        rewards=one(rewards),
+        values=one(values),
+        next_values=one(torch.zeros(n)),
+        terminations=yes,
+        truncations=no,
+        valid=yes,
+    )
+
+
+def _per_example_gradients(model, rollout, independent_examples):
+    """Opacus's per-example gradients of one PPO step over the whole rollout, one row per example."""
+    from opacus import GradSampleModule
+
+    rows = []
+
+    class Record(torch.optim.SGD):
+        def step(self, closure=None):
+            rows.append(torch.cat([p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in model.parameters()], 1))
+
+    gsm = GradSampleModule(model, loss_reduction="mean")
+    try:
+        torch.manual_seed(0)  # the same minibatch order for both rollouts
+        ppo_update(model, Record(model.parameters(), lr=0.0), rollout, PPOConfig(update_epochs=1, num_minibatches=1),
+                   independent_examples=independent_examples)  # fmt: skip
+    finally:
+        gsm._close()
+    return rows[0]
+
+
+@pytest.mark.parametrize("independent_examples", [True, False])
+def test_under_dp_sgd_an_example_changes_no_other_examples_gradient(independent_examples):
+    # Clipping each example's gradient bounds its influence only if no other example's loss term reads its
+    # data. Per-minibatch advantage normalization does: one outlier rescales every advantage.
+    model = make_model(UniversalLayout(), (8,))
+    rewards = torch.linspace(-1.0, 1.0, 12)
+    outlier = rewards.clone()
+    outlier[5] = 50.0
+    a = _per_example_gradients(model, _one_step_rollout(model, rewards), independent_examples)
+    b = _per_example_gradients(model, _one_step_rollout(model, outlier), independent_examples)
+    changed = int((~torch.isclose(a, b, rtol=1e-5, atol=1e-7).all(dim=1)).sum())
+    assert changed == (1 if independent_examples else 12)
+
+
+def test_dp_sgd_training_keeps_the_normalizer_and_reward_scale_off_the_data():
+    layout = UniversalLayout()
+    env = make_env(TenantTask("single_path", "devops", 2), layout)
+    private, plain = make_model(layout, (8,)), make_model(layout, (8,))
+    stats = {k: v.clone() for k, v in private.obs_norm.state_dict().items()}
+    local_train(private, [env], 2, TINY, dp=DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5))
+    local_train(plain, [env], 2, TINY)
+    for k, v in private.obs_norm.state_dict().items():
+        assert torch.equal(v, stats[k]), k  # frozen: nothing of the tenant's data leaves un-noised
+    assert not torch.equal(plain.obs_norm.mean, stats["mean"])
+    with pytest.raises(ValueError, match="target_kl"):
+        local_train(private, [env], 1, replace(TINY, target_kl=0.01), dp=DPSGD(1.0, 1.0, 1e-5))
+
+
+def test_poisson_minibatches_sample_each_example_at_the_accounted_rate():
+    sizes = [len(mb) for _ in range(200) for mb in minibatch_indices(64, 4, True, torch.device("cpu"))]
+    assert len(set(sizes)) > 3  # sizes vary, as Poisson sampling's do
+    assert np.mean(sizes) == pytest.approx(16, rel=0.1)
+    parts = minibatch_indices(64, 4, False, torch.device("cpu"))
+    assert sorted(torch.cat(parts).tolist()) == list(range(64))
