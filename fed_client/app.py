@@ -126,8 +126,11 @@ class TenantClient(NumPyClient):
         weights = get_weights(self.model, self.s.local_normalizer)
         if self.index in self.s.attack_tenants:  # robustness experiments: a tenant that scales its update
             weights = [g + self.s.attack_scale * (w - g) for w, g in zip(weights, parameters, strict=True)]
-        metrics: dict[str, Scalar] = {"tenant": self.task.name, "rollout_reward": res.rollout_reward,
-                                      "num_examples": res.num_examples}  # fmt: skip
+        metrics: dict[str, Scalar] = {"tenant": self.task.name}
+        # The rollouts' mean reward and their count are statistics of the tenant's traffic (recorded
+        # traffic, in deployment) that no DP mechanism noises: under DP they stay on the tenant.
+        if not (self.s.client_level_dp or dp is not None):
+            metrics |= {"rollout_reward": res.rollout_reward, "num_examples": res.num_examples}
         if dp is not None:
             self.state["dpsgd_history"] = dp.history_json()
             metrics["dpsgd_epsilon"] = dp.epsilon()

@@ -85,3 +85,21 @@ def test_a_state_file_of_another_layout_keeps_its_privacy_history_but_not_its_st
     client = _client(RunSettings(local_normalizer=True, hidden_sizes=(8,)), _context(), str(path))
     assert "norm_mean" not in client.state and "norm_var" not in client.state
     assert client.state["norm_count"] == 5.0 and client.state["dpsgd_history"] == "[]"
+
+
+CENTRAL = {"privacy_mode": "central", "noise_multiplier": 1.0}
+
+
+@pytest.mark.parametrize(("privacy", "shared"), [({}, True), ({"dpsgd_noise": 1.0}, False), (CENTRAL, False)])
+def test_under_dp_a_tenant_keeps_its_rollout_statistics_to_itself(privacy, shared):
+    """The rollouts' mean reward and count are statistics of the tenant's traffic that no mechanism noises."""
+    from shaping.agents.universal import TenantTask
+    from shaping.config import PPOConfig
+
+    ppo = PPOConfig(num_steps=4, update_epochs=1, num_minibatches=1)
+    s = RunSettings(tenants=(TenantTask("single_path", "devops", 1),), local_iterations=1, ppo=ppo,
+                    hidden_sizes=(8,), **privacy)  # fmt: skip
+    client = _client(s, _context(), None)
+    _, _, metrics = client.fit(client.get_parameters({}), {"server_round": 1})
+    assert metrics["tenant"] == "devops@single_path"
+    assert ("rollout_reward" in metrics and "num_examples" in metrics) == shared
