@@ -310,8 +310,8 @@ def ppo_update(
             another example of the minibatch, or clipping each example's gradient would not bound its
             influence. So advantages are not normalized per minibatch (one outlier would rescale every
             other example's advantage), minibatches are Poisson samples (the accountant's sampling), and
-            cfg.target_kl, a stop decided on the data, is refused. An empty Poisson sample (probability
-            (1 - 1/num_minibatches)^n for n examples) takes no step.
+            cfg.target_kl, a stop decided on the data, is refused. An empty Poisson sample still steps
+            (DP-SGD's step is then noise alone).
     """
     if independent_examples and cfg.target_kl is not None:
         raise ValueError("target_kl stops the update on a statistic of the data; DP-SGD needs it None")
@@ -337,9 +337,16 @@ def ppo_update(
     pg_loss = v_loss = entropy_loss = old_approx_kl = approx_kl = zero
     for _epoch in range(cfg.update_epochs):
         for mb_inds in minibatch_indices(batch_size, cfg.num_minibatches, independent_examples, b_obs.device):
-            if mb_inds.numel() == 0:
+            if mb_inds.numel() == 0 and not independent_examples:
                 continue
             _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+            if mb_inds.numel() == 0:
+                # An empty Poisson sample still steps, on a zero loss: DP-SGD's step is then noise alone.
+                # Skipping it would tell that the sample was empty, which depends on the number of examples.
+                optimizer.zero_grad()
+                (newvalue.sum() + newlogprob.sum()).backward()
+                optimizer.step()
+                continue
             logratio = newlogprob - b_logprobs[mb_inds]
             ratio = logratio.exp()
             with torch.no_grad():

@@ -148,3 +148,21 @@ def test_poisson_minibatches_sample_each_example_at_the_accounted_rate():
     assert np.mean(sizes) == pytest.approx(16, rel=0.1)
     parts = minibatch_indices(64, 4, False, torch.device("cpu"))
     assert sorted(torch.cat(parts).tolist()) == list(range(64))
+
+
+def test_an_empty_poisson_sample_still_takes_its_noised_step_and_is_charged():
+    # With 2 examples at sampling rate 1/8 most samples are empty; skipping them would reveal the count.
+    model = make_model(UniversalLayout(), (8,))
+    rollout = _one_step_rollout(model, torch.tensor([0.5, -0.5]))
+    dp = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
+    cfg = PPOConfig(update_epochs=2, num_minibatches=8)
+    optimizer = dp.attach(model, torch.optim.Adam(model.parameters(), lr=1e-3), batch=2, num_minibatches=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    try:
+        torch.manual_seed(0)
+        ppo_update(model, optimizer, rollout, cfg, independent_examples=True)
+    finally:
+        dp.detach(model)
+    assert sum(steps for _, _, steps in dp.accountant.history) == 16
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
