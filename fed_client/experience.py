@@ -95,5 +95,7 @@ def train_on_experience(model: ActorCritic, store: ExperienceStore, mapping: Ten
         if dp is not None:
             dp.detach(model)
         model.eval()
-    steps = int(cfg.update_epochs * min(cfg.num_minibatches, int(rollout.valid.sum())))
+    # Shuffled partitions of n examples have min(M, n) non-empty minibatches; DP-SGD's Poisson samples all step.
+    per_epoch = cfg.num_minibatches if dp is not None else min(cfg.num_minibatches, int(rollout.valid.sum()))
+    steps = int(cfg.update_epochs * per_epoch)
     return LocalResult(num_examples=batch.size, rollout_reward=float(batch.reward.mean()), optimizer_steps=steps)
