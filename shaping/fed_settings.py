@@ -82,9 +82,9 @@ class RunSettings:
     def dpsgd_steps_per_round(self) -> int:
         """DP-SGD steps a tenant takes in one round at most, each at sampling rate 1 / num_minibatches.
 
-        Simulated training takes this many (fewer when ppo.target_kl ends an update early); training on
-        recorded experience takes one PPO update, at most update_epochs x num_minibatches. The budget
-        counts the most, so it never underestimates the epsilon spent.
+        Simulated training takes exactly this many (every Poisson sample steps, and DP-SGD refuses
+        ppo.target_kl); training on recorded experience takes one PPO update, update_epochs x
+        num_minibatches. The budget counts the most, so it never underestimates the epsilon spent.
         """
         return max(self.local_iterations, 1) * self.ppo.update_epochs * self.ppo.num_minibatches
 
