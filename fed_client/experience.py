@@ -90,12 +90,10 @@ def train_on_experience(model: ActorCritic, store: ExperienceStore, mapping: Ten
     if dp is not None:
         optimizer = dp.attach(model, optimizer, batch.size, cfg.num_minibatches)
     try:
-        ppo_update(model, optimizer, rollout, cfg, independent_examples=dp is not None)
+        stats = ppo_update(model, optimizer, rollout, cfg, independent_examples=dp is not None)
     finally:
         if dp is not None:
             dp.detach(model)
         model.eval()
-    # Shuffled partitions of n examples have min(M, n) non-empty minibatches; DP-SGD's Poisson samples all step.
-    per_epoch = cfg.num_minibatches if dp is not None else min(cfg.num_minibatches, int(rollout.valid.sum()))
-    steps = int(cfg.update_epochs * per_epoch)
-    return LocalResult(num_examples=batch.size, rollout_reward=float(batch.reward.mean()), optimizer_steps=steps)
+    return LocalResult(num_examples=batch.size, rollout_reward=float(batch.reward.mean()),
+                       optimizer_steps=int(stats["optimizer_steps"]))  # fmt: skip

@@ -303,7 +303,8 @@ def ppo_update(
 ) -> dict[str, float]:
     """Clipped PPO update on one rollout: GAE, then update_epochs passes over num_minibatches minibatches.
 
-    Steps whose action had no effect (autoreset) are left out. Returns losses and diagnostics (floats).
+    Steps whose action had no effect (autoreset) are left out. Returns losses and diagnostics (floats),
+    with the optimizer steps taken.
 
     Args:
         independent_examples: what DP-SGD needs (fed_client.dpsgd): no example's loss term may depend on
@@ -335,6 +336,7 @@ def ppo_update(
     clipfracs: list[torch.Tensor] = []
     zero = torch.zeros((), device=b_obs.device)
     pg_loss = v_loss = entropy_loss = old_approx_kl = approx_kl = zero
+    steps = 0
     for _epoch in range(cfg.update_epochs):
         for mb_inds in minibatch_indices(batch_size, cfg.num_minibatches, independent_examples, b_obs.device):
             if mb_inds.numel() == 0 and not independent_examples:
@@ -346,6 +348,7 @@ def ppo_update(
                 optimizer.zero_grad()
                 (newvalue.sum() + newlogprob.sum()).backward()
                 optimizer.step()
+                steps += 1
                 continue
             logratio = newlogprob - b_logprobs[mb_inds]
             ratio = logratio.exp()
@@ -380,6 +383,7 @@ def ppo_update(
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
             optimizer.step()
+            steps += 1
 
         if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
             break
@@ -396,4 +400,5 @@ def ppo_update(
         "clipfrac": float(torch.stack(clipfracs).mean()) if clipfracs else 0.0,
         "explained_variance": float(explained_var),
         "batch_size": float(batch_size),
+        "optimizer_steps": float(steps),
     }
