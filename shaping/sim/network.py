@@ -18,7 +18,8 @@ import torch
 
 from shaping.sim.layout import N_QUEUES
 
-_EPS = 1e-9
+#: Floor of the volumes and rates the stages divide by, so empty queues divide to 0, not NaN.
+EPS = 1e-9
 #: Highest utilization used in the M/G/1 formulas (they diverge at 1; a saturated queue is
 #: described by its fluid backlog instead).
 RHO_MAX = 0.98
@@ -71,17 +72,17 @@ def htb_stage(
     guaranteed = torch.minimum(demand, rate_kbit)
     # Rates that oversubscribe the root are scaled down to fit it.
     total = guaranteed.sum(-2, keepdim=True)
-    guaranteed = guaranteed * (cap_kbit / total.clamp_min(_EPS)).clamp(max=1.0)
+    guaranteed = guaranteed * (cap_kbit / total.clamp_min(EPS)).clamp(max=1.0)
     excess = torch.minimum(demand - guaranteed, (ceil_kbit - rate_kbit).clamp_min(0.0))
     spare = (cap_kbit - torch.minimum(total, cap_kbit)).clamp_min(0.0)
     before = over_classes(excess, higher)  # excess demand of strictly higher priorities
     level = over_classes(excess, same)  # excess demand of the class's own priority level
-    share = ((spare - before).clamp_min(0.0) / level.clamp_min(_EPS)).clamp(max=1.0)
+    share = ((spare - before).clamp_min(0.0) / level.clamp_min(EPS)).clamp(max=1.0)
     served = guaranteed + excess * share
     left = demand - served
     overflow = (left - limit_kbit).clamp_min(0.0)
     left = left - overflow
-    delay = (left * dt_ms / served.clamp_min(_EPS)).clamp(max=MAX_DELAY_MS)
+    delay = (left * dt_ms / served.clamp_min(EPS)).clamp(max=MAX_DELAY_MS)
     return TenantStage(served, left, overflow, delay)
 
 
@@ -98,11 +99,11 @@ def wfq_serve(demand: torch.Tensor, budget: torch.Tensor, weights: torch.Tensor)
     active = torch.ones_like(demand)
     for _ in range(demand.shape[-2]):
         w = weights * active
-        share = left.unsqueeze(-2) * w / w.sum(-2, keepdim=True).clamp_min(_EPS)
+        share = left.unsqueeze(-2) * w / w.sum(-2, keepdim=True).clamp_min(EPS)
         add = torch.minimum(demand - served, share)
         served = served + add
         left = (left - add.sum(-2)).clamp_min(0.0)
-        active = (demand - served > _EPS).to(demand.dtype)
+        active = (demand - served > EPS).to(demand.dtype)
     return served
 
 
@@ -172,7 +173,7 @@ def provider_stage(
     back_q = to_queues(backlog, queue, p * N_QUEUES)
     inf = torch.full_like(ef_limit_kbit, float("inf"))
     limit = torch.stack([ef_limit_kbit, inf, inf, inf], dim=-1).view(-1, 1)
-    admit_q = (limit / arr_q.clamp_min(_EPS)).clamp(max=1.0)
+    admit_q = (limit / arr_q.clamp_min(EPS)).clamp(max=1.0)
     x_adm = arrivals * from_queues(admit_q, queue)
     demand_q = (back_q + arr_q * admit_q).view(p, N_QUEUES, b)
     cap = path_kbit.view(p, 1)
@@ -180,17 +181,17 @@ def provider_stage(
     rest = wfq_serve(demand_q[:, 1:], cap - ef, af_weights.unsqueeze(-1))
     served_q = torch.cat([ef.unsqueeze(1), rest], dim=1).view(p * N_QUEUES, b)
     demand_q = demand_q.view(p * N_QUEUES, b)
-    frac = served_q / demand_q.clamp_min(_EPS)
+    frac = served_q / demand_q.clamp_min(EPS)
     demand_c = backlog + x_adm
     delivered = demand_c * from_queues(frac, queue)
     left_c = demand_c - delivered
     left_q = demand_q - served_q
     buf = buffer_kbit.repeat_interleave(N_QUEUES).view(-1, 1)
-    over_frac = ((left_q - buf).clamp_min(0.0) / left_q.clamp_min(_EPS)).clamp(max=1.0)
+    over_frac = ((left_q - buf).clamp_min(0.0) / left_q.clamp_min(EPS)).clamp(max=1.0)
     overflow = left_c * from_queues(over_frac, queue)
     left_c = left_c - overflow
     kept_q = left_q * (1.0 - over_frac)  # the sum of its classes' backlogs, without a second scatter
-    delay_q = (kept_q * dt_ms / served_q.clamp_min(_EPS)).clamp(max=MAX_DELAY_MS)
+    delay_q = (kept_q * dt_ms / served_q.clamp_min(EPS)).clamp(max=MAX_DELAY_MS)
     util = served_q / path_kbit.repeat_interleave(N_QUEUES).view(-1, 1)
     return ProviderStage(
         delivered=delivered,

@@ -241,6 +241,8 @@ class Simulator:
         seed: seed of the simulator's random generator (None: a random seed).
         compile: fuse the sub-step with torch.compile: a compile of tens of seconds to minutes
             on first use, several times faster at large batch sizes.
+        cpu_kernel: run the sub-steps in the C++ kernel of shaping.sim.cpu_kernel (CPU only; built
+            on first use): the fastest CPU path at large batch sizes.
     """
 
     def __init__(
@@ -250,7 +252,10 @@ class Simulator:
         device: torch.device | str = "cpu",
         seed: int | None = None,
         compile: bool = False,
+        cpu_kernel: bool = False,
     ) -> None:
+        if cpu_kernel and torch.device(device).type != "cpu":
+            raise ValueError(f"cpu_kernel=True runs the sub-steps on the CPU, not on {device}")
         self.cfg = scenario
         self.tensors: ScenarioTensors = compile_scenario(scenario, device)
         self.batch_size = batch_size
@@ -283,6 +288,11 @@ class Simulator:
             self._substep = torch.compile(substep, dynamic=False)
             self._prepare_fn = torch.compile(self._prepare, dynamic=False)
             self._finish_fn = torch.compile(self._finish, dynamic=False)
+        self._cpu_kernel = cpu_kernel
+        if cpu_kernel:
+            from shaping.sim import cpu_kernel as kernel
+
+            kernel.ensure_built()
         self.state = self._fresh_state()
 
     # ------------------------------------------------------------------ state
@@ -381,8 +391,13 @@ class Simulator:
         k, c, b = self.state.q_tenant.shape
         noise = draw_load_noise(b, k, c, self.gen, self.device)
         carry, iv, load, mult = self._prepare_fn(plan, aqm, noise)
-        for _ in range(self.cfg.substeps):
-            carry = self._substep(carry, iv, self.dt_ms)
+        if self._cpu_kernel:
+            from shaping.sim import cpu_kernel as kernel
+
+            carry = kernel.run_substeps(carry, iv, self.dt_ms, self.cfg.substeps)
+        else:
+            for _ in range(self.cfg.substeps):
+                carry = self._substep(carry, iv, self.dt_ms)
         self.state, out = self._finish_fn(carry, iv, load, mult)
         return out
 
@@ -395,7 +410,9 @@ class Simulator:
         load, mult = apply_load(s.load, s.t, st.apps.app, self.cfg.load, noise)
         mult = _batch_last(mult)
         iv = self._interval(plan, aqm, mult)
-        acc = torch.zeros(7, k, c, b, device=self.device)
+        # The C++ kernel starts the accumulators at zero itself: its path skips the memset.
+        fresh = torch.empty if self._cpu_kernel else torch.zeros
+        acc = fresh(7, k, c, b, device=self.device)
         carry = Carry(
             q_t=s.q_tenant,
             q_p=s.q_provider,
@@ -411,13 +428,11 @@ class Simulator:
             on_time=acc[4],
             p99=acc[5],
             rebuffer=acc[6],
-            path_served=torch.zeros(st.n_paths * N_QUEUES, b, device=self.device),
+            path_served=fresh(st.n_paths * N_QUEUES, b, device=self.device),
         )
         return carry, iv, load, mult
 
-    def _finish(
-        self, r: Carry, iv: Interval, load: LoadState, mult: torch.Tensor
-    ) -> tuple[SimState, StepOutput]:
+    def _finish(self, r: Carry, iv: Interval, load: LoadState, mult: torch.Tensor) -> tuple[SimState, StepOutput]:
         """Turn the interval's accumulators into metrics and the next state; adapt the video players."""
         st, s = self.tensors, self.state
         b = s.q_tenant.shape[-1]

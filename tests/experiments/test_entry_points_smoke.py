@@ -25,11 +25,14 @@ def test_bench_sim_prints_rates_for_each_batch():
         "experiments.bench_sim", "--batches", "1", "8", "--repeats", "1", "--min-seconds", "0.01", "--no-compile"
     )
     rates = {k: v for k, v in res.items() if k.endswith("steps_per_s")}
+    kernel = {"cpu_kernel_b1_tenant_steps_per_s", "cpu_kernel_b8_tenant_steps_per_s"}
+    if "cpu_kernel_unavailable" in res:  # no C++ compiler here: the benchmark says why and goes on
+        kernel = set()
     assert set(rates) == {
         "cpu_eager_b1_tenant_steps_per_s",
         "cpu_eager_b8_tenant_steps_per_s",
         "best_cpu_tenant_steps_per_s",
-    }
+    } | kernel
     assert all(v > 0 for v in rates.values())
     assert res["tenants"] == 4 and res["substeps"] == 10
 

@@ -1,0 +1,163 @@
+"""The simulator's sub-steps as one C++ kernel for the CPU (`Simulator(..., cpu_kernel=True)`).
+
+`shaping.sim.simulator.substep` stays the model's definition (and the GPU path); the kernel in
+`csrc/substeps.cpp` mirrors it operation by operation and runs all sub-steps of an interval for
+blocks of 8 environments whose state stays in cache, which torch.compile's loop nests over the
+whole batch cannot do (docs/simulator.md, section 13). tests/sim/test_cpu_kernel.py checks the
+two against each other.
+
+The kernel is built on first use with torch's C++ extension loader (a C++ compiler and ninja are
+needed; the build takes a few seconds and is cached under ~/.cache/torch_extensions) and called
+through ctypes, so it needs no Python bindings and runs without the GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+
+from shaping.sim import network
+from shaping.sim import simulator as sim
+from shaping.traffic import apps as A
+
+_SOURCE = Path(__file__).parent / "csrc" / "substeps.cpp"
+# -ffp-contract=off: no fused multiply-adds, so each operation rounds as torch's does and the kernel
+# agrees with the torch sub-step to the last bit or two (exp aside). FEDSHAPE_LIBMVEC: glibc's
+# vector expf (-lmvec).
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+_FLAGS += ["-DFEDSHAPE_LIBMVEC"]
+
+#: Interval fields the kernel reads, in the order of its Input enum (the priority comes apart, as
+#: int64, and the kernel tells EF classes by their queue).
+_INPUTS = (
+    "app_rate", "is_tcp", "rate_kbit", "ceil_kbit", "path_kbit_c", "base_delay", "drop", "codel", "pkt",
+    "cs2", "tx_tenant", "tx_path", "leaf_limit", "deadline", "flows", "bitrate", "cap_kbit",
+)  # fmt: skip
+#: Carry fields in the order of the kernel's State enum: the state it reads and writes to new
+#: tensors (the simulator still reads the old ones after the sub-steps), then the interval's
+#: accumulators, which it computes from zero into the carry's tensors.
+_STATES = ("q_t", "q_p", "win", "rtt", "buf", "above", "drop_count")
+_ACCUMULATORS = ("offered", "delivered", "lost", "delay_vol", "on_time", "p99", "rebuffer")
+
+
+class KernelUnavailable(RuntimeError):
+    """The C++ kernel could not be built here (no compiler, no ninja, or a build error)."""
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    """Build (once per machine and source version) and load the kernel."""
+    from torch.utils import cpp_extension
+
+    try:
+        path = cpp_extension.load(
+            name="fedshape_substeps",
+            sources=[str(_SOURCE)],
+            extra_cflags=_FLAGS,
+            extra_ldflags=["-fopenmp", "-lmvec"],
+            is_python_module=False,
+            verbose=False,
+        )
+    except (RuntimeError, OSError) as err:
+        # The build log can run to pages: its last lines hold the compiler's complaint.
+        detail = "\n".join(str(err).strip().splitlines()[-8:])
+        raise KernelUnavailable(
+            "the simulator's CPU kernel could not be built; it needs a C++ compiler (g++) and ninja "
+            "(apt-get install g++ ninja-build, or pip install ninja). Simulator(cpu_kernel=False) runs the "
+            f"torch sub-step instead. The build said:\n{detail}"
+        ) from err
+    lib = ctypes.CDLL(str(path))
+    fn = lib.fedshape_substeps
+    p = ctypes.c_void_p
+    fn.argtypes = [p] * 13 + [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def ensure_built() -> None:
+    """Build the kernel now (raises KernelUnavailable with the reason where it cannot be built)."""
+    _library()
+
+
+def _broadcast(x: torch.Tensor, k: int, c: int, b: int, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """An interval field as `dtype`, and the strides of its (K, C, B) broadcast view (0 where it broadcasts)."""
+    x = x.to(dtype)
+    return x, x.expand(k, c, b).stride()
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 and x.is_contiguous() else x.to(torch.float32).contiguous()
+
+
+def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array[ctypes.c_void_p]:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+def run_substeps(carry: sim.Carry, iv: sim.Interval, dt: float, substeps: int) -> sim.Carry:
+    """Run `substeps` sub-steps of every environment in the C++ kernel; the same as repeating `substep`.
+
+    Works on CPU tensors, with torch's intra-op thread count. The state comes back in new tensors.
+    The accumulators (offered ... path_served) are an interval's sums: the kernel starts them at zero
+    (as the simulator's _prepare does) and writes them into the carry's tensors, whatever they held.
+    """
+    lib = _library()
+    k, c, b = carry.q_t.shape
+    p = iv.path_kbit.shape[0]
+    if carry.q_t.device.type != "cpu":
+        raise ValueError("the C++ sub-step kernel runs on the CPU; use the torch sub-step on other devices")
+    inputs, strides = zip(*(_broadcast(getattr(iv, f), k, c, b, torch.float32) for f in _INPUTS), strict=True)
+    priority, priority_strides = _broadcast(iv.priority, k, c, b, torch.int64)
+    state_in = [_dense(getattr(carry, f)) for f in _STATES]
+    accumulators = [_dense(getattr(carry, f)) for f in _ACCUMULATORS]
+    state_out = [torch.empty_like(x) for x in state_in]
+    path_served = _dense(carry.path_served)
+    queue = iv.queue.to(torch.int64).contiguous()
+    path = iv.path.to(torch.int64).contiguous()
+    path_kbit = iv.path_kbit.float().contiguous()
+    ef_limit = iv.ef_limit_kbit.float().contiguous()
+    buffer = iv.buffer_kbit.float().contiguous()
+    af = iv.af_weights.float().contiguous()
+    params = torch.tensor(
+        [
+            dt,
+            iv.codel_keep,
+            sim.CODEL_TARGET_MS,
+            sim.CODEL_INTERVAL_MS,
+            A.MSS_BYTES * 8.0 / 1000.0,
+            A.LN100,
+            2.0 * A.VIDEO_TARGET_BUFFER_S,
+            network.EPS,
+            network.RHO_MAX,
+            network.MAX_DELAY_MS,
+        ],
+        dtype=torch.float32,
+    )
+    all_strides = torch.tensor([*strides, priority_strides], dtype=torch.int64).flatten()
+    rc = lib.fedshape_substeps(
+        _pointers(list(inputs)),
+        all_strides.data_ptr(),
+        priority.data_ptr(),
+        _pointers(state_in),
+        _pointers(state_out + accumulators),
+        path_served.data_ptr(),
+        queue.data_ptr(),
+        path.data_ptr(),
+        path_kbit.data_ptr(),
+        ef_limit.data_ptr(),
+        buffer.data_ptr(),
+        af.data_ptr(),
+        params.data_ptr(),
+        k,
+        c,
+        p,
+        b,
+        substeps,
+        torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise RuntimeError(f"the C++ sub-step kernel failed with code {rc}")
+    fields = dict(zip(_STATES + _ACCUMULATORS, state_out + accumulators, strict=True))
+    return sim.Carry(**fields, path_served=path_served)
