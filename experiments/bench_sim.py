@@ -91,26 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=DEFAULT_BATCHES)
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (median reported)")
     ap.add_argument("--min-seconds", type=float, default=0.5, help="minimum length of one timed run")
-    ap.add_argument(
-        "--no-compile",
-        action="store_true",
-        help="no torch.compile (the kernel variant then runs eager around the kernel)",
-    )
-    ap.add_argument(
-        "--compile-batches",
-        type=int,
-        nargs="+",
-        default=None,
-        help="batch sizes for the compiled variant (default: the largest two)",
-    )
+    ap.add_argument("--no-compile", action="store_true",
+                    help="no torch.compile (the kernel variant then runs eager around the kernel)")
+    ap.add_argument("--compile-batches", type=int, nargs="+", default=None,
+                    help="batch sizes for the compiled variant (default: the largest two)")
     ap.add_argument("--no-kernel", action="store_true", help="skip the C++ sub-step kernel (CPU)")
-    ap.add_argument(
-        "--kernel-batches",
-        type=int,
-        nargs="+",
-        default=None,
-        help="batch sizes for the kernel variant (default: the largest three)",
-    )
+    ap.add_argument("--kernel-batches", type=int, nargs="+", default=None,
+                    help="batch sizes for the kernel variant (default: the largest three)")
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     args = ap.parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import warnings
 from pathlib import Path
 
 import torch
@@ -80,6 +81,17 @@ def _library() -> ctypes.CDLL:
 def ensure_built() -> None:
     """Build the kernel now (raises KernelUnavailable with the reason where it cannot be built)."""
     _library()
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the kernel builds here; where it does not, warn once with the reason."""
+    try:
+        _library()
+    except KernelUnavailable as err:
+        warnings.warn(f"{err}\nThe simulator falls back to the torch sub-step (slower).", stacklevel=2)
+        return False
+    return True
 
 
 def _broadcast(x: torch.Tensor, k: int, c: int, b: int, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, ...]]:

@@ -48,8 +48,8 @@ def test_compiled_simulator_matches_eager():
     metrics and next state as eager, for tenants with and without CoDel leaves (float32 tolerance)."""
     cfg = load_scenario("default")
     b = 16
-    eager = Simulator(cfg, batch_size=b, seed=5)
-    fused = Simulator(cfg, batch_size=b, seed=5, compile=True)
+    eager = Simulator(cfg, batch_size=b, seed=5, cpu_kernel=False)
+    fused = Simulator(cfg, batch_size=b, seed=5, compile=True, cpu_kernel=False)
     st = eager.tensors
     one = stack_plans([[get_baseline("static_priority").plan(s) for s in st.specs]], st.n_classes)
     plan = PlanBatch(*(x.expand(b, *x.shape[1:]).contiguous() for x in one))

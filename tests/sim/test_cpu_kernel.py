@@ -52,7 +52,7 @@ def _copy(state: SimState) -> SimState:
 def _assert_same_step(scenario: str, batch: int, steps: int, seed: int) -> None:
     """From the same state, with the same plans and load draws, both paths give the same step."""
     cfg = load_scenario(scenario)
-    ref = Simulator(cfg, batch_size=batch, seed=seed)
+    ref = Simulator(cfg, batch_size=batch, seed=seed, cpu_kernel=False)
     fast = Simulator(cfg, batch_size=batch, seed=seed, cpu_kernel=True)
     gen = torch.Generator().manual_seed(seed)
     aqm = torch.arange(ref.tensors.n_tenants) % 2 == 1  # CoDel leaves for every other tenant
@@ -87,7 +87,7 @@ def test_kernel_trajectory_stays_with_torch_and_is_deterministic_across_threads(
     result does not depend on how many threads share the batch."""
     cfg = load_scenario("default")
     b = 96
-    ref = Simulator(cfg, batch_size=b, seed=7)
+    ref = Simulator(cfg, batch_size=b, seed=7, cpu_kernel=False)
     fast = Simulator(cfg, batch_size=b, seed=7, cpu_kernel=True)
     gen = torch.Generator().manual_seed(7)
     plan = random_plans(ref, gen)
@@ -125,8 +125,20 @@ def test_unavailable_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     cpu_kernel._library.cache_clear()
+    cpu_kernel.available.cache_clear()
     try:
         with pytest.raises(cpu_kernel.KernelUnavailable, match=r"g\+\+.*ninja.*cpu_kernel=False"):
             Simulator(load_scenario("default"), batch_size=2, cpu_kernel=True)
+        # By default the simulator falls back to the torch sub-step, and says so.
+        with pytest.warns(UserWarning, match="falls back to the torch sub-step"):
+            sim = Simulator(load_scenario("default"), batch_size=2)
+        assert not sim.uses_cpu_kernel
     finally:
         cpu_kernel._library.cache_clear()
+        cpu_kernel.available.cache_clear()
+
+
+@needs_kernel
+def test_kernel_is_the_default_on_the_cpu_only():
+    assert Simulator(load_scenario("default"), batch_size=2).uses_cpu_kernel
+    assert not Simulator(load_scenario("default"), batch_size=2, cpu_kernel=False).uses_cpu_kernel
