@@ -132,6 +132,21 @@ def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_p
     assert s.init_weights == str(tmp_path / "u.npz") and s.local_normalizer and s.local_iterations == 4
 
 
+def test_scratch_config_is_the_pretrained_federation_without_the_start_and_with_more_rounds():
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        scratch = OmegaConf.to_object(compose(config_name="federated_scratch"))
+        pretrained = OmegaConf.to_object(compose(config_name="federated_pretrained", overrides=["init.weights=/w.npz"]))
+    assert isinstance(scratch, FederatedConfig) and isinstance(pretrained, FederatedConfig)
+    assert scratch.init.weights == "" and scratch.fl.rounds == 24
+    assert scratch.fl.strategy == pretrained.fl.strategy and scratch.fl.server_lr == pretrained.fl.server_lr
+    assert scratch.fl.weighting == pretrained.fl.weighting == "uniform"
+    assert scratch.fl.local_normalizer and pretrained.fl.local_normalizer
+    assert scratch.train == pretrained.train and scratch.tenants == pretrained.tenants
+    assert scratch.evaluation == pretrained.evaluation
+    check_compatible(RunSettings.from_config(_flat(scratch)))
+
+
 def test_population_adds_randomized_tenants_that_the_run_settings_carry(tmp_path):
     from experiments.federated import PopulationConfig, run_config, with_population
 
