@@ -8,6 +8,8 @@ the ClassMetrics and HostMetrics the spec turns into observations and rewards.
 Internally the batch is the last dimension (class tensors (K, C, B)), so every operation runs over
 contiguous vectors of environments; plans come in and metrics go out as (B, K, C) like everywhere
 else. `compile=True` fuses the sub-step, and the preparation and accounting around it, with torch.compile.
+On the CPU the sub-steps run by default in the C++ kernel of shaping.sim.cpu_kernel, which mirrors
+`substep` (the definition of the model, and what runs on other devices).
 """
 
 from __future__ import annotations
