@@ -91,6 +91,8 @@ class LocalTrainer:
         self.scalers = [ReturnScaler(env.num_envs, cfg.gamma) for env in envs]
         self.iterations = 0
         """Iterations run so far (over all calls of run)."""
+        self.optimizer_steps = 0
+        """Optimizer steps taken so far (over all calls of run): what a DP-SGD accountant is charged for."""
 
     def run(self, iterations: int) -> tuple[int, list[float]]:
         """Run PPO iterations; returns (valid environment steps collected, mean raw reward per iteration)."""
@@ -107,7 +109,9 @@ class LocalTrainer:
                 steps += int(rollout.valid.sum())
                 scaled = (rollout._replace(rewards=rollout.rewards / FIXED_REWARD_SCALE) if self.independent_examples
                           else self.scalers[k](rollout))  # fmt: skip
-                ppo_update(self.model, self.optimizer, scaled, self.cfg, independent_examples=self.independent_examples)
+                stats = ppo_update(self.model, self.optimizer, scaled, self.cfg,
+                                   independent_examples=self.independent_examples)  # fmt: skip
+                self.optimizer_steps += int(stats["optimizer_steps"])
                 self.iterations += 1
         finally:
             self.model.eval()
@@ -140,20 +144,16 @@ def local_train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = (prox_adam(params, cfg.learning_rate, proximal_mu) if proximal_mu > 0
                                         else make_optimizer(model, cfg.learning_rate))  # fmt: skip
-    counter = [0]
-    # Counted on the inner optimizer: DPOptimizer wraps it without torch's hook machinery.
-    hook = optimizer.register_step_post_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
     if dp is not None:
         optimizer = dp.attach(model, optimizer, envs[0].num_envs * cfg.num_steps, cfg.num_minibatches)
     try:
         trainer = LocalTrainer(model, envs, cfg, seed=seed, optimizer=optimizer, independent_examples=dp is not None)
         steps, rewards = trainer.run(iterations)
     finally:
-        hook.remove()
         if dp is not None:
             dp.detach(model)
     return LocalResult(num_examples=steps, rollout_reward=float(np.mean(rewards)) if rewards else 0.0,
-                       optimizer_steps=counter[0])  # fmt: skip
+                       optimizer_steps=trainer.optimizer_steps)  # fmt: skip
 
 
 def evaluate(model: ActorCritic, env: PaddedEnv, steps: int, seed: int) -> EvalResult:
