@@ -293,20 +293,21 @@ class Simulator:
             self._substep = torch.compile(substep, dynamic=False)
             self._prepare_fn = torch.compile(self._prepare, dynamic=False)
             self._finish_fn = torch.compile(self._finish, dynamic=False)
-        self._cpu_kernel = on_cpu and cpu_kernel is not False
-        if self._cpu_kernel:
-            from shaping.sim import cpu_kernel as kernel
+        # The sub-steps' runner, chosen once: the C++ kernel, or None for the torch sub-step loop.
+        self._kernel: Callable[[Carry, Interval, float, int], Carry] | None = None
+        if on_cpu and cpu_kernel is not False:
+            from shaping.sim import cpu_kernel as kernel  # it imports this module
 
             if cpu_kernel:
                 kernel.ensure_built()
-            else:
-                self._cpu_kernel = kernel.available()
+            if cpu_kernel or kernel.available():
+                self._kernel = kernel.run_substeps
         self.state = self._fresh_state()
 
     @property
     def uses_cpu_kernel(self) -> bool:
         """Whether the sub-steps run in the C++ kernel (see the cpu_kernel argument)."""
-        return self._cpu_kernel
+        return self._kernel is not None
 
     # ------------------------------------------------------------------ state
     def _fresh_state(self) -> SimState:
@@ -404,10 +405,8 @@ class Simulator:
         k, c, b = self.state.q_tenant.shape
         noise = draw_load_noise(b, k, c, self.gen, self.device)
         carry, iv, load, mult = self._prepare_fn(plan, aqm, noise)
-        if self._cpu_kernel:
-            from shaping.sim import cpu_kernel as kernel
-
-            carry = kernel.run_substeps(carry, iv, self.dt_ms, self.cfg.substeps)
+        if self._kernel is not None:
+            carry = self._kernel(carry, iv, self.dt_ms, self.cfg.substeps)
         else:
             for _ in range(self.cfg.substeps):
                 carry = self._substep(carry, iv, self.dt_ms)
@@ -424,7 +423,7 @@ class Simulator:
         mult = _batch_last(mult)
         iv = self._interval(plan, aqm, mult)
         # The C++ kernel starts the accumulators at zero itself: its path skips the memset.
-        fresh = torch.empty if self._cpu_kernel else torch.zeros
+        fresh = torch.empty if self._kernel is not None else torch.zeros
         acc = fresh(7, k, c, b, device=self.device)
         carry = Carry(
             q_t=s.q_tenant,

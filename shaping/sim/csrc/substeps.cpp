@@ -118,6 +118,19 @@ inline void scatter(vf* out, const vf* x, const vi* index, int n_items, int n_va
     for (int q = 0; q < n_values; ++q) out[q] += index[n] == q ? x[n] : vf{};
 }
 
+// For class n of the tenant whose classes start at `first`: the sums of x over the tenant's classes
+// of strictly higher priority (lower value) and of the same priority (network.over_classes with the
+// masks of network.priority_masks).
+inline void by_priority(const vf* priority, const vf* x, int first, int C, int n, vf& higher, vf& same) {
+  const vf pr = priority[n];
+  higher = vf{};
+  same = vf{};
+  for (int o = first; o < first + C; ++o) {
+    higher += priority[o] < pr ? x[o] : vf{};
+    same += priority[o] == pr ? x[o] : vf{};
+  }
+}
+
 // Cobham's wait: w0 * dt / ((1 - min(before, rho_max)) (1 - min(through, rho_max))).
 inline vf priority_wait(vf w0, vf before, vf through, float dt, vf rho_max) {
   vf a = 1.0f - vmin(before, rho_max);
@@ -164,13 +177,8 @@ void substep(Block& s, const Dims& d, const float* prm, const float* path_kbit, 
     }
     for (int c = 0; c < C; ++c) {
       const int n = k * C + c;
-      vf pr = s.priority[n];
-      vf before = zero, level = zero;
-      for (int o = 0; o < C; ++o) {
-        vf po = s.priority[k * C + o], ex = sc[S_EX][k * C + o];
-        before += po < pr ? ex : zero;
-        level += po == pr ? ex : zero;
-      }
+      vf before, level;  // excess demand of the higher priorities, and of the class's own level
+      by_priority(s.priority, sc[S_EX], k * C, C, n, before, level);
       vf share = vmin(vmax(s.spare[k] - before, zero) / vmax(level, eps), one);
       vf served = sc[S_G][n] + sc[S_EX][n] * share;
       vf left = sc[S_DEM][n] - served;
@@ -280,13 +288,8 @@ void substep(Block& s, const Dims& d, const float* prm, const float* path_kbit, 
   for (int k = 0; k < K; ++k) {
     for (int c = 0; c < C; ++c) {
       const int n = k * C + c;
-      vf pr = s.priority[n];
-      vf before = zero, same = zero;
-      for (int o = 0; o < C; ++o) {
-        vf po = s.priority[k * C + o], rho = sc[S_RHO][k * C + o];
-        before += po < pr ? rho : zero;
-        same += po == pr ? rho : zero;
-      }
+      vf before, same;  // load of the higher priorities, and of the class's own level
+      by_priority(s.priority, sc[S_RHO], k * C, C, n, before, same);
       vf served = sc[S_SERVED][n], pkt = in[IN_PKT][n], cs2 = in[IN_CS2][n];
       vf wait_t = priority_wait(s.w0_t[k], before, before + same, dt, rho_max);
       vf ceil = vmax(in[IN_CEIL][n], splat(1e-9f));
