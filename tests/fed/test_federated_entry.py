@@ -92,31 +92,32 @@ def test_tiny_secagg_distributed_dp_run_writes_the_report(tmp_path):
     assert "federated_vs_centralized" in res["targets"]
 
 
-def test_targets_config_overrides_only_the_budget_of_the_default():
+def _primary(name: str, *overrides: str) -> FederatedConfig:
+    """A primary config of conf/ composed as experiments.federated composes it, as its dataclass."""
     register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        default = OmegaConf.to_object(compose(config_name="federated"))
-        targets = OmegaConf.to_object(compose(config_name="federated_targets", overrides=["fl.rounds=3"]))
-    assert isinstance(targets, FederatedConfig) and isinstance(default, FederatedConfig)
+        conf = OmegaConf.to_object(compose(config_name=name, overrides=list(overrides)))
+    assert isinstance(conf, FederatedConfig)
+    return conf
+
+
+def test_targets_config_overrides_only_the_budget_of_the_default():
+    default = _primary("federated")
+    targets = _primary("federated_targets", "fl.rounds=3")
     assert (targets.fl.rounds, targets.evaluation.envs, targets.evaluation.steps) == (3, 4, 60)
     assert targets.tenants == default.tenants and targets.train == default.train
     assert targets.privacy == default.privacy and targets.fl.strategy == default.fl.strategy
 
 
 def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_path):
-    register()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        targets = OmegaConf.to_object(compose(config_name="federated_targets"))
-        unset = OmegaConf.to_object(compose(config_name="federated_pretrained"))
-        conf = OmegaConf.to_object(compose(config_name="federated_pretrained", overrides=["init.weights=/w.npz"]))
-        population = OmegaConf.to_object(
-            compose(config_name="federated_population_dp", overrides=["init.weights=/w.npz"])
-        )
-    assert isinstance(conf, FederatedConfig) and isinstance(targets, FederatedConfig)
+    targets = _primary("federated_targets")
+    unset = _primary("federated_pretrained")
+    conf = _primary("federated_pretrained", "init.weights=/w.npz")
+    population = _primary("federated_population_dp", "init.weights=/w.npz")
     assert conf.init.weights == "/w.npz" and conf.fl.local_normalizer
     assert (conf.fl.strategy, conf.fl.server_lr) == ("fedavgm", 2.0)
     # The DP population falls back to plain FedAvg, the one strategy central DP accepts here.
-    assert isinstance(population, FederatedConfig) and population.fl.strategy == "fedavg"
+    assert population.fl.strategy == "fedavg"
     check_compatible(RunSettings.from_config(_flat(population)))
     check_compatible(RunSettings.from_config(_flat(conf)))
     assert conf.tenants == targets.tenants and conf.evaluation == targets.evaluation
@@ -125,7 +126,7 @@ def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_p
 
     for missing in (unset, conf):
         with pytest.raises(FileNotFoundError, match=r"init\.weights: no file"):
-            run_config(missing, tmp_path)  # type: ignore[arg-type]
+            run_config(missing, tmp_path)
     conf.init.weights = str(tmp_path / "u.npz")
     (tmp_path / "u.npz").write_bytes(b"")
     s = RunSettings.from_config(run_config(conf, tmp_path))
@@ -133,11 +134,8 @@ def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_p
 
 
 def test_scratch_config_is_the_pretrained_federation_without_the_start_and_with_more_rounds():
-    register()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        scratch = OmegaConf.to_object(compose(config_name="federated_scratch"))
-        pretrained = OmegaConf.to_object(compose(config_name="federated_pretrained", overrides=["init.weights=/w.npz"]))
-    assert isinstance(scratch, FederatedConfig) and isinstance(pretrained, FederatedConfig)
+    scratch = _primary("federated_scratch")
+    pretrained = _primary("federated_pretrained", "init.weights=/w.npz")
     assert scratch.init.weights == "" and scratch.fl.rounds == 24
     assert scratch.fl.strategy == pretrained.fl.strategy and scratch.fl.server_lr == pretrained.fl.server_lr
     assert scratch.fl.weighting == pretrained.fl.weighting == "uniform"
