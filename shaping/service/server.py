@@ -51,15 +51,20 @@ def is_loopback(host: str) -> bool:
 
 
 class _Health(health.HealthServicer):
-    """gRPC health checking whose Watch streams tell the pool that they block."""
+    """gRPC health checking whose Watch streams queue their updates and tell the pool that they block.
+
+    Why not grpc_health's default non-blocking Watch: its `set()` sends each watcher's update from the
+    caller's thread while holding the servicer's lock, and a watch closing at that moment needs the same
+    lock on gRPC's event thread, which that send waits for. `stop()` (NOT_SERVING to every watcher)
+    then deadlocked now and then, with a client cancelling its watch (seen in CI, reproduced under load).
+    The blocking form's `set()` only queues the update; each open watch holds a pool thread instead.
+    """
 
     def __init__(self, blocking: Blocking) -> None:
-        super().__init__()
+        super().__init__(experimental_non_blocking=False)
         self._blocking = blocking
 
     def Watch(self, request: Any, context: Any, send_response_callback: Any = None) -> Any:
-        if send_response_callback is not None:  # the non-blocking form holds no thread
-            return super().Watch(request, context, send_response_callback)
         return blocking_stream(super().Watch(request, context), self._blocking)
 
 
