@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart, command 2: install FedShape with its dev tools and run lint, types and tests.
 # As root it also installs the Debian tools the network-namespace tests use (iproute2, nftables,
-# iperf3, tcpdump, ethtool) and what builds the simulator's C++ kernel (g++, ninja).
+# iperf3, tcpdump, ethtool) and the compiler that builds the simulator's C++ kernel (g++).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -12,7 +12,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v tcpdump >/dev/null || need+=(tcpdump)
   command -v ethtool >/dev/null || need+=(ethtool)
   command -v g++ >/dev/null || need+=(g++)
-  command -v ninja >/dev/null || need+=(ninja-build)
   if [ ${#need[@]} -gt 0 ]; then
     echo "[test] apt-get install ${need[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

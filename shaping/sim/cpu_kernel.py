@@ -6,9 +6,9 @@ blocks of 8 environments whose state stays in cache, which torch.compile's loop 
 whole batch cannot do (docs/simulator.md, section 13). tests/sim/test_cpu_kernel.py checks the
 two against each other.
 
-The kernel is built on first use with torch's C++ extension loader (a C++ compiler and ninja are
-needed; the build takes a few seconds and is cached under ~/.cache/torch_extensions) and called
-through ctypes, so it needs no Python bindings and runs without the GIL.
+The kernel is built on first use by `shaping.sim.native` (a C++ compiler is needed; the build takes a
+few seconds and is cached under ~/.cache/fedshape/native) and called through ctypes, so it needs no
+Python bindings and runs without the GIL.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from shaping.sim import network
+from shaping.sim import native, network
 from shaping.sim import simulator as sim
 from shaping.traffic import apps as A
 
@@ -45,30 +45,19 @@ _ACCUMULATORS = ("offered", "delivered", "lost", "delay_vol", "on_time", "p99", 
 
 
 class KernelUnavailable(RuntimeError):
-    """The C++ kernel could not be built here (no compiler, no ninja, or a build error)."""
+    """The C++ kernel could not be built here (no compiler, or a build error)."""
 
 
 @functools.cache
 def _library() -> ctypes.CDLL:
     """Build (once per machine and source version) and load the kernel."""
-    from torch.utils import cpp_extension
-
     try:
-        path = cpp_extension.load(
-            name="fedshape_substeps",
-            sources=[str(_SOURCE)],
-            extra_cflags=_FLAGS,
-            extra_ldflags=["-fopenmp", "-lmvec"],
-            is_python_module=False,
-            verbose=False,
-        )
-    except (RuntimeError, OSError) as err:
-        # The build log can run to pages: its last lines hold the compiler's complaint.
-        detail = "\n".join(str(err).strip().splitlines()[-8:])
+        path = native.build_library("fedshape_substeps", _SOURCE, _FLAGS, ["-fopenmp", "-lmvec"])
+    except (native.BuildError, OSError) as err:
         raise KernelUnavailable(
-            "the simulator's CPU kernel could not be built; it needs a C++ compiler (g++) and ninja "
-            "(apt-get install g++ ninja-build, or pip install ninja). Simulator(cpu_kernel=False) runs the "
-            f"torch sub-step instead. The build said:\n{detail}"
+            f"the simulator's CPU kernel could not be built: {err}\n"
+            "It needs a C++ compiler (Debian: apt-get install g++). Simulator(cpu_kernel=False) runs the "
+            "torch sub-step instead."
         ) from err
     lib = ctypes.CDLL(str(path))
     fn = lib.fedshape_substeps

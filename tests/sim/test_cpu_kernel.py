@@ -118,16 +118,17 @@ def test_kernel_refuses_other_devices():
 
 def test_unavailable_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch):
     """Without a compiler the error names what to install and the fallback, before any step runs."""
-    from torch.utils import cpp_extension
+    from shaping.sim import native
 
     def no_compiler(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("Ninja is required to load C++ extensions")
+        raise native.BuildError("no C++ compiler found")
 
-    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(native, "build_library", no_compiler)
     cpu_kernel._library.cache_clear()
     cpu_kernel.available.cache_clear()
     try:
-        with pytest.raises(cpu_kernel.KernelUnavailable, match=r"g\+\+.*ninja.*cpu_kernel=False"):
+        expected = r"(?s)no C\+\+ compiler.*apt-get install g\+\+.*cpu_kernel=False"
+        with pytest.raises(cpu_kernel.KernelUnavailable, match=expected):
             Simulator(load_scenario("default"), batch_size=2, cpu_kernel=True)
         # By default the simulator falls back to the torch sub-step, and says so.
         with pytest.warns(UserWarning, match="falls back to the torch sub-step"):
