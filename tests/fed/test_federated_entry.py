@@ -3,6 +3,8 @@ through Flower's simulation engine with SecAgg+ and distributed DP (the report a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 from pathlib import Path
 
@@ -143,6 +145,16 @@ def test_scratch_config_is_the_pretrained_federation_without_the_start_and_with_
     assert scratch.train == pretrained.train and scratch.tenants == pretrained.tenants
     assert scratch.evaluation == pretrained.evaluation
     check_compatible(RunSettings.from_config(_flat(scratch)))
+
+
+def test_scratch_long_config_only_runs_longer_with_the_sum_of_the_updates():
+    scratch = _primary("federated_scratch")
+    long = _primary("federated_scratch_long")
+    assert (long.fl.rounds, long.fl.server_lr) == (72, float(len(long.tenants)))
+    assert replace(long.fl, rounds=scratch.fl.rounds, server_lr=scratch.fl.server_lr) == scratch.fl
+    assert (long.train, long.tenants, long.evaluation, long.init) == (scratch.train, scratch.tenants,
+                                                                      scratch.evaluation, scratch.init)
+    check_compatible(RunSettings.from_config(_flat(long)))
 
 
 def test_population_adds_randomized_tenants_that_the_run_settings_carry(tmp_path):
