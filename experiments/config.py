@@ -89,7 +89,8 @@ class FLConfig:
     """Malicious clients Krum tolerates (Flower Krum's num_malicious_clients)."""
     local_normalizer: bool = False
     """Keep the observation normalizer's statistics local (FedBN-style): they are the tenant's traffic
-    statistics, and DP noise on a near-constant feature's tiny std blows that input up."""
+    statistics, and DP noise on a near-constant feature's tiny std blows that input up. The features
+    constant for a tenant (application slots, SLAs, paths) keep the initial statistics instead."""
     weighting: str = "examples"
     """Weight of each tenant's update in the mean: examples (FedAvg's, by environment steps) or uniform
     (every tenant the same, as the centralized arm gives every tenant the same iterations; always so

@@ -39,6 +39,15 @@ class RunningNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(size, dtype=torch.float64))
         self.register_buffer("var", torch.ones(size, dtype=torch.float64))
         self.register_buffer("count", torch.tensor(initial_count, dtype=torch.float64))
+        # Not a buffer: which statistics stay put is the trainer's choice, not part of the weights.
+        self.frozen: torch.Tensor | None = None
+
+    def freeze(self, features: torch.Tensor | None) -> None:
+        """Keep the statistics of these features (a bool mask of `size`) as they are in `update`; None: none."""
+        if features is not None and (features.dtype != torch.bool or features.shape != (self.size,)):
+            got = f"{features.dtype} {tuple(features.shape)}"
+            raise ValueError(f"freeze needs a bool mask of shape ({self.size},), got {got}")
+        self.frozen = None if features is None else features.to(self.mean.device)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
@@ -52,8 +61,11 @@ class RunningNorm(nn.Module):
         delta = batch_mean - self.mean
         total = self.count + n
         m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
-        self.mean.add_(delta * n / total)
-        self.var.copy_(m2 / total)
+        mean, var = self.mean + delta * n / total, m2 / total
+        if self.frozen is not None:
+            mean, var = torch.where(self.frozen, self.mean, mean), torch.where(self.frozen, self.var, var)
+        self.mean.copy_(mean)
+        self.var.copy_(var)
         self.count.copy_(total)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

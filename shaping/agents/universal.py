@@ -53,8 +53,20 @@ class UniversalLayout:
     @property
     def obs_dim(self) -> int:
         """Length of the universal observation."""
-        e, c, v = self.max_entities, self.max_classes, self.max_vms
-        return 2 * e + 4 * c + 2 * v + c * (len(APPS) + 1) + c + PATH_CONTEXT * self.max_paths
+        c = self.max_classes
+        return self.dynamic_dim + c * (len(APPS) + 1) + c + PATH_CONTEXT * self.max_paths
+
+    @property
+    def dynamic_dim(self) -> int:
+        """Length of the observation's measured part (the padded blocks of shaping.spec.observation); the
+        rest (application one-hots, present flags, the context) is constant for a tenant."""
+        return 2 * self.max_entities + 4 * self.max_classes + 2 * self.max_vms
+
+    def constant_features(self) -> torch.Tensor:
+        """(obs_dim,) bool: the features that are constant for any one tenant (what tells tenants apart)."""
+        mask = torch.zeros(self.obs_dim, dtype=torch.bool)
+        mask[self.dynamic_dim :] = True
+        return mask
 
     @property
     def max_paths(self) -> int:

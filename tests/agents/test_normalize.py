@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from shaping.agents import RunningNorm
@@ -41,3 +42,26 @@ def test_statistics_travel_in_the_state_dict():
     other.load_state_dict(state)
     x = torch.randn(5, 4)
     torch.testing.assert_close(other(x), norm(x))
+
+
+def test_frozen_features_keep_their_statistics_and_the_others_update():
+    torch.manual_seed(1)
+    data = torch.randn(200, 3) * 3 + 5
+    norm = RunningNorm(3)
+    norm.freeze(torch.tensor([False, True, False]))
+    norm.update(data)
+    free = RunningNorm(3)
+    free.update(data)
+    torch.testing.assert_close(norm.mean[[0, 2]], free.mean[[0, 2]])
+    torch.testing.assert_close(norm.var[[0, 2]], free.var[[0, 2]])
+    assert (float(norm.mean[1]), float(norm.var[1])) == (0.0, 1.0)
+    assert set(norm.state_dict()) == {"mean", "var", "count"}  # the mask is not part of the weights
+    norm.freeze(None)
+    norm.update(data)
+    assert float(norm.mean[1]) > 2.0
+
+
+@pytest.mark.parametrize("bad", [torch.ones(2, dtype=torch.bool), torch.ones(3)])
+def test_freeze_refuses_a_mask_of_the_wrong_shape_or_type(bad):
+    with pytest.raises(ValueError, match=r"bool mask of shape \(3,\)"):
+        RunningNorm(3).freeze(bad)

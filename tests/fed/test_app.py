@@ -87,6 +87,25 @@ def test_a_state_file_of_another_layout_keeps_its_privacy_history_but_not_its_st
     assert client.state["norm_count"] == 5.0 and client.state["dpsgd_history"] == "[]"
 
 
+def test_a_local_normalizer_keeps_the_initial_statistics_of_the_constant_features():
+    """Local statistics would normalize a tenant's constant context to 0: they stay the run's initial ones."""
+    from shaping.agents.universal import TenantTask
+    from shaping.config import PPOConfig
+
+    ppo = PPOConfig(num_steps=8, update_epochs=1, num_minibatches=1)
+    s = RunSettings(tenants=(TenantTask("small_congested", "studio", 2),), local_iterations=2, ppo=ppo,
+                    hidden_sizes=(8,), local_normalizer=True)  # fmt: skip
+    client = _client(s, _context(), None)
+    client.fit(client.get_parameters({}), {"server_round": 1})
+    norm, constant = client.model.obs_norm, s.layout.constant_features()
+    assert (norm.mean[constant] == 0).all() and (norm.var[constant] == 1).all()
+    assert (norm.mean[~constant] != 0).any()  # the measured features did learn their statistics
+    # The next round's client (Flower builds one per round) freezes them too.
+    again = _client(s, client.context, None)
+    again.fit(client.get_parameters({}), {"server_round": 2})
+    assert (again.model.obs_norm.var[constant] == 1).all()
+
+
 CENTRAL = {"privacy_mode": "central", "noise_multiplier": 1.0}
 
 

@@ -25,6 +25,18 @@ def test_every_tenant_fits_the_default_layout(name):
         assert len(m.act_src) == 6 * len(spec.classes) + 1
 
 
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_measured_features_and_constant_features_are_apart(name):
+    # What a tenant measures lands outside the constant features; what is constant for it lands inside.
+    layout = UniversalLayout()
+    constant = layout.constant_features()
+    assert constant.shape == (layout.obs_dim,) and not constant[: layout.dynamic_dim].any()
+    for spec in scenario_specs(load_scenario(name)):
+        m = tenant_mapping(spec, layout)
+        assert not constant[m.obs_dst].any()
+        assert (m.static[~constant] == 0).all() and (m.static[constant] != 0).any()
+
+
 def test_observation_values_land_in_their_slots():
     spec = scenario_specs(load_scenario("default"))[0]  # gameco: gaming, web, video, bulk
     layout = UniversalLayout()
