@@ -47,7 +47,7 @@ class RunningNorm(nn.Module):
         if features is not None and (features.dtype != torch.bool or features.shape != (self.size,)):
             got = f"{features.dtype} {tuple(features.shape)}"
             raise ValueError(f"freeze needs a bool mask of shape ({self.size},), got {got}")
-        self.frozen = None if features is None else features.to(self.mean.device)
+        self.frozen = features
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
@@ -63,7 +63,8 @@ class RunningNorm(nn.Module):
         m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
         mean, var = self.mean + delta * n / total, m2 / total
         if self.frozen is not None:
-            mean, var = torch.where(self.frozen, self.mean, mean), torch.where(self.frozen, self.var, var)
+            frozen = self.frozen.to(self.mean.device)  # not a buffer, so module.to() does not move it
+            mean, var = torch.where(frozen, self.mean, mean), torch.where(frozen, self.var, var)
         self.mean.copy_(mean)
         self.var.copy_(var)
         self.count.copy_(total)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,8 +41,6 @@ def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     try:
         lines = cpuinfo.read_text().splitlines()
     except OSError:
-        import platform
-
         return platform.processor() or platform.machine()
     wanted = ("model name", "flags", "Features", "CPU part")  # x86 and ARM spell them differently
     keep: dict[str, str] = {}
@@ -61,8 +61,6 @@ def _compiler_version(cxx: str, run: Callable[..., subprocess.CompletedProcess[s
 
 def _remove_stale_scratch(directory: Path, name: str, older_than_s: float = 3600.0) -> None:
     """Remove what builds killed midway left (a live build's scratch file is minutes old at most)."""
-    import time
-
     for path in directory.glob(f".{name}-*.so.tmp"):
         try:
             if time.time() - path.stat().st_mtime > older_than_s:
