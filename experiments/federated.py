@@ -60,7 +60,9 @@ class FedTrainConfig:
     num_steps: int = 32
     """Steps per environment per iteration."""
     learning_rate: float = 3e-4
-    """Adam learning rate (constant)."""
+    """Adam learning rate (of round 1 when anneal_lr)."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly over the rounds, in every arm (RunSettings.round_ppo)."""
     update_epochs: int = 4
     """PPO epochs per rollout."""
     num_minibatches: int = 4

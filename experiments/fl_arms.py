@@ -38,7 +38,7 @@ def local_only(s: RunSettings) -> list[dict[str, Any]]:
     for rnd in range(1, s.rounds + 1):
         per_tenant = {}
         for i, (task, model) in enumerate(zip(s.tenants, models, strict=True)):
-            local_train(model, [envs[i]], s.local_iterations, s.ppo, seed=s.seed + 1000 * rnd + i,
+            local_train(model, [envs[i]], s.local_iterations, s.round_ppo(rnd), seed=s.seed + 1000 * rnd + i,
                         proximal_mu=0.0)  # fmt: skip
             ev = evaluate(model, evals[i], s.eval_steps, s.eval_seed)
             per_tenant[task.name] = {"reward": ev.reward, "sla_violation_rate": ev.sla_violation_rate}
@@ -53,7 +53,7 @@ def centralized(s: RunSettings) -> list[dict[str, Any]]:
     evals = _eval_envs(s)
     rounds = []
     for rnd in range(1, s.rounds + 1):
-        local_train(model, envs, s.local_iterations * len(envs), s.ppo, seed=s.seed + 1000 * rnd)
+        local_train(model, envs, s.local_iterations * len(envs), s.round_ppo(rnd), seed=s.seed + 1000 * rnd)
         per_tenant = {}
         for task, env in zip(s.tenants, evals, strict=True):
             ev = evaluate(model, env, s.eval_steps, s.eval_seed)

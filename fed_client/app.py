@@ -121,11 +121,12 @@ class TenantClient(NumPyClient):
 
             spec = tenant_spec(load_scenario(self.task.scenario), self.task.tenant)
             store = open_store(self.store, spec)
-            res = train_on_experience(self.model, store, tenant_mapping(spec, self.s.layout), self.s.ppo, dp=dp)
+            res = train_on_experience(self.model, store, tenant_mapping(spec, self.s.layout), self.s.round_ppo(rnd),
+                                      dp=dp)
         else:
             env = make_env(self.task, self.s.layout)
             seed = self.s.seed + 1000 * rnd + max(self.index, 0)
-            res = local_train(self.model, [env], self.s.local_iterations, self.s.ppo, dp=dp, seed=seed,
+            res = local_train(self.model, [env], self.s.local_iterations, self.s.round_ppo(rnd), dp=dp, seed=seed,
                               proximal_mu=self.s.proximal_mu)
         self._save_normalizer()
         weights = get_weights(self.model, self.s.local_normalizer)

@@ -54,6 +54,7 @@ class RunSettings:
     dpsgd_noise: float = 0.0
     dpsgd_max_grad_norm: float = 1.0
     local_iterations: int = 2
+    anneal_lr: bool = False
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(num_steps=32, learning_rate=3e-4))
     hidden_sizes: tuple[int, ...] = (64, 64)
     eval_envs: int = 4
@@ -87,6 +88,16 @@ class RunSettings:
         num_minibatches. The budget counts the most, so it never underestimates the epsilon spent.
         """
         return max(self.local_iterations, 1) * self.ppo.update_epochs * self.ppo.num_minibatches
+
+    def round_ppo(self, rnd: int) -> PPOConfig:
+        """PPO settings of round rnd (1-based): with anneal_lr the learning rate decays linearly over the
+        rounds as CleanRL's does over iterations (round 1 at the full rate, the last at 1 / rounds of it).
+        Every arm calls this, so the federation, local-only and centralized training share the schedule;
+        rnd <= 0 (a round the server did not number) keeps the full rate."""
+        if not self.anneal_lr or rnd <= 0:
+            return self.ppo
+        frac = 1.0 - (min(rnd, self.rounds) - 1) / max(self.rounds, 1)
+        return replace(self.ppo, learning_rate=self.ppo.learning_rate * frac)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
@@ -186,6 +197,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
     "train.local_iterations": ("local_iterations", _I, _same),
     "train.num_steps": ("ppo.num_steps", _I, _same),
     "train.learning_rate": ("ppo.learning_rate", _F, _same),
+    "train.anneal_lr": ("anneal_lr", _B, _same),
     "train.update_epochs": ("ppo.update_epochs", _I, _same),
     "train.num_minibatches": ("ppo.num_minibatches", _I, _same),
     "train.hidden_sizes": ("hidden_sizes", _ints, _dump_ints),

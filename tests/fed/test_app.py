@@ -122,3 +122,25 @@ def test_under_dp_a_tenant_keeps_its_rollout_statistics_to_itself(privacy, share
     _, _, metrics = client.fit(client.get_parameters({}), {"server_round": 1})
     assert metrics["tenant"] == "devops@single_path"
     assert ("rollout_reward" in metrics and "num_examples" in metrics) == shared
+
+
+def test_a_tenant_trains_at_its_rounds_learning_rate(monkeypatch):
+    """With train.anneal_lr the client takes the round's rate from the server's round number, as the arms do."""
+    import fed_client.app as app
+    from shaping.agents.local_train import LocalResult
+    from shaping.agents.universal import TenantTask
+    from shaping.config import PPOConfig
+
+    rates = []
+
+    def record(model, envs, iterations, cfg, **_):
+        rates.append(cfg.learning_rate)
+        return LocalResult(num_examples=1, rollout_reward=0.0, optimizer_steps=0)
+
+    monkeypatch.setattr(app, "local_train", record)
+    s = RunSettings(tenants=(TenantTask("single_path", "devops", 1),), rounds=4, anneal_lr=True,
+                    ppo=PPOConfig(num_steps=4, learning_rate=1e-3), hidden_sizes=(8,))  # fmt: skip
+    client = _client(s, _context(), None)
+    for rnd in (1, 3):
+        client.fit(client.get_parameters({}), {"server_round": rnd})
+    assert rates == [1e-3, 0.5e-3]

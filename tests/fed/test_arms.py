@@ -29,3 +29,24 @@ def test_arms_in_workers_equal_arms_in_process():
 def test_arms_can_be_left_out():
     res, wall = run_arms(TINY, local=False, central=False, baselines=[], workers=1)
     assert set(res) == set(wall) == {"baselines", "initial"} and res["baselines"] == {}
+
+
+def test_both_training_arms_follow_the_rounds_learning_rate_schedule(monkeypatch):
+    from dataclasses import replace
+
+    import experiments.fl_arms as arms
+    from shaping.agents.local_train import LocalResult
+
+    rates: dict[str, list[float]] = {"local": [], "central": []}
+
+    def record(model, envs, iterations, cfg, **_):
+        rates["central" if len(envs) > 1 else "local"].append(cfg.learning_rate)
+        return LocalResult(num_examples=1, rollout_reward=0.0, optimizer_steps=0)
+
+    monkeypatch.setattr(arms, "local_train", record)
+    s = replace(TINY, anneal_lr=True)
+    arms.local_only(s)
+    arms.centralized(s)
+    lr = s.ppo.learning_rate
+    assert rates["local"] == [lr, lr, 0.5 * lr, 0.5 * lr]  # two tenants per round
+    assert rates["central"] == [lr, 0.5 * lr]

@@ -51,3 +51,13 @@ def test_flat_keys_round_trip_through_strings_as_flwr_passes_them():
 
 def test_the_hydra_entry_point_sets_every_key(tmp_path):
     assert set(KEYS) <= set(run_config(FederatedConfig(), tmp_path))
+
+
+def test_round_ppo_anneals_the_learning_rate_over_the_rounds_only_when_asked():
+    s = RunSettings(rounds=4, anneal_lr=True)
+    lr = s.ppo.learning_rate
+    assert [s.round_ppo(r).learning_rate for r in (1, 2, 3, 4)] == [lr, 0.75 * lr, 0.5 * lr, 0.25 * lr]
+    assert s.round_ppo(9).learning_rate == 0.25 * lr  # a round past the plan (resumed with more) keeps the last rate
+    assert s.round_ppo(0) == s.ppo  # a round the server did not number
+    assert RunSettings(rounds=4).round_ppo(3) == RunSettings().ppo
+    assert s.round_ppo(2).num_steps == s.ppo.num_steps
