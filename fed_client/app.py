@@ -75,11 +75,12 @@ class TenantClient(NumPyClient):
         first = s.local_normalizer and "norm_mean" not in self.state
         self.model = (initial_model(s.layout, s.hidden_sizes, s.seed, s.init_weights) if first
                       else make_model(s.layout, s.hidden_sizes, s.seed))  # fmt: skip
-        if s.local_normalizer:
-            # The features constant for a tenant (which application sits in a slot, its SLAs and paths) keep
-            # the run's initial statistics: local statistics of a constant are its own mean and a variance
-            # of 0, which would normalize each tenant's context to 0 and hide what tells tenants apart.
-            self.model.obs_norm.freeze(s.layout.constant_features())
+        # The features constant for a tenant (which application sits in a slot, its SLAs and paths) keep the
+        # run's initial statistics: local statistics of a constant are its own mean and a variance of 0,
+        # which would normalize each tenant's context to 0 under a local normalizer and, averaged by the
+        # server (whose mean of the tenants' near-zero spreads misses the spread between tenants), blow
+        # it up under a shared one; either way it would hide or garble what tells tenants apart.
+        self.model.obs_norm.freeze(s.layout.constant_features())
 
     def _load(self, parameters: NDArrays) -> None:
         set_weights(self.model, parameters, self.s.local_normalizer)

@@ -87,14 +87,16 @@ def test_a_state_file_of_another_layout_keeps_its_privacy_history_but_not_its_st
     assert client.state["norm_count"] == 5.0 and client.state["dpsgd_history"] == "[]"
 
 
-def test_a_local_normalizer_keeps_the_initial_statistics_of_the_constant_features():
-    """Local statistics would normalize a tenant's constant context to 0: they stay the run's initial ones."""
+@pytest.mark.parametrize("local_normalizer", [True, False])
+def test_the_normalizer_keeps_the_initial_statistics_of_the_constant_features(local_normalizer):
+    """A tenant's statistics of its constant context would normalize it to 0 (local normalizer) or, averaged
+    with other tenants' near-zero spreads, blow it up (shared one): they stay the run's initial ones."""
     from shaping.agents.universal import TenantTask
     from shaping.config import PPOConfig
 
     ppo = PPOConfig(num_steps=8, update_epochs=1, num_minibatches=1)
     s = RunSettings(tenants=(TenantTask("small_congested", "studio", 2),), local_iterations=2, ppo=ppo,
-                    hidden_sizes=(8,), local_normalizer=True)  # fmt: skip
+                    hidden_sizes=(8,), local_normalizer=local_normalizer)  # fmt: skip
     client = _client(s, _context(), None)
     client.fit(client.get_parameters({}), {"server_round": 1})
     norm, constant = client.model.obs_norm, s.layout.constant_features()
