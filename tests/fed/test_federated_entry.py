@@ -147,13 +147,16 @@ def test_scratch_config_is_the_pretrained_federation_without_the_start_and_with_
     check_compatible(RunSettings.from_config(_flat(scratch)))
 
 
-def test_scratch_long_config_only_runs_longer_with_the_sum_of_the_updates():
+def test_scratch_long_config_runs_longer_with_the_sum_of_the_updates_an_annealed_rate_and_a_shared_normalizer():
     scratch = _primary("federated_scratch")
     long = _primary("federated_scratch_long")
     assert (long.fl.rounds, long.fl.server_lr) == (72, float(len(long.tenants)))
-    assert replace(long.fl, rounds=scratch.fl.rounds, server_lr=scratch.fl.server_lr) == scratch.fl
-    assert (long.train, long.tenants, long.evaluation, long.init) == (scratch.train, scratch.tenants,
-                                                                      scratch.evaluation, scratch.init)
+    assert long.train.anneal_lr and not scratch.train.anneal_lr
+    assert scratch.fl.local_normalizer and not long.fl.local_normalizer
+    assert replace(long.fl, rounds=scratch.fl.rounds, server_lr=scratch.fl.server_lr,
+                   local_normalizer=scratch.fl.local_normalizer) == scratch.fl  # fmt: skip
+    assert (replace(long.train, anneal_lr=False), long.tenants, long.evaluation, long.init) == (
+        scratch.train, scratch.tenants, scratch.evaluation, scratch.init)
     check_compatible(RunSettings.from_config(_flat(long)))
 
 
