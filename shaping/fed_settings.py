@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shaping.agents.ppo import linear_lr
 from shaping.agents.universal import TenantTask, UniversalLayout
 from shaping.config import PPOConfig
 
@@ -96,8 +97,8 @@ class RunSettings:
         rnd <= 0 (a round the server did not number) keeps the full rate."""
         if not self.anneal_lr or rnd <= 0:
             return self.ppo
-        frac = 1.0 - (min(rnd, self.rounds) - 1) / max(self.rounds, 1)
-        return replace(self.ppo, learning_rate=self.ppo.learning_rate * frac)
+        rounds = max(self.rounds, 1)
+        return replace(self.ppo, learning_rate=linear_lr(self.ppo.learning_rate, min(rnd, rounds), rounds))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
