@@ -131,7 +131,8 @@ class TenantClient(NumPyClient):
                               proximal_mu=self.s.proximal_mu)
         self._save_normalizer()
         weights = get_weights(self.model, self.s.local_normalizer)
-        if self.index in self.s.attack_tenants:  # robustness experiments: a tenant that scales its update
+        # Robustness experiments: a malicious tenant scales its update (and skips the clipping mod).
+        if self.index in self.s.attack_tenants:
             weights = [g + self.s.attack_scale * (w - g) for w, g in zip(weights, parameters, strict=True)]
         metrics: dict[str, Scalar] = {"tenant": self.task.name}
         # The rollouts' mean reward and their count are statistics of the tenant's traffic (recorded
@@ -173,7 +174,11 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
         return TenantClient(s, index, task, context, str(store) if store else None,
                             str(state_file) if state_file else None).to_client()  # fmt: skip
 
-    return ClientApp(client_fn=client_fn, mods=privacy_mods(settings_of))
+    def attacker(context: Context) -> bool:
+        s = settings_of(context)
+        return bool(s.attack_tenants) and tenant_of(s, context.node_config)[0] in s.attack_tenants
+
+    return ClientApp(client_fn=client_fn, mods=privacy_mods(settings_of, attacker))
 
 
 app = make_client_app()

@@ -59,10 +59,15 @@ def switched(mod: Mod, on: Callable[[Context], bool]) -> Mod:
     return wrapped
 
 
-def privacy_mods(settings_of: Callable[[Context], RunSettings]) -> list[Mod]:
-    """The three layers in Flower's mod order, each switched by the run's settings."""
+def privacy_mods(settings_of: Callable[[Context], RunSettings],
+                 attacker: Callable[[Context], bool] = lambda _: False) -> list[Mod]:  # fmt: skip
+    """The three layers in Flower's mod order, each switched by the run's settings.
+
+    Clipping runs only where the server cannot clip (RunSettings.clients_clip), and never on an
+    attacker's node (robustness experiments): a malicious tenant runs its own code and skips it.
+    """
     return [
         switched(secaggplus_mod, lambda c: settings_of(c).secure_aggregation),
         switched(distributed_noise_mod, lambda c: settings_of(c).privacy_mode == "distributed"),
-        switched(fixedclipping_mod, lambda c: settings_of(c).privacy_mode != "none"),
+        switched(fixedclipping_mod, lambda c: settings_of(c).clients_clip and not attacker(c)),
     ]

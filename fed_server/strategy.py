@@ -3,10 +3,13 @@
 The strategies are Flower's (legacy ``flwr.server.strategy``, because SecAgg+ in flwr 1.42 runs only
 through the legacy DefaultWorkflow, and one code path serves every privacy setting):
 fedavg, fedavgm (FedAvg with a server learning rate and momentum), fedprox, fedadam, trimmed_mean
-(FedTrimmedAvg), krum. Privacy wraps the chosen strategy in
-Flower's DifferentialPrivacyClientSideFixedClipping (clipping by the clients' fixedclipping_mod,
-noise at the server; ``clip`` mode: clipping without noise; ``distributed``: the clients add the
-noise shares, the server none).
+(FedTrimmedAvg), krum. Privacy wraps the chosen strategy in one of Flower's fixed-clipping wrappers,
+which add the noise at the server (``clip`` mode: clipping without noise; ``distributed``: the clients
+add the noise shares, the server none). Who clips (RunSettings.server_clips): without SecAgg+ the
+server clips each update itself (DifferentialPrivacyServerSideFixedClipping), because a malicious
+tenant would skip its own client's clipping; under SecAgg+ the server sees only the sum, so the
+clients clip (DifferentialPrivacyClientSideFixedClipping with their fixedclipping_mod), which bounds
+honest tenants only.
 
 Refused combinations (check_compatible raises IncompatibleSettings saying why):
 - a robust rule (trimmed_mean, krum) with SecAgg+: the server sees only the masked sum, never the
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from flwr.common import Parameters, Scalar
 from flwr.server.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
     FedAvgM,
@@ -110,4 +114,6 @@ def build_strategy(s: RunSettings, initial: Parameters, n_clients: int) -> Strat
     if s.privacy_mode == "none":
         return strategy
     server_noise = s.noise_multiplier if s.privacy_mode == "central" else 0.0
+    if s.server_clips:
+        return DifferentialPrivacyServerSideFixedClipping(strategy, server_noise, s.clipping_norm, sampled)
     return DifferentialPrivacyClientSideFixedClipping(strategy, server_noise, s.clipping_norm, sampled)

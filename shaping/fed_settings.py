@@ -81,6 +81,21 @@ class RunSettings:
         return self.privacy_mode in ("central", "distributed")
 
     @property
+    def server_clips(self) -> bool:
+        """Whether the server clips each update itself: clip or central mode without SecAgg+.
+
+        A tenant's own clipping (fixedclipping_mod) binds only a tenant that runs the project's client; a
+        malicious one skips it. Where the server sees the individual updates it clips them, so nobody can
+        skip the bound. Under SecAgg+ it sees only their sum, and the clients clip.
+        """
+        return self.privacy_mode in ("clip", "central") and not self.secure_aggregation
+
+    @property
+    def clients_clip(self) -> bool:
+        """Whether each client clips its own update (every privacy mode the server cannot clip for)."""
+        return self.privacy_mode != "none" and not self.server_clips
+
+    @property
     def dpsgd_steps_per_round(self) -> int:
         """DP-SGD steps a tenant takes in one round at most, each at sampling rate 1 / num_minibatches.
 

@@ -85,6 +85,8 @@ def test_a_resumed_run_continues_the_server_optimizer_exactly(tmp_path, strategy
             local = r - tracked.round_offset
             tracked._current = {"round": r}
             base = parameters_to_ndarrays(params)[0]
+            # What the server-side clipping wrapper's configure_fit records as the round's model.
+            tracked.inner.current_round_params = [base]
             params, _ = tracked.aggregate_fit(local, [_fit(base[0] + v) for v in client_values[r]], [])
             tracked.aggregate_evaluate(local, [_eval("a", float(r))], [])
         return parameters_to_ndarrays(params)[0]

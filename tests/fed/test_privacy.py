@@ -10,6 +10,7 @@ import pytest
 
 from fed_client.privacy import add_noise_share
 from fed_server.privacy import central_noise_std, distributed_share_std, epsilon_after, rounds_within_budget
+from shaping.fed_settings import RunSettings
 
 
 def test_epsilon_grows_with_rounds_and_shrinks_with_noise():
@@ -63,7 +64,6 @@ def test_dpsgd_budget_counts_the_steps_the_tenants_accountant_charges():
 def test_the_run_stops_at_the_tighter_of_the_client_and_sample_level_budgets():
     from fed_server.privacy import rounds_allowed
     from shaping.config import PPOConfig
-    from shaping.fed_settings import RunSettings
 
     ppo = PPOConfig(num_steps=32, update_epochs=4, num_minibatches=4)
     base = RunSettings(rounds=30, local_iterations=4, ppo=ppo, delta=1e-5)
@@ -77,3 +77,26 @@ def test_the_run_stops_at_the_tighter_of_the_client_and_sample_level_budgets():
     both = replace(sample, privacy_mode="central", noise_multiplier=1.2)
     assert rounds_allowed(both) == min(n, 3)
     assert rounds_allowed(replace(sample, target_epsilon=None)) == 30
+
+
+@pytest.mark.parametrize(
+    ("mode", "secagg", "attacker", "clips"),
+    [
+        ("none", False, False, False),
+        ("clip", False, False, False),  # the server clips
+        ("central", False, False, False),  # the server clips
+        ("clip", True, False, True),  # under SecAgg+ only the clients can
+        ("central", True, False, True),
+        ("distributed", True, False, True),
+        ("clip", True, True, False),  # a malicious tenant skips it
+    ],
+)
+def test_a_client_clips_only_where_the_server_cannot(monkeypatch, mode, secagg, attacker, clips):
+    import fed_client.privacy as privacy
+
+    calls: list[str] = []
+    monkeypatch.setattr(privacy, "fixedclipping_mod", lambda msg, ctxt, call_next: calls.append("clip") or "clipped")
+    settings = replace(RunSettings(), privacy_mode=mode, secure_aggregation=secagg, noise_multiplier=1.0)
+    clipping = privacy.privacy_mods(lambda _: settings, lambda _: attacker)[-1]
+    reply = clipping("msg", "ctxt", lambda msg, ctxt: "passed")
+    assert reply == ("clipped" if clips else "passed") and calls == (["clip"] if clips else [])
