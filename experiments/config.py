@@ -110,12 +110,15 @@ class PrivacyConfig:
     """Differential privacy of the federated updates; consumed by the federation issue."""
 
     mode: str = "none"
-    """none; clip (clients clip, no noise); central (clients clip, server adds noise); distributed (clients clip
-    and add noise shares, SecAgg+ sums)."""
+    """none; clip (the server clips, no noise); central (the server clips and adds noise); distributed (clients
+    clip and add noise shares, SecAgg+ sums). Under SecAgg+ the clients clip in every mode."""
     noise_multiplier: float = 0.0
     """Gaussian noise standard deviation as a multiple of the clipping norm."""
     clipping_norm: float = 1.0
     """L2 norm each client's model update is clipped to."""
+    clip_to_median: bool = False
+    """clip mode only, without SecAgg+: clip each round at min(clipping_norm, the median norm of the round's
+    updates), so a scaled update weighs no more than a typical honest one (fed_server.robust)."""
     delta: float = 1e-5
     """Delta of the (epsilon, delta) guarantee the accountant reports."""
     target_epsilon: float | None = None

@@ -9,11 +9,14 @@ add the noise shares, the server none). Who clips (RunSettings.server_clips): wi
 server clips each update itself (DifferentialPrivacyServerSideFixedClipping), because a malicious
 tenant would skip its own client's clipping; under SecAgg+ the server sees only the sum, so the
 clients clip (DifferentialPrivacyClientSideFixedClipping with their fixedclipping_mod), which bounds
-honest tenants only.
+honest tenants only. ``privacy.clip_to_median`` clips at the round's median update norm instead
+(fed_server.robust).
 
 Refused combinations (check_compatible raises IncompatibleSettings saying why):
 - a robust rule (trimmed_mean, krum) with SecAgg+: the server sees only the masked sum, never the
   individual updates a robust rule must rank or trim;
+- clip_to_median outside clip mode or with SecAgg+: the server needs each update's norm, and DP noise is
+  calibrated to a fixed bound, not to one read from the updates;
 - distributed DP without SecAgg+: each share alone is far too little noise to protect one update;
 - central or distributed noise with krum, trimmed_mean, fedadam or fedavgm: the noise is calibrated to the
   sensitivity of the *mean* of clipped updates (C / n); Krum returns one client's update (sensitivity C),
@@ -41,6 +44,7 @@ from flwr.server.strategy import (
 )
 
 from fed_server.privacy import distributed_share_std
+from fed_server.robust import MedianNormClipping
 from shaping.fed_settings import RunSettings
 
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "trimmed_mean", "krum")
@@ -68,6 +72,11 @@ def check_compatible(s: RunSettings) -> None:
         raise IncompatibleSettings(
             "distributed DP needs SecAgg+ (privacy.secure_aggregation=true): without it the server sees each "
             "update with only its small noise share"
+        )
+    if s.clip_to_median and (s.privacy_mode != "clip" or s.secure_aggregation):
+        raise IncompatibleSettings(
+            "privacy.clip_to_median needs privacy.mode=clip without SecAgg+: the server must see each update's "
+            "norm, and a bound taken from the updates would break DP noise calibrated to a fixed one"
         )
     if s.client_level_dp and s.strategy in (*ROBUST, "fedadam", "fedavgm"):
         raise IncompatibleSettings(
@@ -114,6 +123,8 @@ def build_strategy(s: RunSettings, initial: Parameters, n_clients: int) -> Strat
     if s.privacy_mode == "none":
         return strategy
     server_noise = s.noise_multiplier if s.privacy_mode == "central" else 0.0
+    if s.clip_to_median:
+        return MedianNormClipping(strategy, s.clipping_norm, sampled)
     if s.server_clips:
         return DifferentialPrivacyServerSideFixedClipping(strategy, server_noise, s.clipping_norm, sampled)
     return DifferentialPrivacyClientSideFixedClipping(strategy, server_noise, s.clipping_norm, sampled)

@@ -49,6 +49,7 @@ class RunSettings:
     privacy_mode: str = "none"
     noise_multiplier: float = 0.0
     clipping_norm: float = 1.0
+    clip_to_median: bool = False
     delta: float = 1e-5
     target_epsilon: float | None = None
     secure_aggregation: bool = False
@@ -204,6 +205,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
     "privacy.mode": ("privacy_mode", _S, _same),
     "privacy.noise_multiplier": ("noise_multiplier", _F, _same),
     "privacy.clipping_norm": ("clipping_norm", _F, _same),
+    "privacy.clip_to_median": ("clip_to_median", _B, _same),
     "privacy.delta": ("delta", _F, _same),
     # TOML has no null: "null" (a JSON string) means no target.
     "privacy.target_epsilon": ("target_epsilon", _opt_float, _dump),

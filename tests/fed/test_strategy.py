@@ -16,6 +16,7 @@ from flwr.server.strategy import (
     Krum,
 )
 
+from fed_server.robust import MedianNormClipping
 from fed_server.strategy import IncompatibleSettings, build_strategy, check_compatible
 from shaping.fed_settings import RunSettings
 
@@ -36,6 +37,8 @@ def s(**kw):
         (s(strategy="fedadam", privacy_mode="central", noise_multiplier=1.0), "sensitivity"),
         (s(strategy="fedavgm", server_lr=2.0, privacy_mode="central", noise_multiplier=1.0), "sensitivity"),
         (s(strategy="nope"), "unknown strategy"),
+        (s(privacy_mode="central", noise_multiplier=1.0, clip_to_median=True), "clip_to_median"),
+        (s(privacy_mode="clip", secure_aggregation=True, clip_to_median=True), "clip_to_median"),
     ],
 )
 def test_refused_combinations_say_why(settings, match):
@@ -52,6 +55,7 @@ def test_refused_combinations_say_why(settings, match):
         s(strategy="fedavgm", server_lr=2.0, secure_aggregation=True, privacy_mode="clip"),
         s(strategy="trimmed_mean", privacy_mode="clip"),
         s(strategy="krum", privacy_mode="clip"),
+        s(strategy="fedavgm", server_lr=4.0, privacy_mode="clip", clip_to_median=True),
         s(privacy_mode="distributed", noise_multiplier=1.0, secure_aggregation=True),
     ],
 )
@@ -99,20 +103,55 @@ def test_the_config_schema_offers_exactly_the_server_strategies():
     assert FL_STRATEGIES == STRATEGIES
 
 
+def _round(strategy, start, updates):
+    strategy.current_round_params = start  # what configure_fit records when it sends the round's model
+    results = [
+        (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([start[0] + u]), num_examples=1, metrics={}))
+        for u in updates
+    ]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    assert params is not None
+    return parameters_to_ndarrays(params)[0] - start[0]
+
+
 def test_without_secagg_the_server_clips_an_update_its_sender_did_not():
     """A malicious tenant skips its client's clipping; the server bounds its 100x update all the same."""
     start = [np.full(3, 0.5, dtype=np.float32)]
     strategy = build_strategy(s(privacy_mode="clip", clipping_norm=1.0), ndarrays_to_parameters(start), 2)
     assert isinstance(strategy, DifferentialPrivacyServerSideFixedClipping)
-    strategy.current_round_params = start  # what configure_fit records when it sends the round's model
     honest = np.array([0.3, 0.4, 0.0], dtype=np.float32)  # norm 0.5: under the bound, kept as it is
     scaled = 100.0 * np.array([1.0, -2.0, 2.0], dtype=np.float32)  # norm 300
-    results = [
-        (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([start[0] + u]), num_examples=1, metrics={}))
-        for u in (honest, scaled)
-    ]
-    params, _ = strategy.aggregate_fit(1, results, [])
-    assert params is not None
     clipped = scaled / np.linalg.norm(scaled)  # the same direction at the clipping norm
-    expected = start[0] + (honest + clipped) / 2
-    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_round(strategy, start, [honest, scaled]), (honest + clipped) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_median_clipping_holds_a_scaled_update_to_the_honest_tenants_norm():
+    """Honest updates far below the fixed bound: the fixed bound lets a 100x update through at the bound,
+    the median bound cuts it to a typical honest norm."""
+    start = [np.zeros(4, dtype=np.float32)]
+    rng = np.random.default_rng(0)
+    honest = [rng.normal(0, 0.01, 4).astype(np.float32) for _ in range(3)]
+    attacker = 100.0 * rng.normal(0, 0.01, 4).astype(np.float32)
+    norms = sorted(float(np.linalg.norm(u)) for u in [*honest, attacker])
+    median = (norms[1] + norms[2]) / 2
+    assert median < 1.0 < float(np.linalg.norm(attacker))
+
+    fixed = build_strategy(s(privacy_mode="clip", clipping_norm=1.0), ndarrays_to_parameters(start), 4)
+    robust = build_strategy(s(privacy_mode="clip", clipping_norm=1.0, clip_to_median=True),
+                            ndarrays_to_parameters(start), 4)  # fmt: skip
+    assert isinstance(robust, MedianNormClipping)
+    unit = attacker / np.linalg.norm(attacker)
+    np.testing.assert_allclose(_round(fixed, start, [*honest, attacker]), (sum(honest) + unit) / 4, atol=1e-6)
+    clipped = [u * min(1.0, median / float(np.linalg.norm(u))) for u in [*honest, attacker]]
+    np.testing.assert_allclose(_round(robust, start, [*honest, attacker]), sum(clipped) / 4, atol=1e-6)
+    assert robust.clipping_norm == pytest.approx(median)
+
+
+def test_median_clipping_never_clips_above_the_configured_norm():
+    start = [np.zeros(2, dtype=np.float32)]
+    robust = build_strategy(s(privacy_mode="clip", clipping_norm=0.5, clip_to_median=True),
+                            ndarrays_to_parameters(start), 2)  # fmt: skip
+    updates = [np.array([3.0, 4.0], dtype=np.float32), np.array([0.0, 10.0], dtype=np.float32)]
+    mean = _round(robust, start, updates)
+    assert robust.clipping_norm == 0.5
+    np.testing.assert_allclose(mean, (np.array([0.3, 0.4]) + np.array([0.0, 0.5])) / 2, atol=1e-6)
