@@ -84,6 +84,10 @@ class TenantConfig:
     """The tenant's traffic classes."""
     policy: str = "static_priority"
     """Baseline policy that drives this tenant when no agent controls it."""
+    arrive_step: int = 0
+    """Control step at which the tenant starts sending (before it, all its classes are silent)."""
+    leave_step: int | None = None
+    """Control step from which the tenant sends nothing; None: it never leaves."""
 
 
 @dataclass
@@ -127,6 +131,53 @@ class LoadConfig:
     web_pareto: bool = True
     """Whether web classes carry the heavy-tailed Pareto load multiplier per control step (off gives
     web a constant mean load, which validation against queueing theory needs)."""
+    diurnal_curve: list[float] = field(default_factory=list)
+    """Relative load at evenly spaced points of one simulated day, interpolated linearly (and
+    wrapping around); empty: the sinusoid of diurnal_amplitude."""
+    diurnal_random_phase: bool = True
+    """Start every environment at a random point of the day (False: every episode starts at its
+    beginning, so scheduled events meet the same part of the day)."""
+
+
+@dataclass
+class PathEventConfig:
+    """A scheduled change of one provider path: a failure, a degradation, a recovery.
+
+    From start_step up to (not including) end_step the path's capacity is multiplied by
+    capacity_factor, extra_delay_ms is added to its delay and a fraction `loss` of what it carries
+    is lost. A capacity_factor of 0 is a failure: the path carries nothing and loses everything.
+    """
+
+    path: str = "eth0"
+    """Name of the path (one of the scenario's paths)."""
+    start_step: int = 0
+    """First control step of the change (steps count from the episode's start)."""
+    end_step: int | None = None
+    """First control step back to normal; None: until the episode ends."""
+    capacity_factor: float = 1.0
+    """Multiplier of the path's capacity in [0, 1]; 0: the path is down."""
+    extra_delay_ms: float = 0.0
+    """One-way delay added to the path's base delay, milliseconds."""
+    loss: float = 0.0
+    """Fraction in [0, 1] of the traffic the path carries that is lost on it."""
+
+
+@dataclass
+class LoadEventConfig:
+    """A scheduled change of offered load on chosen classes: a flash crowd (factor > 1) or a lull."""
+
+    start_step: int = 0
+    """First control step of the change."""
+    end_step: int | None = None
+    """First control step back to normal; None: until the episode ends."""
+    factor: float = 3.0
+    """Multiplier of the chosen classes' offered load (>= 0)."""
+    tenants: list[str] = field(default_factory=list)
+    """Tenants concerned, by name; empty: every tenant."""
+    apps: list[str] = field(default_factory=list)
+    """Applications concerned; empty: every application."""
+    classes: list[str] = field(default_factory=list)
+    """Class names concerned; empty: every class of the chosen tenants and applications."""
 
 
 @dataclass
@@ -162,6 +213,15 @@ class ScenarioConfig:
     """Drop probability choices for a class."""
     priority_levels: int = 4
     """Number of HTB priorities (0 is served first)."""
+    path_events: list[PathEventConfig] = field(default_factory=list)
+    """Scheduled path failures, degradations and recoveries."""
+    load_events: list[LoadEventConfig] = field(default_factory=list)
+    """Scheduled flash crowds (or lulls) on chosen classes."""
+    controlled: list[str] = field(default_factory=list)
+    """Tenants a policy under test controls in comparisons and benchmarks (the others, its neighbours,
+    keep their `policy`); empty: every tenant."""
+    family: str = ""
+    """Scenario family of the generator (shaping.sim.generator) that drew it; '' for hand-written ones."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ from shaping.spec.tenant import (
     SpecError,
     TenantSpec,
     TrafficClass,
+    controlled_indices,
     scenario_specs,
     tenant_spec,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "TrafficClass",
     "burst_bytes",
     "compute_reward",
+    "controlled_indices",
     "decode_batch",
     "qos_tensors",
     "scenario_specs",

@@ -257,3 +257,19 @@ def scenario_specs(scenario: ScenarioConfig) -> list[TenantSpec]:
     if len(set(names)) != len(names):
         raise SpecError(f"duplicate tenant names {names}")
     return [tenant_spec(scenario, i) for i in range(len(scenario.tenants))]
+
+
+def controlled_indices(scenario: ScenarioConfig) -> list[int]:
+    """Indices of the tenants a policy under test controls: `scenario.controlled` by name (in scenario
+    order), every tenant when it is empty.
+
+    Raises:
+        SpecError: a name that is not a tenant of the scenario.
+    """
+    names = [t.name for t in scenario.tenants]
+    unknown = [n for n in scenario.controlled if n not in names]
+    if unknown:
+        raise SpecError(f"controlled names unknown tenants {unknown}; scenario {scenario.name!r} has {names}")
+    if not scenario.controlled:
+        return list(range(len(names)))
+    return [i for i, n in enumerate(names) if n in scenario.controlled]
