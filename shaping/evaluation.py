@@ -1,14 +1,18 @@
 """Evaluate policies in the batched simulator: SLA violations, utilization, reward, latency, fairness.
 
-Every tenant of the scenario runs the evaluated policy. The environments of one Simulator are
-the seeds (its batch dimension; they differ in load phase, bursts, flash crowds and start
-state); episodes run one after another, each after a reset with seed ``seed + episode``.
+The evaluated policy drives the *controlled* tenants (the scenario's `controlled` list, or those given);
+every other tenant, a neighbour, runs its scenario `policy` in every row, so rows are like for like.
+The environments of one Simulator are the seeds (its batch dimension; they differ in load phase,
+bursts, flash crowds and start state); episodes run one after another, each after a reset with seed
+``seed + episode``.
 Every policy sees the same random load (the simulator's random draws do not depend on the
 plans), so differences between policies are not sampling noise of the load.
 
 Aggregates (all means are over environments x episodes and steps):
-- sla_violation_rate: fraction of (class, step) pairs, over classes that have an SLA, that
-  violate any clause of it (shaping.spec.sla_violations);
+- sla_violation_rate: fraction of (class, step) pairs, over the controlled tenants' classes that have
+  an SLA, that violate any clause of it (shaping.spec.sla_violations); steps in which a tenant is absent
+  (it has not arrived or has left) do not count; neighbour_sla_violation_rate: the same over the
+  neighbours' classes (a policy that wins by hurting them shows there);
 - utilization: delivered volume over the capacity of all provider paths together;
 - mean_reward: mean per-tenant reward per step (shaping.spec.compute_reward, RewardConfig weights);
 - per application: p50 and p99 over intervals of the interval's mean one-way delay, the mean of
@@ -31,9 +35,9 @@ import torch
 from tqdm.auto import tqdm
 
 from shaping.config import APPS, RewardConfig, ScenarioConfig
-from shaping.policies import Policy, PolicyInput, aqm_mask
+from shaping.policies import Policy, PolicyInput, neighbour_plans, resolve_controlled
 from shaping.sim.simulator import Simulator
-from shaping.spec import compute_reward, sla_violations
+from shaping.spec import ClassMetrics, PlanBatch, compute_reward, controlled_indices, sla_violations
 
 
 @dataclass
@@ -97,10 +101,14 @@ class PolicyResult:
     seeds: int
     episodes: int
     steps: int
+    controlled: list[str]
+    """The tenants the policy drove; every other tenant ran its scenario policy."""
     sla_violation_rate: float
-    """Fraction of (class, step) pairs with an SLA that violate it."""
+    """Fraction of the controlled tenants' (class, step) pairs with an SLA and some demand that violate it."""
     sla_violation_rate_std: float
     """Standard deviation of the per-environment rate."""
+    neighbour_sla_violation_rate: float
+    """The same over the other tenants' classes (0 when every tenant is controlled)."""
     utilization: float
     """Delivered / capacity over all paths."""
     utilization_std: float
@@ -156,13 +164,34 @@ class _Run:
         return torch.cat(self.samples[name], dim=1).cpu()
 
 
-def _episode(sim: Simulator, policy: Policy, steps: int, weights: RewardConfig, run: _Run, bar: tqdm) -> None:
+@dataclass(frozen=True)
+class _Control:
+    """Who the evaluated policy drives, and what everyone else does."""
+
+    indices: tuple[int, ...]
+    mask: torch.Tensor  # (K,) bool, controlled
+    neighbours: PlanBatch  # (B, K, C) the scenario policies' plans
+    aqm: torch.Tensor  # (K,) bool: the policy's CoDel switch for the controlled, the neighbours' own
+
+    def plans(self, policy: Policy, inp: PolicyInput) -> PlanBatch:
+        """The policy's plans for the controlled tenants, the neighbours' plans for the rest."""
+        out = policy(inp)
+        m = self.mask.view(1, -1, 1)
+        return PlanBatch(*(torch.where(m, p, n) for p, n in zip(out, self.neighbours, strict=True)))
+
+
+def _active(m: ClassMetrics, sla: torch.Tensor) -> torch.Tensor:
+    """(B, K, C) float: the class has an SLA and demand this step (the pairs a violation rate counts)."""
+    return (sla & (m.demand_mbps > 0)).float()
+
+
+def _episode(
+    sim: Simulator, policy: Policy, ctl: _Control, steps: int, weights: RewardConfig, run: _Run, bar: tqdm
+) -> None:
     """Run one episode from the simulator's current state and add its sums and samples to run."""
     st = sim.tensors
-    sla = (st.qos.has_sla & st.qos.valid).float()
-    n_sla = sla.sum().clamp_min(1.0)
+    sla = st.qos.has_sla & st.qos.valid & ctl.mask.view(-1, 1)
     path_mbps = st.path_mbps
-    aqm = aqm_mask(policy, st.n_tenants, sim.device)
     sums: dict[str, torch.Tensor] = {}
     per_step: dict[str, list[torch.Tensor]] = {n: [] for n in ("sla", "util", "reward", "delay_mean", "delay_p99")}
 
@@ -171,12 +200,14 @@ def _episode(sim: Simulator, policy: Policy, steps: int, weights: RewardConfig, 
 
     last = None
     for t in range(steps):
-        out = sim.step(policy(PolicyInput(t, st, sim.state, last)), aqm)
+        out = sim.step(ctl.plans(policy, PolicyInput(t, st, sim.state, last, ctl.indices)), ctl.aqm)
         m = out.metrics
         viol = sla_violations(m, st.qos).float()
+        active = _active(m, st.qos.has_sla & st.qos.valid)
         terms = compute_reward(m, st.qos, st.cap_mbps, weights)
         util = (out.path_utilization * path_mbps).sum(-1) / path_mbps.sum()
         add("viol", viol)
+        add("active", active)
         add("reward", terms.reward)
         add("efficiency", terms.efficiency)
         add("offered", m.offered_mbps)
@@ -184,7 +215,7 @@ def _episode(sim: Simulator, policy: Policy, steps: int, weights: RewardConfig, 
         add("lost", m.offered_mbps * m.loss)
         add("app_metric", m.app_metric)
         add("path_util", out.path_utilization)
-        per_step["sla"].append((viol * sla).sum((-2, -1)) / n_sla)
+        per_step["sla"].append((viol * sla).sum((-2, -1)) / (active * sla).sum((-2, -1)).clamp_min(1.0))
         per_step["util"].append(util)
         per_step["reward"].append(terms.reward.mean(-1))
         per_step["delay_mean"].append(m.delay_mean_ms)
@@ -208,7 +239,7 @@ def _app_stats(run: _Run, sim: Simulator, steps: int) -> dict[str, AppStats]:
     sla = (st.qos.has_sla & st.qos.valid).cpu()
     app = st.apps.app.cpu()
     viol, offered, lost = run.cat_sums("viol"), run.cat_sums("offered"), run.cat_sums("lost")
-    delivered, metric = run.cat_sums("delivered"), run.cat_sums("app_metric")
+    delivered, metric, active = run.cat_sums("delivered"), run.cat_sums("app_metric"), run.cat_sums("active")
     delay_mean, delay_p99 = run.cat_samples("delay_mean"), run.cat_samples("delay_p99")
     n_env = viol.shape[0]
     out: dict[str, AppStats] = {}
@@ -218,7 +249,6 @@ def _app_stats(run: _Run, sim: Simulator, steps: int) -> dict[str, AppStats]:
         if n == 0:
             continue
         sm = mask & sla
-        n_sla = int(sm.sum())
         samples = delay_mean[:, :, mask].numpy().ravel()
         p50, p99 = np.percentile(samples, [50.0, 99.0])
         out[name] = AppStats(
@@ -229,9 +259,15 @@ def _app_stats(run: _Run, sim: Simulator, steps: int) -> dict[str, AppStats]:
             loss=float(lost[:, mask].sum() / offered[:, mask].sum().clamp_min(1e-9)),
             app_metric=float(metric[:, mask].mean() / steps),
             throughput_mbps=float(delivered[:, mask].sum() / (n_env * steps)),
-            sla_violation_rate=float(viol[:, sm].sum() / (n_sla * n_env * steps)) if n_sla else 0.0,
+            sla_violation_rate=_rate(viol[:, sm], active[:, sm]),
         )
     return out
+
+
+def _rate(violations: torch.Tensor, active: torch.Tensor) -> float:
+    """Violations over active (class, step) pairs; 0 where no pair was active."""
+    n = float(active.sum())
+    return float(violations.sum()) / n if n > 0 else 0.0
 
 
 def _tenant_stats(run: _Run, sim: Simulator, steps: int) -> dict[str, TenantStats]:
@@ -239,16 +275,14 @@ def _tenant_stats(run: _Run, sim: Simulator, steps: int) -> dict[str, TenantStat
     valid = st.qos.valid.cpu()
     sla = (st.qos.has_sla & st.qos.valid).cpu()
     viol, reward, eff = run.cat_sums("viol"), run.cat_sums("reward"), run.cat_sums("efficiency")
-    delivered, metric = run.cat_sums("delivered"), run.cat_sums("app_metric")
-    n_env = viol.shape[0]
+    delivered, metric, active = run.cat_sums("delivered"), run.cat_sums("app_metric"), run.cat_sums("active")
     out: dict[str, TenantStats] = {}
     for k, spec in enumerate(st.specs):
-        n_sla = int(sla[k].sum())
         out[spec.name] = TenantStats(
             reward=float(reward[:, k].mean() / steps),
             throughput_mbps=float(delivered[:, k].sum(-1).mean() / steps),
             efficiency=float(eff[:, k].mean() / steps),
-            sla_violation_rate=float(viol[:, k][:, sla[k]].sum() / (n_sla * n_env * steps)) if n_sla else 0.0,
+            sla_violation_rate=_rate(viol[:, k][:, sla[k]], active[:, k][:, sla[k]]),
             app_metric=float(metric[:, k][:, valid[k]].mean() / steps),
         )
     return out
@@ -288,8 +322,10 @@ def evaluate_policy(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = False,
+    controlled: Sequence[str] | None = None,
 ) -> PolicyResult:
-    """Run a policy for every tenant of a scenario and aggregate what the simulator measured.
+    """Run a policy for the controlled tenants of a scenario (the others on their scenario policies) and
+    aggregate what the simulator measured.
 
     Args:
         scenario: the scenario.
@@ -301,6 +337,8 @@ def evaluate_policy(
         device: torch device of the simulator.
         seed: base seed.
         progress: show a tqdm progress bar (on stderr).
+        controlled: names of the tenants the policy drives; None: the scenario's `controlled` (every
+            tenant when it names none).
     Returns:
         The aggregates, per application, per tenant and per step.
     """
@@ -310,17 +348,19 @@ def evaluate_policy(
     weights = reward if reward is not None else RewardConfig()
     start = time.perf_counter()
     sim = Simulator(scenario, batch_size=seeds, device=device, seed=seed)
+    ctl = _control(scenario, sim, policy, controlled)
     run = _Run()
     desc = f"{scenario.name}/{policy.name}"
     bar = tqdm(total=episodes * n_steps, desc=desc, disable=not progress, unit="step", mininterval=0.5)
     with torch.inference_mode(), bar:
         for ep in range(episodes):
             sim.reset(seed=seed + ep)
-            _episode(sim, policy, n_steps, weights, run, bar)
+            _episode(sim, policy, ctl, n_steps, weights, run, bar)
         st = sim.tensors
         sla = (st.qos.has_sla & st.qos.valid).cpu()
-        viol = run.cat_sums("viol")
-        sla_env = viol[:, sla].sum(-1) / (max(int(sla.sum()), 1) * n_steps)
+        mine = sla & ctl.mask.cpu().view(-1, 1)
+        viol, active = run.cat_sums("viol"), run.cat_sums("active")
+        sla_env = viol[:, mine].sum(-1) / active[:, mine].sum(-1).clamp_min(1.0)
         util_env = run.cat_samples("util").mean(0)
         reward_env = run.cat_sums("reward").mean(-1) / n_steps
         jain = jain_index(run.cat_sums("efficiency") / n_steps, dim=-1)
@@ -335,8 +375,10 @@ def evaluate_policy(
             seeds=seeds,
             episodes=episodes,
             steps=n_steps,
+            controlled=[st.specs[k].name for k in ctl.indices],
             sla_violation_rate=sla_m,
             sla_violation_rate_std=sla_s,
+            neighbour_sla_violation_rate=_rate(viol[:, sla & ~mine], active[:, sla & ~mine]),
             utilization=util_m,
             utilization_std=util_s,
             mean_reward=rew_m,
@@ -352,19 +394,40 @@ def evaluate_policy(
     return result
 
 
+def _control(scenario: ScenarioConfig, sim: Simulator, policy: Policy, controlled: Sequence[str] | None) -> _Control:
+    """The controlled tenants (given, else the scenario's) and the neighbours' plans and CoDel switches."""
+    names = [t.name for t in scenario.tenants]
+    if controlled is None:
+        indices = tuple(controlled_indices(scenario))
+    else:
+        unknown = [n for n in controlled if n not in names]
+        if unknown or not controlled:
+            raise ValueError(f"controlled must name tenants of {scenario.name!r} ({names}), got {list(controlled)}")
+        indices = tuple(i for i, n in enumerate(names) if n in controlled)
+    st = sim.tensors
+    mask = torch.zeros(st.n_tenants, dtype=torch.bool, device=sim.device)
+    mask[list(indices)] = True
+    plans, codel = neighbour_plans(st, scenario, sim.batch_size)
+    aqm = torch.where(mask, torch.tensor(bool(policy.aqm), device=sim.device), codel)
+    return _Control(indices, mask, plans, aqm)
+
+
 def evaluate_policies(
     scenario: ScenarioConfig,
     policies: Sequence[Policy],
     **kwargs: Any,
 ) -> dict[str, PolicyResult]:
-    """evaluate_policy for each policy (same seeds, so the same load), keyed by policy name.
+    """evaluate_policy for each policy (same seeds, so the same load, and the same controlled tenants: those
+    every policy can control, see shaping.policies.resolve_controlled), keyed by policy name.
 
     Args:
         scenario: the scenario.
         policies: the policies; their names must be unique.
-        kwargs: passed to evaluate_policy (seeds, steps, episodes, reward, device, seed, progress).
+        kwargs: passed to evaluate_policy (seeds, steps, episodes, reward, device, seed, progress, controlled).
     """
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"policy names must be unique, got {names}")
+    if kwargs.get("controlled") is None:
+        kwargs["controlled"] = resolve_controlled(scenario, policies)
     return {p.name: evaluate_policy(scenario, p, **kwargs) for p in policies}

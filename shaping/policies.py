@@ -9,16 +9,17 @@ Evaluation, the comparison entry point and the reports only ever see the Policy 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 from shaping.baselines import BASELINES, Baseline, get_baseline
+from shaping.config import ScenarioConfig
 from shaping.sim.layout import ScenarioTensors
 from shaping.sim.simulator import SimState, StepOutput
-from shaping.spec import PlanBatch, stack_plans
+from shaping.spec import PlanBatch, controlled_indices, stack_plans
 
 
 class PolicyInput(NamedTuple):
@@ -32,6 +33,9 @@ class PolicyInput(NamedTuple):
     """The simulator's dynamic state (queues, windows, load processes), batch size B."""
     last: StepOutput | None
     """Measurements of the previous step (None at step 0); feed ObservationLayout.build."""
+    controlled: tuple[int, ...] = ()
+    """Indices of the tenants the policy controls (empty: every tenant). The evaluation overwrites the
+    other tenants' rows with their neighbours' plans, so a policy may leave them as they come."""
 
 
 @runtime_checkable
@@ -135,6 +139,40 @@ def known_policies() -> list[str]:
     return list(BASELINES)
 
 
-def aqm_mask(policy: Policy, n_tenants: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(K,) bool: the simulator's aqm argument when every tenant runs the policy."""
-    return torch.full((n_tenants,), bool(policy.aqm), dtype=torch.bool, device=device)
+def controllable_tenants(policy: Policy) -> tuple[str, ...] | None:
+    """The tenants a policy can control (a single-tenant checkpoint: its tenant), None for any tenant."""
+    tenants = getattr(policy, "tenants", None)
+    return None if tenants is None else tuple(tenants)
+
+
+def resolve_controlled(scenario: ScenarioConfig, policies: Sequence[Policy]) -> list[str]:
+    """The tenants every compared policy controls, so that rows are like for like.
+
+    The scenario's `controlled` list when it has one; else the tenants every policy can control (a
+    checkpoint trained for one tenant narrows it to that tenant); else every tenant.
+
+    Raises:
+        ValueError: a policy cannot control the scenario's controlled tenants, or the policies share none.
+    """
+    names = [t.name for t in scenario.tenants]
+    wanted = [names[i] for i in controlled_indices(scenario)]
+    limits = [(p.name, controllable_tenants(p)) for p in policies]
+    if scenario.controlled:
+        for name, can in limits:
+            if can is not None and not set(wanted) <= set(can):
+                raise ValueError(f"policy {name!r} controls only {list(can)}; {scenario.name!r} controls {wanted}")
+        return wanted
+    common = [n for n in names if all(can is None or n in can for _, can in limits)]
+    if not common:
+        raise ValueError(f"the policies control no common tenant of scenario {scenario.name!r}: {dict(limits)}")
+    return common
+
+
+def neighbour_plans(tensors: ScenarioTensors, scenario: ScenarioConfig, batch: int) -> tuple[PlanBatch, torch.Tensor]:
+    """Every tenant's scenario `policy` plan expanded over a batch, and (K,) bool whether that policy runs CoDel:
+    what the neighbours of the controlled tenants do in every row of a comparison."""
+    bases = [get_baseline(t.policy) for t in scenario.tenants]
+    one = stack_plans([[b.plan(spec) for b, spec in zip(bases, tensors.specs, strict=True)]], tensors.n_classes,
+                      tensors.device)  # fmt: skip
+    plans = PlanBatch(*(x.expand(batch, *x.shape[1:]).contiguous() for x in one))
+    return plans, torch.tensor([b.aqm for b in bases], dtype=torch.bool, device=tensors.device)

@@ -40,14 +40,21 @@ def write_actions(fields: list[torch.Tensor], view: TenantView, actions: torch.T
 
 
 class TrainedPolicyBase:
-    """What the policies of trained agents share: a report name and no CoDel (never run in training)."""
+    """What the policies of trained agents share: a report name, the tenants they were trained for and no
+    CoDel (never run in training)."""
 
     _name: str
+    _tenants: tuple[str, ...]
 
     @property
     def name(self) -> str:
         """Name used in reports."""
         return self._name
+
+    @property
+    def tenants(self) -> tuple[str, ...]:
+        """The tenants the trained agents can control (shaping.policies.resolve_controlled reads it)."""
+        return self._tenants
 
     @property
     def aqm(self) -> bool:
@@ -75,6 +82,7 @@ class AgentPolicy(TrainedPolicyBase):
         if not self.path.is_file():
             raise FileNotFoundError(f"agent checkpoint {os.fspath(path)!r} does not exist")
         self._name = name or f"ppo:{os.fspath(path)}"
+        self._tenants = (str(read_checkpoint(self.path).get("tenant")),)
         self.other_policy = other_policy
         self._key: ScenarioTensors | None = None
         self._model: torch.nn.Module | None = None

@@ -227,6 +227,7 @@ class MultiAgentPolicy(TrainedPolicyBase):
         self.groups = list(groups)
         self.scenario = scenario
         self._name = name
+        self._tenants = tuple(v.observation.spec.name for g in self.groups for v in g.views)
         self._key: ScenarioTensors | None = None
         self._base: PlanBatch | None = None
         self._views: list[TenantView] = []

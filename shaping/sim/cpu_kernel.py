@@ -41,7 +41,9 @@ _INPUTS = (
 #: tensors (the simulator still reads the old ones after the sub-steps), then the interval's
 #: accumulators, which it computes from zero into the carry's tensors.
 _STATES = ("q_t", "q_p", "win", "rtt", "buf", "above", "drop_count")
-_ACCUMULATORS = ("offered", "delivered", "lost", "delay_vol", "on_time", "p99", "rebuffer")
+_ACCUMULATORS = ("offered", "delivered", "lost", "delay_vol", "on_time", "p99", "rebuffer", "sent", "provider_lost")
+#: Interval fields of shape (P, B), in the order of the kernel's PathInput enum.
+_PATH_INPUTS = ("path_kbit", "ef_limit_kbit", "path_loss")
 
 
 class KernelUnavailable(RuntimeError):
@@ -62,7 +64,7 @@ def _library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     fn = lib.fedshape_substeps
     p = ctypes.c_void_p
-    fn.argtypes = [p] * 13 + [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+    fn.argtypes = [p] * 12 + [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
     return lib
 
@@ -117,8 +119,7 @@ def run_substeps(carry: sim.Carry, iv: sim.Interval, dt: float, substeps: int) -
     path_served = _dense(carry.path_served)
     queue = iv.queue.to(torch.int64).contiguous()
     path = iv.path.to(torch.int64).contiguous()
-    path_kbit = iv.path_kbit.float().contiguous()
-    ef_limit = iv.ef_limit_kbit.float().contiguous()
+    path_inputs = [getattr(iv, f).float().expand(p, b).contiguous() for f in _PATH_INPUTS]
     buffer = iv.buffer_kbit.float().contiguous()
     af = iv.af_weights.float().contiguous()
     params = torch.tensor(
@@ -146,8 +147,7 @@ def run_substeps(carry: sim.Carry, iv: sim.Interval, dt: float, substeps: int) -
         path_served.data_ptr(),
         queue.data_ptr(),
         path.data_ptr(),
-        path_kbit.data_ptr(),
-        ef_limit.data_ptr(),
+        _pointers(path_inputs),
         buffer.data_ptr(),
         af.data_ptr(),
         params.data_ptr(),

@@ -129,8 +129,9 @@ def compile_events(scenario: ScenarioConfig, n_classes: int, device: torch.devic
     """
     validate_events(scenario)
     bounds = [scenario.episode_steps]
-    for ev in [*scenario.path_events, *scenario.load_events]:
-        bounds += [ev.start_step, ev.end_step or 0]
+    spans = [(e.start_step, e.end_step) for e in scenario.path_events]
+    for start, end in spans + [(e.start_step, e.end_step) for e in scenario.load_events]:
+        bounds += [start, end or 0]
     for t in scenario.tenants:
         bounds += [t.arrive_step, t.leave_step or 0]
     steps = max(bounds) + 1

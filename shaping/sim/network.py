@@ -161,8 +161,8 @@ def provider_stage(
     Args:
         backlog, arrivals: (N, B) each class's volume in, and arriving at, its provider queue.
         queue: (N, B) int64 queue of each class, path * N_QUEUES + DSCP queue.
-        path_kbit: (P,) volume each path serves per sub-step.
-        ef_limit_kbit: (P,) EF volume admitted per sub-step; the rest is policed (dropped).
+        path_kbit: (P,) or (P, B) volume each path serves per sub-step (per environment where it varies).
+        ef_limit_kbit: (P,) or (P, B) EF volume admitted per sub-step; the rest is policed (dropped).
         buffer_kbit: (P,) buffer of each queue; the excess is dropped.
         af_weights: (P, 3) WFQ weights of AF-high, AF-low, best effort.
         dt_ms: sub-step length.
@@ -172,11 +172,11 @@ def provider_stage(
     arr_q = to_queues(arrivals, queue, p * N_QUEUES)
     back_q = to_queues(backlog, queue, p * N_QUEUES)
     inf = torch.full_like(ef_limit_kbit, float("inf"))
-    limit = torch.stack([ef_limit_kbit, inf, inf, inf], dim=-1).view(-1, 1)
+    limit = torch.stack([ef_limit_kbit, inf, inf, inf], dim=1).view(p * N_QUEUES, -1)
     admit_q = (limit / arr_q.clamp_min(EPS)).clamp(max=1.0)
     x_adm = arrivals * from_queues(admit_q, queue)
     demand_q = (back_q + arr_q * admit_q).view(p, N_QUEUES, b)
-    cap = path_kbit.view(p, 1)
+    cap = path_kbit.view(p, -1)
     ef = torch.minimum(demand_q[:, 0], cap)
     rest = wfq_serve(demand_q[:, 1:], cap - ef, af_weights.unsqueeze(-1))
     served_q = torch.cat([ef.unsqueeze(1), rest], dim=1).view(p * N_QUEUES, b)
@@ -192,7 +192,7 @@ def provider_stage(
     left_c = left_c - overflow
     kept_q = left_q * (1.0 - over_frac)  # the sum of its classes' backlogs, without a second scatter
     delay_q = (kept_q * dt_ms / served_q.clamp_min(EPS)).clamp(max=MAX_DELAY_MS)
-    util = served_q / path_kbit.repeat_interleave(N_QUEUES).view(-1, 1)
+    util = served_q / cap.repeat_interleave(N_QUEUES, dim=0)
     return ProviderStage(
         delivered=delivered,
         backlog=left_c,

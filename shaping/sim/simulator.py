@@ -22,6 +22,7 @@ import torch
 
 from shaping.config import ScenarioConfig
 from shaping.sim import network
+from shaping.sim.events import EventTables, compile_events
 from shaping.sim.layout import N_QUEUES, ScenarioTensors, compile_scenario
 from shaping.spec import ClassMetrics, HostMetrics, PlanBatch
 from shaping.traffic import apps as A
@@ -54,12 +55,17 @@ class SimState(NamedTuple):
 
 
 class StepOutput(NamedTuple):
-    """What one control step measured."""
+    """What one control step measured, and the plans and schedule it ran under."""
 
     metrics: ClassMetrics  # (B, K, C)
     host: HostMetrics  # (B, K, E)
-    path_utilization: torch.Tensor  # (B, P) delivered / capacity of each path
+    path_utilization: torch.Tensor  # (B, P) served / nominal capacity of each path
     backlog_kbit: torch.Tensor  # (B, K, C) tenant + provider backlog at the end of the step
+    path_delay_ms: torch.Tensor  # (B, P) one-way delay of a probe: base + added delay + the path's queued work
+    path_loss: torch.Tensor  # (B, P) fraction of the traffic entering the path that it lost
+    path_delivered_mbps: torch.Tensor  # (B, K, P) each tenant's traffic delivered over each path
+    plan: PlanBatch  # (B, K, C) the plans in force during the step
+    present: torch.Tensor  # (B, K) bool, the tenant was sending (arrived, not yet left)
 
 
 class Interval(NamedTuple):
@@ -75,10 +81,12 @@ class Interval(NamedTuple):
     queue: torch.Tensor  # (K*C, B) flat provider queue, path * N_QUEUES + queue
     path: torch.Tensor  # (K*C, B) path of each class
     is_ef: torch.Tensor  # (K, C, B)
-    path_kbit: torch.Tensor  # (P,)
+    path_kbit: torch.Tensor  # (P, B) volume each path serves per sub-step (scheduled events included)
     path_kbit_c: torch.Tensor  # (K, C, B)
-    ef_limit_kbit: torch.Tensor  # (P,)
+    ef_limit_kbit: torch.Tensor  # (P, B)
     buffer_kbit: torch.Tensor  # (P,)
+    path_loss: torch.Tensor  # (P, B) fraction of what each path delivers that is lost on it
+    path_delay: torch.Tensor  # (P, B) each path's base delay plus its scheduled added delay, ms
     af_weights: torch.Tensor  # (P, 3)
     base_delay: torch.Tensor  # (K, C, B)
     drop: torch.Tensor  # (K, C, B)
@@ -111,6 +119,8 @@ class Carry(NamedTuple):
     on_time: torch.Tensor
     p99: torch.Tensor
     rebuffer: torch.Tensor
+    sent: torch.Tensor  # volume the tenant's HTB passed on to the provider
+    provider_lost: torch.Tensor  # volume lost at the provider: policed, overflowed or lost on the path
     path_served: torch.Tensor  # (P*N_QUEUES, B)
 
 
@@ -147,7 +157,9 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
         iv.af_weights,
         dt,
     )
-    delivered = prov.delivered.view(k, c, b)
+    # A path's own loss (a scheduled event) takes its share of what the queues served.
+    path_lost = prov.delivered.view(k, c, b) * network.from_queues(iv.path_loss, iv.path).view(k, c, b)
+    delivered = prov.delivered.view(k, c, b) - path_lost
     q_p = prov.backlog.view(k, c, b)
 
     # Packet-scale waiting on top of the fluid backlog (M/G/1 with priorities).
@@ -195,7 +207,8 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     q_queue = network.from_queues(prov.queue_backlog, iv.queue).view(k, c, b)
     micro = wait_t * fluid_t + wait_p / (1.0 + q_queue / (4.0 * iv.pkt))
     fixed = iv.base_delay + ten.fluid_delay_ms + prov.fluid_delay_ms.view(k, c, b)
-    lost = nft + ten.overflow + codel_drop + (prov.policed + prov.overflow).view(k, c, b)
+    provider_lost = (prov.policed + prov.overflow).view(k, c, b) + path_lost
+    lost = nft + ten.overflow + codel_drop + provider_lost
 
     # Sources react: TCP to loss and delay, the video player to what arrived.
     rtt = iv.base_delay + fixed + micro
@@ -219,6 +232,8 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
         on_time=s.on_time + A.on_time_prob(iv.deadline, fixed, micro) * offered,
         p99=torch.maximum(s.p99, fixed + A.LN100 * micro),
         rebuffer=s.rebuffer + (1.0 - playing) * dt,
+        sent=s.sent + ten.served,
+        provider_lost=s.provider_lost + provider_lost,
         path_served=s.path_served + prov.queue_util,
     )
 
@@ -263,6 +278,7 @@ class Simulator:
             raise ValueError(f"cpu_kernel=True runs the sub-steps on the CPU, not on {device}")
         self.cfg = scenario
         self.tensors: ScenarioTensors = compile_scenario(scenario, device)
+        self.events: EventTables = compile_events(scenario, self.tensors.n_classes, device)
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.dt_ms = scenario.control_interval_ms / scenario.substeps
@@ -349,8 +365,9 @@ class Simulator:
         self.state = SimState(**tensors, load=reset_where(self.state.load, fresh.load, m))
 
     # ------------------------------------------------------------------- step
-    def _interval(self, plan: PlanBatch, aqm: torch.Tensor | None, mult: torch.Tensor) -> Interval:
-        """Plan-derived quantities, constant over the interval (batch-last); mult is the load multiplier."""
+    def _interval(self, plan: PlanBatch, aqm: torch.Tensor | None, mult: torch.Tensor, ev: EventTables) -> Interval:
+        """Plan-derived quantities, constant over the interval (batch-last); mult is the load multiplier and
+        ev each environment's row of the scheduled events."""
         st, dt, s = self.tensors, self.dt_ms, self.state
         demand = st.mbps.unsqueeze(-1) * mult * self._valid  # (K, C, B) Mbit/s
         k, c, b = s.q_tenant.shape
@@ -359,7 +376,10 @@ class Simulator:
         root_mbps = torch.minimum(st.cap_mbps.view(k, 1, 1), root[:, :1])
         queue = st.dscp_queue[dscp]
         codel = torch.zeros(k, dtype=torch.bool, device=self.device) if aqm is None else aqm.to(self.device)
-        path_kbit = st.path_mbps * dt
+        path_mbps = st.path_mbps.unsqueeze(-1) * ev.capacity.t()  # (P, B)
+        path_kbit = path_mbps * dt
+        flat_path = path.reshape(k * c, b)
+        path_delay = st.path_delay_ms.unsqueeze(-1) + ev.delay_ms.t()  # (P, B)
         filling = s.video_buffer_s < A.VIDEO_TARGET_BUFFER_S
         bitrate = self.ladder[s.video_level] * self._flows * mult
         # The player fetches segments as fast as TCP allows while its buffer is below target and
@@ -374,21 +394,23 @@ class Simulator:
             cap_kbit=root_mbps * dt,
             priority=pr,
             queue=(path * N_QUEUES + queue).view(k * c, b),
-            path=path.reshape(k * c, b),
+            path=flat_path,
             is_ef=queue == 0,
             path_kbit=path_kbit,
-            path_kbit_c=path_kbit[path],
-            ef_limit_kbit=path_kbit * st.ef_cap,
+            path_kbit_c=network.from_queues(path_kbit, flat_path).view(k, c, b),
+            ef_limit_kbit=path_kbit * st.ef_cap.unsqueeze(-1),
             buffer_kbit=st.path_buffer_kbit,
+            path_loss=ev.loss.t().contiguous(),
+            path_delay=path_delay,
             af_weights=st.af_weights,
-            base_delay=st.path_delay_ms[path],
+            base_delay=network.from_queues(path_delay, flat_path).view(k, c, b),
             drop=drop,
             codel=codel.view(k, 1, 1),
             codel_keep=math.exp(-dt / (CODEL_MEMORY_INTERVALS * CODEL_INTERVAL_MS)),
             pkt=self._pkt,
             cs2=self._cs2,
             tx_tenant=self._pkt / root_mbps,
-            tx_path=self._pkt / st.path_mbps[path],
+            tx_path=self._pkt / network.from_queues(path_mbps, flat_path).view(k, c, b),
             leaf_limit=self._leaf,
             deadline=self._deadline,
             flows=self._flows,
@@ -404,27 +426,28 @@ class Simulator:
         """
         k, c, b = self.state.q_tenant.shape
         noise = draw_load_noise(b, k, c, self.gen, self.device)
-        carry, iv, load, mult = self._prepare_fn(plan, aqm, noise)
+        ev = self.events.rows(self.state.t)
+        carry, iv, load, mult = self._prepare_fn(plan, aqm, noise, ev)
         if self._kernel is not None:
             carry = self._kernel(carry, iv, self.dt_ms, self.cfg.substeps)
         else:
             for _ in range(self.cfg.substeps):
                 carry = self._substep(carry, iv, self.dt_ms)
         self.state, out = self._finish_fn(carry, iv, load, mult)
-        return out
+        return out._replace(plan=plan, present=ev.present)
 
     def _prepare(
-        self, plan: PlanBatch, aqm: torch.Tensor | None, noise: LoadNoise
+        self, plan: PlanBatch, aqm: torch.Tensor | None, noise: LoadNoise, ev: EventTables
     ) -> tuple[Carry, Interval, LoadState, torch.Tensor]:
         """Advance the load, derive the interval's constants and zero its accumulators."""
         st, s = self.tensors, self.state
         k, c, b = s.q_tenant.shape
         load, mult = apply_load(s.load, s.t, st.apps.app, self.cfg.load, noise)
-        mult = _batch_last(mult)
-        iv = self._interval(plan, aqm, mult)
+        mult = _batch_last(mult * ev.load)
+        iv = self._interval(plan, aqm, mult, ev)
         # The C++ kernel starts the accumulators at zero itself: its path skips the memset.
         fresh = torch.empty if self._kernel is not None else torch.zeros
-        acc = fresh(7, k, c, b, device=self.device)
+        acc = fresh(9, k, c, b, device=self.device)
         carry = Carry(
             q_t=s.q_tenant,
             q_p=s.q_provider,
@@ -440,6 +463,8 @@ class Simulator:
             on_time=acc[4],
             p99=acc[5],
             rebuffer=acc[6],
+            sent=acc[7],
+            provider_lost=acc[8],
             path_served=fresh(st.n_paths * N_QUEUES, b, device=self.device),
         )
         return carry, iv, load, mult
@@ -495,9 +520,39 @@ class Simulator:
             base_delay_ms=_batch_first(iv.base_delay),
             app_metric=_batch_first(metric),
         )
-        util = (r.path_served / self.cfg.substeps).view(-1, N_QUEUES, b).sum(1).t().contiguous()
+        util = (r.path_served / self.cfg.substeps).view(-1, N_QUEUES, b).sum(1)
         host = HostMetrics(cpu=_batch_first(cpu), memory=_batch_first(memory))
-        return state, StepOutput(metrics, host, util, _batch_first(r.q_t + r.q_p))
+        probe_delay, path_loss, path_delivered = self._path_metrics(r, iv, util, delivered_mbps)
+        # The nominal capacity is the denominator, so a degraded path shows as a less utilized one.
+        util_nominal = util * iv.path_kbit / (st.path_mbps.unsqueeze(-1) * self.dt_ms)
+        out = StepOutput(
+            metrics, host, util_nominal.t().contiguous(), _batch_first(r.q_t + r.q_p), probe_delay, path_loss,
+            path_delivered, plan=PlanBatch(*([torch.empty(0)] * 7)), present=torch.empty(0),
+        )  # fmt: skip
+        return state, out
+
+    def _path_metrics(
+        self, r: Carry, iv: Interval, util: torch.Tensor, delivered_mbps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a tenant can measure per path, batch-first: a probe's one-way delay (base delay, scheduled
+        added delay and the time to serve the volume queued on the path), the fraction of a probe's packets
+        lost on the path, and each tenant's delivered rate over it."""
+        st = self.tensors
+        k, c, b = r.q_p.shape
+        n_paths = st.n_paths
+        per_ms = iv.path_kbit / self.dt_ms  # (P, B) kbit served per ms
+        queued = network.to_queues(r.q_p.view(k * c, b), iv.path, n_paths)
+        delay = (iv.path_delay + queued / per_ms.clamp_min(network.EPS)).clamp(max=network.MAX_DELAY_MS)
+        sent = network.to_queues(r.sent.view(k * c, b), iv.path, n_paths)
+        lost = network.to_queues(r.provider_lost.view(k * c, b), iv.path, n_paths)
+        # A probe suffers the path's own loss (a failed path loses all of it) and, beyond it, what the
+        # path's queues drop: measured on the traffic that entered the path, since what still waits in a
+        # queue is not lost yet.
+        loss = torch.maximum((lost / sent.clamp_min(1e-9)).clamp(0.0, 1.0), iv.path_loss)
+        path_of = iv.path.view(k, c, b)
+        own = torch.zeros(k, n_paths, b, device=self.device).scatter_add_(1, path_of, delivered_mbps)
+        return delay.t().contiguous(), loss.t().contiguous(), own.permute(2, 0, 1).contiguous()
+
 
     def _host(self, offered_mbps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CPU and memory of each entity (K, E, B): driven by its classes' load, smoothed (EWMA 0.5)."""

@@ -57,7 +57,8 @@ def sla_violations(m: ClassMetrics, q: QoSTensors) -> torch.Tensor:
     """Boolean (..., C): the class violates any clause of its SLA this interval.
 
     The minimum throughput is owed only up to MIN_RATE_SLACK of what the application demands,
-    so a class that asks for less than its SLA minimum is not counted as violated.
+    so a class that asks for less than its SLA minimum is not counted as violated; a class that
+    demands nothing (its tenant is absent, or a scheduled lull) violates nothing.
     """
     owed = torch.minimum(q.min_mbps, MIN_RATE_SLACK * m.demand_mbps)
     bad = (
@@ -66,7 +67,7 @@ def sla_violations(m: ClassMetrics, q: QoSTensors) -> torch.Tensor:
         | (m.loss > q.max_loss)
         | (m.app_metric < q.app_floor)
     )
-    return bad & q.has_sla & q.valid
+    return bad & q.has_sla & q.valid & (m.demand_mbps > 0)
 
 
 class RewardTerms(NamedTuple):

@@ -28,8 +28,11 @@ class LoadState(NamedTuple):
 def initial_load_state(
     b: int, k: int, c: int, cfg: LoadConfig, gen: torch.Generator, device: torch.device
 ) -> LoadState:
-    """Fresh load state with a random diurnal phase."""
+    """Fresh load state with a random diurnal phase (0 when cfg.diurnal_random_phase is off)."""
+    # Drawn either way, so the generator's stream does not depend on the switch.
     phase = torch.rand(b, generator=gen, device=device) * cfg.diurnal_period_steps
+    if not cfg.diurnal_random_phase:
+        phase = torch.zeros_like(phase)
     return LoadState(
         phase=phase,
         burst_left=torch.zeros(b, k, c, device=device),
@@ -41,6 +44,21 @@ def _geometric(u: torch.Tensor, mean: float) -> torch.Tensor:
     """Geometric lengths (>= 1 step) of the given mean from uniforms u."""
     p = 1.0 / max(mean, 1.0)
     return torch.ceil(torch.log(u.clamp_min(1e-6)) / math.log1p(-p)) if p < 1.0 else torch.ones_like(u)
+
+
+def diurnal_factor(time_steps: torch.Tensor, cfg: LoadConfig) -> torch.Tensor:
+    """Relative load of the day at the given times (control steps, phase included): the linear
+    interpolation of cfg.diurnal_curve over one period, wrapping around, or the sinusoid
+    1 + diurnal_amplitude * sin when no curve is given."""
+    period = cfg.diurnal_period_steps
+    if not cfg.diurnal_curve:
+        return 1.0 + cfg.diurnal_amplitude * torch.sin(2.0 * math.pi * time_steps / period)
+    curve = torch.tensor(cfg.diurnal_curve, dtype=torch.float32, device=time_steps.device)
+    n = curve.shape[0]
+    pos = torch.remainder(time_steps, period) / period * n
+    lo = pos.floor().long().clamp(0, n - 1)
+    frac = pos - lo.float()
+    return curve[lo] * (1.0 - frac) + curve[(lo + 1) % n] * frac
 
 
 def capped_pareto_xm(alpha: float, cap: float) -> float:
@@ -104,8 +122,7 @@ def apply_load(
         The new state and the load multiplier of shape (B, K, C).
     """
     b = state.burst_left.shape[0]
-    angle = 2.0 * math.pi * (t.float() + state.phase) / cfg.diurnal_period_steps
-    diurnal = (1.0 + cfg.diurnal_amplitude * torch.sin(angle)).view(b, 1, 1)
+    diurnal = diurnal_factor(t.float() + state.phase, cfg).view(b, 1, 1)
 
     start = noise.burst_start < cfg.burst_prob
     new_len = _geometric(noise.burst_length, cfg.burst_steps)

@@ -8,7 +8,8 @@
 //
 // The torch function is the reference: this file mirrors it line by line (same operations in the
 // same order, float32), and tests/sim/test_cpu_kernel.py checks the two against each other.
-// Layout as in the simulator: class arrays are (K, C, B) (batch last), queue arrays (P * 4, B).
+// Layout as in the simulator: class arrays are (K, C, B) (batch last), queue arrays (P * 4, B), path
+// arrays (P, B) (a path's capacity, EF limit and loss change with each environment's scheduled events).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -29,8 +30,10 @@ enum Input {
 // interval's accumulators (written; they start at zero).
 enum State {
   ST_QT, ST_QP, ST_WIN, ST_RTT, ST_BUF, ST_ABOVE, ST_DROP_COUNT, N_CARRIED, ST_OFFERED = N_CARRIED,
-  ST_DELIVERED, ST_LOST, ST_DELAY_VOL, ST_ON_TIME, ST_P99, ST_REBUFFER, N_STATES
+  ST_DELIVERED, ST_LOST, ST_DELAY_VOL, ST_ON_TIME, ST_P99, ST_REBUFFER, ST_SENT, ST_PLOST, N_STATES
 };
+// Per-path inputs, (P, B) each.
+enum PathInput { PI_KBIT, PI_EF_LIMIT, PI_LOSS, N_PATH_INPUTS };
 // Scalars, so that the constants have one definition (in Python).
 enum Param {
   P_DT, P_CODEL_KEEP, P_CODEL_TARGET, P_CODEL_INTERVAL, P_MSS, P_LN100, P_BUF_MAX, P_EPS, P_RHO_MAX,
@@ -39,7 +42,7 @@ enum Param {
 // Per-class scratch of one block, each (N, W).
 enum Scratch {
   S_OFF, S_NFT, S_DEM, S_G, S_EX, S_SERVED, S_TDELAY, S_OVF, S_CDROP, S_XADM, S_DELIV, S_OVP,
-  S_FLUID, S_RHO, S_RWT, S_RWP, N_SCRATCH
+  S_PLOST, S_FLUID, S_RHO, S_RWT, S_RWP, N_SCRATCH
 };
 
 // W lanes of float32 and int32: GCC/Clang vector extensions, so every operation below is one
@@ -84,6 +87,7 @@ struct Block {
   vi* queue;
   vi* path;
   vf* path_served;
+  vf* path_in[N_PATH_INPUTS];
   vf* sc[N_SCRATCH];
   vf *arr_q, *back_q, *admit_q, *dem_q, *serv_q, *frac_q, *over_q, *kept_q, *delay_q, *util_q;
   vf *w0_path, *rho_ef, *rho_all, *own, *total, *spare, *w0_t;
@@ -142,13 +146,13 @@ inline vf residual_work(vf served, vf pkt, vf cs2, vf link) {
   return served * pkt * (1.0f + cs2) / (2.0f * link * link);
 }
 
-void substep(Block& s, const Dims& d, const float* prm, const float* path_kbit, const float* ef_limit,
-             const float* buffer, const float* af) {
+void substep(Block& s, const Dims& d, const float* prm, const float* buffer, const float* af) {
   const int K = d.k, C = d.c, P = d.p, N = K * C, Q = P * NQ;
   const float dt = prm[P_DT];
   const vf eps = splat(prm[P_EPS]), rho_max = splat(prm[P_RHO_MAX]), max_delay = splat(prm[P_MAX_DELAY]);
   const vf zero{}, one = splat(1.0f);
   vf **in = s.in, **st = s.st, **sc = s.sc;
+  const vf *path_kbit = s.path_in[PI_KBIT], *ef_limit = s.path_in[PI_EF_LIMIT], *path_loss = s.path_in[PI_LOSS];
 
   // Tenant stage: HTB (shaping.sim.network.htb_stage) and CoDel.
   for (int n = 0; n < N; ++n) {
@@ -210,7 +214,7 @@ void substep(Block& s, const Dims& d, const float* prm, const float* path_kbit, 
     s.dem_q[q] = s.back_q[q] + s.arr_q[q] * admit;
   }
   for (int p = 0; p < P; ++p) {
-    const vf cap = splat(path_kbit[p]);
+    const vf cap = path_kbit[p];
     const float* wt = af + 3 * p;
     const vf* dq = s.dem_q + p * NQ;
     vf ef = vmin(dq[0], cap);
@@ -233,7 +237,8 @@ void substep(Block& s, const Dims& d, const float* prm, const float* path_kbit, 
     for (int i = 0; i < 3; ++i) sq[1 + i] = sv[i];
   }
   for (int q = 0; q < Q; ++q) {
-    const float buf = buffer[q / NQ], pk = path_kbit[q / NQ];
+    const float buf = buffer[q / NQ];
+    const vf pk = path_kbit[q / NQ];
     vf dem = s.dem_q[q], served = s.serv_q[q];
     s.frac_q[q] = served / vmax(dem, eps);
     vf left = dem - served;
@@ -257,16 +262,22 @@ void substep(Block& s, const Dims& d, const float* prm, const float* path_kbit, 
       frac = here ? s.frac_q[q] : frac;
       over = here ? s.over_q[q] : over;
     }
+    vf loss = zero;
+    for (int p = 0; p < P; ++p) loss = s.path[n] == p ? path_loss[p] : loss;
     vf served = sc[S_SERVED][n];
     vf x_adm = served * admit;
     vf dem_c = st[ST_QP][n] + x_adm;
     vf deliv = dem_c * frac;
     vf left = dem_c - deliv;
     vf ovp = left * over;
+    // A path's own loss (a scheduled event) takes its share of what the queues served.
+    vf plost = deliv * loss;
+    deliv = deliv - plost;
     st[ST_QP][n] = left - ovp;
     sc[S_XADM][n] = x_adm;
     sc[S_DELIV][n] = deliv;
     sc[S_OVP][n] = ovp;
+    sc[S_PLOST][n] = plost;
     // Packet-scale waits: the inputs of the tenant's M/G/1 with priorities and of the path's.
     vf pkt = in[IN_PKT][n], cs2 = in[IN_CS2][n], cap = in[IN_CAP][n];
     vf fluid = pkt * 4.0f / (4.0f * pkt + st[ST_QT][n]);
@@ -321,7 +332,8 @@ void substep(Block& s, const Dims& d, const float* prm, const float* path_kbit, 
       vf base = in[IN_BASE_DELAY][n];
       vf fixed = base + sc[S_TDELAY][n] + pdelay;
       vf policed = served - sc[S_XADM][n];
-      vf lost = sc[S_NFT][n] + sc[S_OVF][n] + sc[S_CDROP][n] + (policed + sc[S_OVP][n]);
+      vf provider_lost = (policed + sc[S_OVP][n]) + sc[S_PLOST][n];
+      vf lost = sc[S_NFT][n] + sc[S_OVF][n] + sc[S_CDROP][n] + provider_lost;
       vf rtt = base + fixed + micro;
       vf off = sc[S_OFF][n];
       vf loss_p = lost / vmax(off, splat(1e-9f));
@@ -348,6 +360,8 @@ void substep(Block& s, const Dims& d, const float* prm, const float* path_kbit, 
       st[ST_ON_TIME][n] += (1.0f - vexp_neg(-slack / vmax(micro, splat(1e-3f)))) * off;
       st[ST_P99][n] = vmax(st[ST_P99][n], fixed + prm[P_LN100] * micro);
       st[ST_REBUFFER][n] += (1.0f - playing) * dt;
+      st[ST_SENT][n] += served;
+      st[ST_PLOST][n] += provider_lost;
     }
   }
   for (int q = 0; q < Q; ++q) s.path_served[q] += s.util_q[q];
@@ -367,17 +381,21 @@ struct Tile {
   std::vector<vf> storage;
   std::vector<vi> index_storage;
 
+  size_t p;
+
   Tile(const Dims& d)
       : n(size_t(d.k) * d.c),
         q(size_t(d.p) * NQ),
-        stride(n * (N_INPUTS + 1 + N_STATES) + q),
+        stride(n * (N_INPUTS + 1 + N_STATES) + q + size_t(d.p) * N_PATH_INPUTS),
         index_stride(2 * n),
         storage(J * stride),
-        index_storage(J * index_stride) {}
+        index_storage(J * index_stride),
+        p(size_t(d.p)) {}
 
   // Array a (inputs 0..N_INPUTS-1, priority N_INPUTS, state N_INPUTS + 1 + i) of block j.
   vf* array(int j, int a) { return storage.data() + j * stride + a * n; }
   vf* path_served(int j) { return storage.data() + j * stride + (N_INPUTS + 1 + N_STATES) * n; }
+  vf* path_input(int j, int i) { return path_served(j) + q + i * p; }
   vi* queue(int j) { return index_storage.data() + j * index_stride; }
   vi* path(int j) { return index_storage.data() + j * index_stride + n; }
 
@@ -389,6 +407,7 @@ struct Tile {
     s.queue = queue(j);
     s.path = path(j);
     s.path_served = path_served(j);
+    for (int i = 0; i < N_PATH_INPUTS; ++i) s.path_in[i] = path_input(j, i);
   }
 };
 
@@ -436,10 +455,10 @@ extern "C" {
 // (K, C, B) int64 with the same layout as strides[3 N_INPUTS ...]; state_in[i] (K, C, B) is the
 // carried state, state_out[i] receives it after the sub-steps (it may alias state_in), followed by
 // the accumulators, which start at zero, like path_served (P * 4, B); queue and path are
-// (K * C, B) int64. Returns 0.
+// (K * C, B) int64; path_inputs are the (P, B) capacity, EF limit and loss of the paths. Returns 0.
 int fedshape_substeps(const float* const* inputs, const int64_t* strides, const int64_t* priority,
                       const float* const* state_in, float* const* state_out, float* path_served,
-                      const int64_t* queue, const int64_t* path, const float* path_kbit, const float* ef_limit,
+                      const int64_t* queue, const int64_t* path, const float* const* path_inputs,
                       const float* buffer, const float* af_weights, const float* params, int k, int c, int p,
                       int64_t b, int substeps, int threads) {
   const Dims d{k, c, p, b};
@@ -469,11 +488,14 @@ int fedshape_substeps(const float* const* inputs, const int64_t* strides, const 
       }
       load_tile([&](int j) { return tile.queue(j); }, queue, n, dense, 1, t0, nt);
       load_tile([&](int j) { return tile.path(j); }, path, n, dense, 1, t0, nt);
+      for (int i = 0; i < N_PATH_INPUTS; ++i) {
+        load_tile([&](int j) { return tile.path_input(j, i); }, path_inputs[i], p, dense, 1, t0, nt);
+      }
       for (int j = 0; j * W < nt; ++j) {
         tile.select(s, j);
         for (int i = N_CARRIED; i < N_STATES; ++i) std::fill(s.st[i], s.st[i] + n, vf{});
         std::fill(s.path_served, s.path_served + q, vf{});
-        for (int t = 0; t < substeps; ++t) substep(s, d, params, path_kbit, ef_limit, buffer, af_weights);
+        for (int t = 0; t < substeps; ++t) substep(s, d, params, buffer, af_weights);
       }
       for (int i = 0; i < N_STATES; ++i) {
         store_tile(state_out[i], [&](int j) { return tile.array(j, N_INPUTS + 1 + i); }, n, b, t0, nt);
