@@ -118,14 +118,15 @@ def check_compatible(payload: Mapping[str, Any], spec: TenantSpec, source: str =
     ours = (SPEC_VERSION, spec.fingerprint())
     if theirs == ours:
         return
+    if theirs[0] != ours[0]:
+        raise CheckpointMismatchError(f"{source} was trained for observation layout version {theirs[0]}, this "
+                                      f"FedShape reads version {ours[0]}: retrain the agent")  # fmt: skip
     lines = [
         f"{source} does not match tenant {spec.name!r}:",
         f"  checkpoint: spec version {theirs[0]!r}, trained for tenant {payload.get('tenant')!r}, "
         f"fingerprint {theirs[1]!r}",
         f"  tenant:     spec version {ours[0]!r}, fingerprint {ours[1]!r}",
     ]
-    if theirs[0] != ours[0]:
-        lines.append("  the observation/action/reward definition changed (SPEC_VERSION); retrain the agent")
     their_parts, our_parts = theirs[1].split(";"), ours[1].split(";")
     diff = [f"{a!r} vs {b!r}" for a, b in zip(their_parts, our_parts, strict=False) if a != b]
     if diff or len(their_parts) != len(our_parts):

@@ -14,9 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shaping.agents.checkpoint import CheckpointMismatchError
 from shaping.agents.ppo import ActorCritic
 from shaping.agents.universal import UniversalLayout
+from shaping.spec import LAYOUT_VERSION
 
+#: The .npz entry holding the observation layout version the weights were trained for (save_weights'
+#: keyword); files without it predate the versioning and are layout version 1.
+VERSION_KEY = "layout_version"
 #: state_dict keys that never travel: the normalizer's count is local.
 LOCAL_KEYS = ("obs_norm.count",)
 #: The normalizer's statistics, which stay local too with ``local_normalizer`` (FedBN-style).
@@ -60,21 +65,30 @@ def initial_model(layout: UniversalLayout, hidden_sizes: Sequence[int] = (64, 64
 
 
 def save_weights(path: str | Path, weights: Sequence[np.ndarray]) -> Path:
-    """Write weights (as get_weights returns them) to an .npz file; returns its path."""
+    """Write weights (as get_weights returns them) and the observation layout version to an .npz file;
+    returns its path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("wb") as f:  # a file object: np.savez would otherwise append .npz to other suffixes
-        np.savez(f, *weights)
+        np.savez(f, *weights, layout_version=np.array(LAYOUT_VERSION))
     return p
 
 
 def load_weights(path: str | Path) -> list[np.ndarray]:
-    """The weights of a file written by save_weights."""
+    """The weights of a file written by save_weights.
+
+    Raises:
+        CheckpointMismatchError: the file was written for another observation layout version (one line).
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no weights file {p}")
     with np.load(p) as npz:
-        return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+        version = int(npz[VERSION_KEY]) if VERSION_KEY in npz.files else 1
+        if version != LAYOUT_VERSION:
+            raise CheckpointMismatchError(f"weights file {p} has observation layout version {version}, this "
+                                          f"FedShape reads version {LAYOUT_VERSION}: retrain the model")  # fmt: skip
+        return [npz[f"arr_{i}"] for i in range(sum(name.startswith("arr_") for name in npz.files))]
 
 
 def get_weights(model: ActorCritic, local_normalizer: bool = False) -> list[np.ndarray]:

@@ -4,8 +4,9 @@ Tenants differ in entities, classes, VMs and paths, so their own ActorCritic sha
 weights cannot be averaged. The federation trains one ActorCritic over a fixed *universal* layout:
 
 - observation: every block of shaping.spec.observation padded to the maximum count (zeros where a
-  tenant has fewer), then per class slot a one-hot of the application and a present flag, so the
-  shared policy knows which application sits in each slot, then the tenant's *context*: per class
+  tenant has fewer; the plan's class x path one-hot as class slots x path slots), then per class
+  slot a one-hot of the application and a present flag, so the shared policy knows which
+  application sits in each slot, then the tenant's *context*: per class
   slot its latency SLA (max p99 / RTT_SCALE_MS, 0 without one) and per path slot a present flag, the
   path's capacity / the tenant's cap (clipped to LOAD_CLIP) and its base delay / RTT_SCALE_MS. The
   context is constant for a tenant, so a tenant's own model has no use for it; a model shared by
@@ -60,7 +61,10 @@ class UniversalLayout:
     def dynamic_dim(self) -> int:
         """Length of the observation's measured part (the padded blocks of shaping.spec.observation); the
         rest (application one-hots, present flags, the context) is constant for a tenant."""
-        return 2 * self.max_entities + 4 * self.max_classes + 2 * self.max_vms
+        c, p = self.max_classes, self.max_paths
+        # The class, VM and entity blocks, four per-path blocks, five plan blocks per class, the plan's
+        # class x path one-hot and the plan's root rate (ObservationLayout's order).
+        return 2 * self.max_entities + 4 * c + 2 * self.max_vms + 4 * p + 5 * c + c * p + 1
 
     def constant_features(self) -> torch.Tensor:
         """(obs_dim,) bool: the features that are constant for any one tenant (what tells tenants apart)."""
@@ -144,9 +148,15 @@ def tenant_mapping(spec: TenantSpec, layout: UniversalLayout, envelope: Envelope
     if any(n > m for n, m in zip(own_per_class, layout.per_class, strict=True)):
         raise ValueError(f"tenant {spec.name} has action choices {own_per_class}, layout allows {layout.per_class}")
     slots = class_slots(spec)
+    np_, mp = len(spec.paths), layout.max_paths
+    if np_ > mp:
+        raise ValueError(f"tenant {spec.name} has {np_} paths; the federation's layout holds {mp}")
     # Observation blocks in ObservationLayout order: (count, max count, slot of each element).
     blocks = [(ne, layout.max_entities, list(range(ne)))] * 2 + [(nc, layout.max_classes, slots)] * 4
     blocks += [(nv, layout.max_vms, list(range(nv)))] * 2
+    blocks += [(np_, mp, list(range(np_)))] * 4 + [(nc, layout.max_classes, slots)] * 5
+    blocks += [(nc * np_, layout.max_classes * mp, [slots[c] * mp + p for c in range(nc) for p in range(np_)])]
+    blocks += [(1, 1, [0])]
     src: list[int] = []
     dst: list[int] = []
     s_off = d_off = 0

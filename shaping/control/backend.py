@@ -7,7 +7,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from shaping.spec import ClassMetrics, HostMetrics, ObservationLayout, ShapingPlan, TenantSpec
+from shaping.spec import (
+    ClassMetrics,
+    HostMetrics,
+    ObservationLayout,
+    PathMetrics,
+    PlanBatch,
+    ShapingPlan,
+    TenantSpec,
+    empty_plan,
+    paths_from_classes,
+)
 
 
 @dataclass(frozen=True)
@@ -23,8 +33,12 @@ class Observed:
     """Per-class measurements, each field of shape (C,) in the spec's class order."""
     host: HostMetrics
     """CPU and memory utilization of the tenant's VMs, each (V,)."""
+    paths: PathMetrics
+    """Per-path probe delay and loss and the tenant's delivered rate, each (P,)."""
+    plan: PlanBatch
+    """The plan in force during the interval, fields (C,) (shaping.spec.plan_tensors of the applied plan)."""
     obs: torch.Tensor
-    """(obs_dim,) float32 observation (ObservationLayout(spec).build(metrics, host))."""
+    """(obs_dim,) float32 observation (ObservationLayout(spec).build(metrics, host, paths, plan))."""
     time_s: float
     """Backend time at the end of the interval (simulated time, or the monitor's clock)."""
     interval_s: float
@@ -42,12 +56,23 @@ def build_observed(
     time_s: float,
     interval_s: float,
     *,
+    paths: PathMetrics | None = None,
+    plan: PlanBatch | None = None,
     done: bool = False,
     info: dict[str, Any] | None = None,
 ) -> Observed:
-    """An Observed whose observation vector is built by the spec's one ObservationLayout."""
-    obs = layout.build(metrics, host).detach().to("cpu", torch.float32)
-    return Observed(metrics, host, obs, float(time_s), float(interval_s), bool(done), dict(info or {}))
+    """An Observed whose observation vector is built by the spec's one ObservationLayout.
+
+    Args:
+        plan: the plan in force during the interval (fields (C,)); None: none applied yet (empty_plan).
+        paths: the per-path measurements; None: derived from the classes on each path (paths_from_classes).
+    """
+    if plan is None:
+        plan = empty_plan(len(layout.spec.classes))
+    if paths is None:
+        paths = paths_from_classes(layout.spec, metrics, plan)
+    obs = layout.build(metrics, host, paths, plan).detach().to("cpu", torch.float32)
+    return Observed(metrics, host, paths, plan, obs, float(time_s), float(interval_s), bool(done), dict(info or {}))
 
 
 @runtime_checkable

@@ -83,15 +83,16 @@ class SimBackend:
             self._episode_step += 1
         self.steps += 1
         m, host = self.view.metrics(out)
-        m = type(m)(*(x[0] for x in m))
-        host = type(host)(*(x[0] for x in host))
+        m, host = type(m)(*(x[0] for x in m)), type(host)(*(x[0] for x in host))
+        paths = self.view.paths(out)
+        paths = type(paths)(*(x[0] for x in paths))
+        plan = PlanBatch(*(x[0] for x in self.view.plan(out)))
         done = self.episode_steps is not None and self._episode_step >= self.episode_steps
         if done:
             self._episode_step = None
         info = {"backlog_kbit": out.backlog_kbit[0, self.index, : self.view.n_classes].tolist()}
-        return build_observed(
-            self.view.observation, m, host, self.steps * self.interval_s, self.interval_s, done=done, info=info
-        )
+        return build_observed(self.view.observation, m, host, self.steps * self.interval_s, self.interval_s,
+                              paths=paths, plan=plan, done=done, info=info)  # fmt: skip
 
     def apply(self, plan: ShapingPlan) -> None:
         """Use ``plan`` for the tenant from the next simulated interval on."""

@@ -39,7 +39,7 @@ from shaping.monitor.host import HostSampler
 from shaping.monitor.probes import ProbeScheduler
 from shaping.monitor.rtt import RttSource, SocketRtt, class_matcher
 from shaping.monitor.tcstats import ClassCounters, ClassStatsSource, InterfaceCounters
-from shaping.spec import ClassMetrics, HostMetrics, ObservationLayout, ShapingPlan, TenantSpec
+from shaping.spec import ClassMetrics, HostMetrics, ObservationLayout, ShapingPlan, TenantSpec, plan_tensors
 
 #: Cumulative (packets, bytes) dropped per class index before the qdisc.
 DropCounters = Callable[[], Mapping[int, tuple[int, int]]]
@@ -255,7 +255,8 @@ class Monitor:
             v = len(self.spec.vms)
             host = HostMetrics(torch.zeros(v), torch.zeros(v))
         info.update(self.config.labels)
-        return build_observed(self.layout, metrics, host, now, dt, info=info)
+        plan = plan_tensors(self.plan) if self.plan is not None else None
+        return build_observed(self.layout, metrics, host, now, dt, plan=plan, info=info)
 
     def close(self) -> None:
         """Close every source the monitor holds."""

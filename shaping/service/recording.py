@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from shaping.control import Observed, build_observed
-from shaping.spec import ClassMetrics, HostMetrics, ObservationLayout, ShapingPlan, TenantSpec
+from shaping.spec import ClassMetrics, HostMetrics, ObservationLayout, ShapingPlan, TenantSpec, plan_tensors
 
 
 class AppliedLog:
@@ -104,7 +104,9 @@ class RecordingBackend(AppliedLog):
         metrics = ClassMetrics(zeros, zeros, zeros, zeros, torch.full((c,), 10.0), torch.full((c,), 10.0),
                                torch.full((c,), 10.0), torch.ones(c))
         now = self.clock()
-        return build_observed(self.layout, metrics, HostMetrics(torch.zeros(v), torch.zeros(v)), now - self._t0, 0.1)
+        plan = plan_tensors(self.applied[-1][1]) if self.applied else None
+        host = HostMetrics(torch.zeros(v), torch.zeros(v))
+        return build_observed(self.layout, metrics, host, now - self._t0, 0.1, plan=plan)
 
     def apply(self, plan: ShapingPlan) -> None:
         """Record the plan (and, with the enforcer, plan its kernel operations)."""

@@ -25,6 +25,7 @@ from shaping.spec import (
     ClassMetrics,
     HostMetrics,
     ObservationLayout,
+    PathMetrics,
     PlanBatch,
     QoSTensors,
     RewardTerms,
@@ -64,8 +65,10 @@ class TenantView:
         block_high = {
             "entity_util": util, "entity_loss": 1.0, "class_rtt": RTT_CLIP, "class_app": 1.0,
             "class_offered": LOAD_CLIP, "class_delivered": util, "vm_cpu": 1.0, "vm_memory": 1.0,
+            "path_delay": RTT_CLIP,
         }
-        high = [block_high[block] for block, labels in layout.blocks for _ in labels]
+        # Every other block (path loss, utilization and share, the plan in force) is a fraction.
+        high = [block_high.get(block, 1.0) for block, labels in layout.blocks for _ in labels]
         dev = tensors.device
         action = ActionLayout(spec)
         return cls(
@@ -99,9 +102,18 @@ class TenantView:
         m = ClassMetrics(*(x[:, k, :n] for x in out.metrics))
         return m, HostMetrics(out.host.cpu[:, k, self.vm_index], out.host.memory[:, k, self.vm_index])
 
+    def paths(self, out: StepOutput) -> PathMetrics:
+        """The tenant's path metrics (B, P) from a simulator step."""
+        return PathMetrics(out.path_delay_ms, out.path_loss, out.path_delivered_mbps[:, self.index])
+
+    def plan(self, out: StepOutput) -> PlanBatch:
+        """The tenant's plan in force during the step, fields (B, C_k)."""
+        n, k = self.n_classes, self.index
+        return PlanBatch(*(x[:, k, :n] for x in out.plan))
+
     def observe(self, out: StepOutput) -> torch.Tensor:
         """(B, obs) observations, clipped to the declared bounds (a no-op up to float rounding)."""
-        obs = self.observation.build(*self.metrics(out))
+        obs = self.observation.build(*self.metrics(out), self.paths(out), self.plan(out))
         return torch.clamp(obs, self.low, self.high)
 
     def reward(self, out: StepOutput, weights: RewardConfig) -> RewardTerms:

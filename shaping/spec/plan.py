@@ -127,3 +127,16 @@ def stack_plans(plans: list[list[ShapingPlan]], n_classes: int, device: torch.de
                 out["drop_prob"][i, j, c] = cs.drop_prob
                 out["path"][i, j, c] = cs.path
     return PlanBatch(**{name: t.to(device) for name, t in out.items()})
+
+
+def plan_tensors(plan: ShapingPlan, device: torch.device | str = "cpu") -> PlanBatch:
+    """One tenant's plan as a PlanBatch of fields (C,): what ObservationLayout.build reads as the plan in force."""
+    one = stack_plans([[plan]], len(plan.classes), device)
+    return PlanBatch(*(x[0, 0] for x in one))
+
+
+def empty_plan(n_classes: int, device: torch.device | str = "cpu") -> PlanBatch:
+    """A plan of zeros (every class on the first path), fields (C,): the plan in force before any was applied."""
+    zeros = torch.zeros(n_classes, device=device)
+    ints = torch.zeros(n_classes, dtype=torch.long, device=device)
+    return PlanBatch(zeros, zeros, ints, ints, zeros, ints, zeros)

@@ -85,8 +85,9 @@ def test_another_spec_version_is_refused_naming_both(tmp_path, specs, monkeypatc
     spec = specs[0]
     path = save_checkpoint(tmp_path / "agent.pt", _agent(spec), spec)
     monkeypatch.setattr(checkpoint_module, "SPEC_VERSION", "999")
-    with pytest.raises(CheckpointMismatchError, match=rf"spec version '{SPEC_VERSION}'.*\n.*spec version '999'"):
+    with pytest.raises(CheckpointMismatchError, match=rf"layout version {SPEC_VERSION}, .* reads version 999") as err:
         load_checkpoint(path, spec)
+    assert "\n" not in str(err.value)
 
 
 def test_a_foreign_file_is_refused(tmp_path, specs):

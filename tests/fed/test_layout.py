@@ -50,8 +50,20 @@ def test_observation_values_land_in_their_slots():
     for c in range(len(spec.classes)):
         own = names.index(f"class_rtt[{spec.classes[c].name}]")
         assert out[rtt0 + slots[c]] == obs[0, own]
+    # The per-path blocks follow the VMs' in path order, then the plan in force by class slot.
+    delay0 = rtt0 + 4 * layout.max_classes + 2 * layout.max_vms
+    for p, path in enumerate(spec.paths):
+        assert out[delay0 + p] == obs[0, names.index(f"path_delay[{path}]")]
+    rate0 = delay0 + 4 * layout.max_paths
+    for c in range(len(spec.classes)):
+        assert out[rate0 + slots[c]] == obs[0, names.index(f"plan_rate[{spec.classes[c].name}]")]
+    onehot0 = rate0 + 5 * layout.max_classes
+    c, p = 2, 1
+    where = onehot0 + slots[c] * layout.max_paths + p
+    assert out[where] == obs[0, names.index(f"plan_path[{spec.classes[c].name}@{spec.paths[p]}]")]
+    assert out[layout.dynamic_dim - 1] == obs[0, names.index("plan_root[root]")]
     # The static block: one-hot of each class's application and a present flag.
-    static0 = 2 * layout.max_entities + 4 * layout.max_classes + 2 * layout.max_vms
+    static0 = layout.dynamic_dim
     for c, tc in enumerate(spec.classes):
         base = static0 + slots[c] * (len(APPS) + 1)
         assert out[base + APPS.index(tc.app)] == 1 and out[base + len(APPS)] == 1
@@ -94,7 +106,7 @@ def test_padded_env_steps_with_universal_actions():
 
 def _context(out, layout):
     """The context block of a universal observation: (class SLAs, (paths, 3) path figures)."""
-    static0 = 2 * layout.max_entities + 4 * layout.max_classes + 2 * layout.max_vms
+    static0 = layout.dynamic_dim
     sla0 = static0 + layout.max_classes * (len(APPS) + 1)
     return out[sla0 : sla0 + layout.max_classes], out[sla0 + layout.max_classes :].reshape(layout.max_paths, 3)
 

@@ -52,7 +52,7 @@ def test_rates_loss_and_backlog_from_counter_deltas(spec, clock: Clock):
     assert o.info["overlimits"] == [7, 0, 0]
     assert o.info["interfaces"]["p0"]["tx_mbps"] == pytest.approx(30.0)
     # the observation is the spec's one layout of these metrics
-    assert torch.equal(o.obs, ObservationLayout(spec).build(m, o.host))
+    assert torch.equal(o.obs, ObservationLayout(spec).build(m, o.host, o.paths, o.plan))
     assert o.obs.shape == (ObservationLayout(spec).size,)
 
 

@@ -14,7 +14,7 @@ from shaping.config import ScenarioConfig
 from shaping.sim import ShapingEnv
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import StepOutput
-from shaping.spec import ActionLayout, ClassMetrics, HostMetrics, ObservationLayout, TenantSpec
+from shaping.spec import ActionLayout, ClassMetrics, HostMetrics, ObservationLayout, PathMetrics, PlanBatch, TenantSpec
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def expected_observation(spec: TenantSpec, out: StepOutput, k: int, env: int = 0
     m = ClassMetrics(*(x[env, k, :n] for x in out.metrics))
     vms = [i for i, e in enumerate(spec.entities) if e.kind == "vm"]
     host = HostMetrics(out.host.cpu[env, k, vms], out.host.memory[env, k, vms])
-    return ObservationLayout(spec).build(m, host).numpy()
+    paths = PathMetrics(out.path_delay_ms[env], out.path_loss[env], out.path_delivered_mbps[env, k])
+    plan = PlanBatch(*(x[env, k, :n] for x in out.plan))
+    return ObservationLayout(spec).build(m, host, paths, plan).numpy()
 
 
 def test_check_env_passes_without_warnings():

@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from shaping.control.backend import Observed
-from shaping.spec import ClassMetrics, HostMetrics
+from shaping.spec import ClassMetrics, HostMetrics, PathMetrics, empty_plan
 from shaping.testbed import scenario as S
 from shaping.testbed.policy_proc import ROOT_FRACTION, PolicyProcess
 from shaping.testbed.topology import TopologyConfig
 
 
 def _observed(n: int) -> Observed:
-    z = torch.zeros(n)
-    return Observed(ClassMetrics(*([z] * 8)), HostMetrics(torch.zeros(1), torch.zeros(1)), torch.zeros(4), 0.0, 0.1)
+    z, p = torch.zeros(n), torch.zeros(2)
+    host = HostMetrics(torch.zeros(1), torch.zeros(1))
+    return Observed(ClassMetrics(*([z] * 8)), host, PathMetrics(p, p, p), empty_plan(n), torch.zeros(4), 0.0, 0.1)
 
 
 def test_policy_process_answers_then_raises_once_killed() -> None:
