@@ -81,8 +81,11 @@ class FedEvalConfig:
     """Control steps per evaluation."""
     seed: int = 1000
     """Seed of the held-out evaluation (training seeds start at `seed`)."""
-    baselines: list[str] = field(default_factory=lambda: ["static_priority", "fair_share", "fifo", "greedy_premium"])
-    """Static baselines run by each tenant for reference (as the nearest action; fq_codel needs CoDel, left out)."""
+    baselines: list[str] = field(
+        default_factory=lambda: ["static_priority", "fair_share", "fifo", "fq_codel", "greedy_premium"]
+    )
+    """Static baselines run by each tenant for reference (its plan as the nearest action, with CoDel on its
+    leaves for fq_codel)."""
 
 
 @dataclass

@@ -164,14 +164,17 @@ def evaluate(model: ActorCritic, env: PaddedEnv, steps: int, seed: int) -> EvalR
 
 
 class ConstantPolicy:
-    """A static baseline of the controlled tenant, expressed as the nearest constant universal action."""
+    """A static baseline of the controlled tenant, expressed as the nearest constant universal action, and
+    whether its leaf queues run CoDel (which no action expresses: the environment's aqm switch)."""
 
     def __init__(self, env: PaddedEnv, baseline: str) -> None:
         spec = env.env.view.observation.spec
-        own = torch.as_tensor(ActionLayout(spec).encode(get_baseline(baseline).plan(spec)))
+        base = get_baseline(baseline)
+        own = torch.as_tensor(ActionLayout(spec).encode(base.plan(spec)))
         action = torch.zeros(len(env.mapping.layout.nvec), dtype=torch.long)
         action[env.mapping.act_src] = own
         self.action = action
+        self.aqm = base.aqm
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """The same action in every environment."""
@@ -179,5 +182,12 @@ class ConstantPolicy:
 
 
 def evaluate_baseline(env: PaddedEnv, baseline: str, steps: int, seed: int) -> EvalResult:
-    """The tenant running a static baseline instead of the agent, on the same seeds as evaluate."""
-    return evaluate_agent(cast(ShapingVectorEnv, env), cast(ActorCritic, ConstantPolicy(env, baseline)), steps, seed)
+    """The tenant running a static baseline instead of the agent, on the same seeds as evaluate; with the
+    baseline's CoDel (fq_codel) on the tenant's leaves for the evaluation, as it was before afterwards."""
+    policy = ConstantPolicy(env, baseline)
+    before = env.env.aqm
+    env.env.aqm = policy.aqm
+    try:
+        return evaluate_agent(cast(ShapingVectorEnv, env), cast(ActorCritic, policy), steps, seed)
+    finally:
+        env.env.aqm = before

@@ -184,7 +184,7 @@ class MultiTenantSim:
                 policy = cfg.policy  # its plan serves the warm-up interval only
             base = get_baseline(policy)
             plans.append(base.plan(spec))
-            # aqm is per tenant, not per environment, so controlled tenants never run CoDel.
+            # An action cannot switch CoDel, so agent-driven tenants start without it (see set_aqm).
             aqm.append(base.aqm and k not in self.controlled and k not in self.callables)
         one = stack_plans([plans], st.n_classes, self.sim.device)
         #: Plan of every tenant when no action is given (warm-up, and tenants driven by a baseline).
@@ -196,6 +196,11 @@ class MultiTenantSim:
     def batch_size(self) -> int:
         """Number of environments B."""
         return self.sim.batch_size
+
+    def set_aqm(self, k: int, on: bool) -> None:
+        """Run CoDel on tenant k's leaf queues from the next step on, or stop (in every environment: the
+        simulator's switch is per tenant); e.g. an evaluator running fq_codel for a controlled tenant."""
+        self.aqm[k] = on
 
     def decode(self, k: int, actions: torch.Tensor) -> PlanBatch:
         """Decode (B, C_k * fields) integer actions of tenant k into a (B, 1, C_k) PlanBatch."""

@@ -91,6 +91,16 @@ class ShapingVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         return self.core.last
 
     @property
+    def aqm(self) -> bool:
+        """Whether the controlled tenant's leaf queues run CoDel: off unless set (an action cannot switch it;
+        an evaluator running the fq_codel baseline for the tenant sets it)."""
+        return bool(self.core.aqm[self.tenant])
+
+    @aqm.setter
+    def aqm(self, on: bool) -> None:
+        self.core.set_aqm(self.tenant, on)
+
+    @property
     def elapsed_steps(self) -> np.ndarray:
         """(B,) agent steps taken in each environment's current episode; writable, e.g. to stagger episode ends."""
         return self._elapsed

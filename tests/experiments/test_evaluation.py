@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from shaping.baselines import Baseline, fifo_plan
 from shaping.config import ClassConfig, EntityConfig, PathConfig, QoSConfig, RewardConfig, ScenarioConfig, TenantConfig
 from shaping.evaluation import evaluate_policies, evaluate_policy, jain_index
 from shaping.policies import POLICY_KINDS, Policy, PolicyInput, StaticPolicy, make_policy
 from shaping.sim.scenarios import available_scenarios, load_scenario
 from shaping.sim.simulator import Simulator
-from shaping.spec import PlanBatch, compute_reward
+from shaping.spec import PlanBatch, ShapingPlan, TenantSpec, compute_reward
 
 
 def _tiny(qos: list[QoSConfig], capacity: float = 100.0) -> ScenarioConfig:
@@ -136,12 +138,22 @@ def test_custom_policy_kind(monkeypatch):
     assert seen == [(0, True), (1, False), (2, False)] * 2
 
 
+def _one_path_fifo(spec: TenantSpec) -> ShapingPlan:
+    """Neither shaped nor routed: fifo's plan with every class on the first path."""
+    plan = fifo_plan(spec)
+    return replace(plan, classes=tuple(replace(c, path=0) for c in plan.classes))
+
+
 @pytest.mark.parametrize("name", available_scenarios())
 def test_every_scenario_congests(name):
-    """Without shaping most SLAs break, and static rules change that: the scenario is worth shaping."""
+    """Without shaping or routing most SLAs break, and static rules change that: the scenario is worth shaping.
+
+    fifo routes its classes over the paths (shaping.path_assignment), which on several paths already
+    relieves much of the congestion, so the unmanaged reference keeps every class on the first path."""
     scenario = load_scenario(name)
-    results = evaluate_policies(scenario, [make_policy("fifo"), make_policy("static_priority")], seeds=2, steps=30)
-    fifo, prio = results["fifo"], results["static_priority"]
+    unmanaged = StaticPolicy(Baseline("one_path_fifo", _one_path_fifo))
+    results = evaluate_policies(scenario, [unmanaged, make_policy("static_priority")], seeds=2, steps=30)
+    fifo, prio = results["one_path_fifo"], results["static_priority"]
     assert fifo.sla_violation_rate > 0.3
     assert max(fifo.path_utilization.values()) > 0.9  # some path runs full
     assert prio.mean_reward - fifo.mean_reward > 0.2

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from experiments.federated import FedEvalConfig, FederatedConfig, FedTrainConfig, TenantEntry, register, run_federated
 from fed_server.strategy import IncompatibleSettings, check_compatible
+from shaping.baselines import BASELINES
 from shaping.fed_settings import RunSettings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -33,6 +34,15 @@ def test_fl_and_privacy_options_compose_and_are_either_run_or_refused():
         for fl, privacy in PAIRS:
             cfg = compose(config_name="federated", overrides=[f"fl={fl}", f"privacy={privacy}"])
             _check_option(OmegaConf.to_object(cfg))
+
+
+def test_the_report_runs_every_static_baseline_by_default():
+    """fq_codel included: the evaluator runs it with CoDel on the tenant's leaves (evaluate_baseline)."""
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        conf = OmegaConf.to_object(compose(config_name="federated"))
+    assert isinstance(conf, FederatedConfig)
+    assert sorted(conf.evaluation.baselines) == sorted(FedEvalConfig().baselines) == sorted(BASELINES)
 
 
 def _check_option(conf):

@@ -10,7 +10,7 @@ import torch
 
 from fed_client.dpsgd import DPSGD
 from shaping.agents.global_model import get_weights, make_model, set_weights
-from shaping.agents.local_train import local_train, prox_adam
+from shaping.agents.local_train import evaluate_baseline, local_train, prox_adam
 from shaping.agents.ppo import Rollout, minibatch_indices, ppo_update
 from shaping.agents.universal import TenantTask, UniversalLayout, make_env
 from shaping.config import PPOConfig
@@ -166,3 +166,24 @@ def test_an_empty_poisson_sample_still_takes_its_noised_step_and_is_charged():
     assert sum(steps for _, _, steps in dp.accountant.history) == 16
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_baseline_evaluation_runs_fq_codel_with_codel_on_the_tenants_leaves(monkeypatch):
+    """A constant action cannot express CoDel: evaluate_baseline switches it on the controlled tenant for
+    fq_codel (and only then), and leaves the environment as it found it for the agent's evaluations."""
+    env = make_env(TenantTask("default", "gameco", 1), UniversalLayout(), episode_steps=3)
+    tenant, sim = env.env.tenant, env.env.core.sim
+    seen: list[bool] = []
+    step = sim.step
+
+    def recording_step(plan, aqm=None):
+        seen.append(aqm is not None and bool(aqm[tenant]))
+        return step(plan, aqm)
+
+    monkeypatch.setattr(sim, "step", recording_step)
+    evaluate_baseline(env, "fq_codel", steps=2, seed=0)
+    assert len(seen) == 3 and all(seen)  # the warm-up interval and both steps
+    assert not env.env.aqm
+    seen.clear()
+    evaluate_baseline(env, "static_priority", steps=2, seed=0)
+    assert len(seen) == 3 and not any(seen)

@@ -87,9 +87,11 @@ def test_delay_sources_in_order_of_preference(spec, clock: Clock):
     assert m.delay_mean_ms[1].item() == pytest.approx(12.5)
     per_socket = [(20 + 2.326 * 1.25 * 4) / 2, (30 + 2.326 * 1.25 * 2) / 2]
     assert m.delay_p99_ms[1].item() == pytest.approx(max(per_socket), rel=1e-5)
-    # backup: no samples: base delay of its path + queue sojourn
-    assert m.base_delay_ms.tolist() == pytest.approx([3.0, 3.0, 3.0])
-    assert m.delay_p99_ms[2].item() == pytest.approx(3.0 + 20.0)
+    # backup: no samples: base delay of its path + queue sojourn; the static rules route bulk to the
+    # second path, away from the interactive classes, so each class's base delay is its own path's
+    assert [c.path for c in plan.classes] == [0, 0, 1]
+    assert m.base_delay_ms.tolist() == pytest.approx([3.0, 3.0, 8.0])
+    assert m.delay_p99_ms[2].item() == pytest.approx(8.0 + 20.0)
 
 
 def test_base_delay_from_min_rtt_without_configuration(spec, clock: Clock):

@@ -126,3 +126,13 @@ def test_bad_actions_and_reset_mask_are_refused(scenario):
         envs.step(np.zeros((3, n), dtype=np.int64))
     with pytest.raises(ValueError, match="reset_mask"):
         envs.reset(options={"reset_mask": np.array([True, False])})
+
+
+def test_aqm_switches_codel_on_the_controlled_tenant_only(scenario):
+    envs = ShapingVectorEnv(scenario=scenario, num_envs=2, tenant="bank", other_policies={"saas": "fq_codel"})
+    assert not envs.aqm  # an agent's action cannot switch CoDel, so the controlled tenant starts without it
+    assert envs.core.aqm.tolist() == [False, False, False, True]  # saas runs fq_codel, with CoDel
+    envs.aqm = True
+    assert envs.aqm and envs.core.aqm.tolist() == [False, True, False, True]
+    envs.aqm = False
+    assert envs.core.aqm.tolist() == [False, False, False, True]
