@@ -38,6 +38,8 @@ GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
     "shaper": (ShaperConfig,),
 }
 GROUPS = {*GROUP_SCHEMAS, "scenario", "experiment"}
+#: Directories of conf/ that are data, not config groups: the generated scenario suites (shaping.sim.suite).
+DATA_DIRS = {"suite"}
 
 
 def options(group: str) -> list[str]:
@@ -53,7 +55,7 @@ def hydra_conf():
 
 def test_groups_present():
     dirs = {p.name for p in CONF.iterdir() if p.is_dir()}
-    assert dirs == GROUPS
+    assert dirs == GROUPS | DATA_DIRS
     for group in GROUPS:
         assert options(group), f"conf/{group}/ has no options"
     assert len(options("scenario")) >= 4
