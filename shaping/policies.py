@@ -110,11 +110,20 @@ def dqn_policy(path: str) -> Policy:
     return AgentPolicy(path, name=f"dqn:{path}")
 
 
-#: Policy kinds by name: ``baseline:fifo``, ``ppo:outputs/pretrain/best.pt``, ``dqn:outputs/pretrain/best.pt``.
+def universal_policy(path: str) -> Policy:
+    """The federation's universal model (a weights .npz) driving every controlled tenant that fits its layout."""
+    from shaping.agents.policy import UniversalPolicy  # deferred: shaping.agents.policy imports this module
+
+    return UniversalPolicy(path)
+
+
+#: Policy kinds by name: ``baseline:fifo``, ``ppo:outputs/pretrain/best.pt``, ``dqn:outputs/pretrain/best.pt``,
+#: ``universal:outputs/pretrain_universal/universal.npz``.
 POLICY_KINDS: dict[str, PolicyFactory] = {
     "baseline": baseline_policy,
     "ppo": ppo_policy,
     "dqn": dqn_policy,
+    "universal": universal_policy,
 }
 
 

@@ -8,6 +8,8 @@ what the agent changes for the tenant that deploys it.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +17,9 @@ from pathlib import Path
 import torch
 
 from shaping.agents.checkpoint import load_checkpoint, read_checkpoint
+from shaping.agents.global_model import load_weights, make_model, set_weights
+from shaping.agents.ppo import ActorCritic
+from shaping.agents.universal import TenantMapping, UniversalLayout, tenant_mapping
 from shaping.baselines import get_baseline
 from shaping.policies import PolicyInput
 from shaping.sim.layout import ScenarioTensors
@@ -44,7 +49,7 @@ class TrainedPolicyBase:
     CoDel (never run in training)."""
 
     _name: str
-    _tenants: tuple[str, ...]
+    _tenants: tuple[str, ...] | None
 
     @property
     def name(self) -> str:
@@ -52,8 +57,8 @@ class TrainedPolicyBase:
         return self._name
 
     @property
-    def tenants(self) -> tuple[str, ...]:
-        """The tenants the trained agents can control (shaping.policies.resolve_controlled reads it)."""
+    def tenants(self) -> tuple[str, ...] | None:
+        """The tenants the trained agents can control, None for any (shaping.policies.resolve_controlled reads it)."""
         return self._tenants
 
     @property
@@ -116,4 +121,69 @@ class AgentPolicy(TrainedPolicyBase):
         if inp.last is not None:
             actions = self._model.act(self._view.observe(inp.last))  # type: ignore[operator]
             write_actions(fields, self._view, actions, inp.tensors)
+        return PlanBatch(*fields)
+
+
+class UniversalPolicy(TrainedPolicyBase):
+    """The federation's universal model (a weights file of experiments.pretrain_universal or a federated round)
+    driving every controlled tenant through its mapping into the universal layout, greedily.
+
+    The layout and hidden sizes come from the ``summary.json`` beside the weights (pretraining writes it), else
+    from ``layout`` / ``hidden_sizes``. A controlled tenant that does not fit the layout (more classes, entities,
+    VMs, paths or action choices than it holds) makes the policy raise ValueError when it first sees the
+    scenario: the benchmark reports it as not applicable there. At step 0 the controlled tenants run their
+    scenario policy's plan, as in training.
+
+    Args:
+        path: the weights file (.npz of shaping.agents.global_model.save_weights).
+        name: name in reports; default ``universal:PATH``.
+        layout: the layout when no summary.json names one (default UniversalLayout()).
+        hidden_sizes: the hidden sizes when no summary.json names them (default (64, 64)).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None, *,
+                 layout: UniversalLayout | None = None, hidden_sizes: tuple[int, ...] = (64, 64)) -> None:  # fmt: skip
+        self.path = Path(path)
+        self._name = name or f"universal:{os.fspath(path)}"
+        self._tenants = None
+        summary = self.path.parent / "summary.json"
+        meta = json.loads(summary.read_text()) if summary.is_file() else {}
+        if "layout" in meta:
+            lay = dict(meta["layout"])
+            layout = UniversalLayout(**{**lay, "per_class": tuple(lay["per_class"])})
+        self.layout = layout or UniversalLayout()
+        self.hidden_sizes = tuple(meta.get("hidden_sizes", hidden_sizes))
+        self._weights = load_weights(self.path)
+        self._key: tuple[ScenarioTensors, tuple[int, ...]] | None = None
+        self._drivers: list[tuple[TenantView, TenantMapping, ActorCritic]] = []
+        self._base: PlanBatch | None = None
+
+    def _bind(self, st: ScenarioTensors, controlled: tuple[int, ...]) -> None:
+        """One model copy per controlled tenant, masked by that tenant's envelope in the universal layout."""
+        model = make_model(self.layout, self.hidden_sizes)
+        set_weights(model, self._weights)
+        model.eval()
+        self._drivers = []
+        for k in controlled:
+            mapping = tenant_mapping(st.specs[k], self.layout)
+            own = copy.deepcopy(model).to(st.device)
+            own.set_envelope(mapping.envelope)
+            self._drivers.append((TenantView.of(st, k), mapping, own))
+        # The warm-up plan of the controlled tenants (the evaluation overwrites the neighbours' rows).
+        self._base = baseline_plans(st, {}, DEFAULT_OTHER_POLICY)
+        self._key = (st, controlled)
+
+    @torch.no_grad()
+    def __call__(self, inp: PolicyInput) -> PlanBatch:
+        """Plans of every environment and tenant: the model's decoded actions for the controlled tenants."""
+        controlled = inp.controlled or tuple(range(inp.tensors.n_tenants))
+        if self._key is None or self._key[0] is not inp.tensors or self._key[1] != controlled:
+            self._bind(inp.tensors, controlled)
+        assert self._base is not None
+        b = int(inp.state.t.shape[0])
+        fields = [x.expand(b, *x.shape[1:]).clone() for x in self._base]
+        if inp.last is not None:
+            for view, mapping, model in self._drivers:
+                universal = model.act(mapping.observation(view.observe(inp.last)))
+                write_actions(fields, view, mapping.action(universal), inp.tensors)
         return PlanBatch(*fields)
