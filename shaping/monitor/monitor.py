@@ -25,8 +25,9 @@ class id ``classids[c]`` (summed over the path interfaces):
 Per path (PathMetrics, in the spec's path order), with a PathProber: the probes' one-way delay and loss
 of the window since the previous sample, and delivered = the delivered rate of the classes the plan in
 force puts on the path x (1 - the probes' loss) (the tenant's counters see what it sent into the path,
-not what the path lost beyond). A path whose probes decided fewer than ``min_path_probes`` in the
-window, and every path without a prober, takes shaping.spec.paths_from_classes (the classes on the
+not what the path lost beyond); a window in which no probe was decided has loss 0 and the longest wait
+as its delay. A path whose probes neither were sent nor decided in the window (the prober not
+running), and every path without a prober, takes shaping.spec.paths_from_classes (the classes on the
 path as its probes). ``Observed.info["path_source"]`` says which ("probe" or "classes") per path.
 """
 
@@ -82,8 +83,6 @@ class MonitorConfig:
     """Normal quantile of the 99th percentile."""
     default_packet_bytes: int = 1500
     """Packet size assumed for drops in an interval that sent nothing."""
-    min_path_probes: int = 2
-    """Path probes answered or lost in an interval needed to use them instead of the classes on the path."""
     labels: dict[str, Any] = field(default_factory=dict)
     """Free-form labels copied into every Observed.info (interface names, namespace)."""
 
@@ -297,11 +296,12 @@ class Monitor:
         for p, w in enumerate(self.path_probes.take()):
             probes.append({"sent": w.sent, "answered": w.answered, "lost": w.lost, "late": w.late,
                            "timeout_ms": w.timeout_s * 1e3})  # fmt: skip
-            if w.decided < self.config.min_path_probes or w.loss is None or w.delay_ms is None:
+            if w.delay_ms is None:
                 source.append("classes")
                 continue
-            delay[p], loss[p] = w.delay_ms, w.loss
-            delivered[p] = derived.delivered_mbps[p] * (1.0 - w.loss)
+            lost = w.loss or 0.0
+            delay[p], loss[p] = w.delay_ms, lost
+            delivered[p] = derived.delivered_mbps[p] * (1.0 - lost)
             source.append("probe")
         info["path_source"], info["path_probes"] = source, probes
         if self.path_probes.error:

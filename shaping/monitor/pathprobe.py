@@ -15,14 +15,18 @@ Per path the prober keeps what was decided since the previous ``take``:
   half the round trip (``one_way="half_rtt"``, a symmetric path), or the reflector's receive time minus
   the send time (``"reflector_clock"``, valid only where both share CLOCK_MONOTONIC: one host, e.g.
   network namespaces);
-- an unanswered probe is lost once it waited ``timeout`` = clip(rtt_factor x the largest of the path's
-  ``recent`` round trips, min_timeout_s, max_timeout_s) (max_timeout_s before any answer), so a path whose
-  queue grows is not declared lost, and a failed path with short round trips is declared lost within
+- an unanswered probe is lost once a later probe of its path is answered (a path keeps the order of
+  its packets), or once it waited ``timeout`` = clip(rtt_factor x the largest of the path's ``recent``
+  round trips, min_timeout_s, max_timeout_s) (max_timeout_s before any answer), so a path whose queue
+  grows is not declared lost, and a failed path with short round trips is declared lost within
   min_timeout_s; an answer after that counts as late, not as answered.
 
-A window's loss is lost / (lost + answered); its delay is the mean one-way delay of its answers, or,
-when nothing was answered, the longest wait of a probe lost or still unanswered (a lower bound of
-its delay: a failed path shows its delay going up and its loss at 1).
+A window's loss is lost / (lost + answered); its delay is the mean one-way delay of its answers, or
+the longest wait of a probe still unanswered if that is longer (a lower bound of its delay), or, when
+nothing was answered, the longest wait of a probe lost or unanswered. A path that stops answering
+shows its delay going up in the first window without answers, and its loss at 1 once its probes time
+out (within min_timeout_s on a path with short round trips, rtt_factor x its round trip on a path
+with a standing queue).
 """
 
 from __future__ import annotations
@@ -108,7 +112,8 @@ class PathWindow:
     late: int
     """Answers that came after their probe was declared lost (not counted as answered)."""
     delay_ms: float | None
-    """Mean one-way delay of the answers; without answers the longest wait of a lost or unanswered probe."""
+    """Mean one-way delay of the answers (or the longest wait of an unanswered probe, if longer); without
+    answers the longest wait of a lost or unanswered probe; None when nothing was sent or decided."""
     timeout_s: float
     """The path's timeout when the window was taken."""
 
@@ -242,6 +247,11 @@ class PathProber:
                 return
             rtt = now - sent
             p.recent.append(rtt)
+            for older, t in list(p.pending.items()):  # overtaken: lost on a path that keeps order
+                if t < sent:
+                    del p.pending[older]
+                    p.lost_seqs.append(older)
+                    p.waits.append(now - t)
             if self.config.one_way == "reflector_clock" and len(data) >= PROBE.size + STAMP.size:
                 (reflected_ns,) = STAMP.unpack_from(data, PROBE.size)
                 p.delays.append(max(reflected_ns - sent_ns, 0) / 1e6)
@@ -276,8 +286,9 @@ class PathProber:
         out = []
         with self._lock:
             for i, p in enumerate(self._paths):
+                pending = max((now - t for t in p.pending.values()), default=0.0) * half * 1e3
                 if p.delays:
-                    delay: float | None = sum(p.delays) / len(p.delays)
+                    delay: float | None = max(sum(p.delays) / len(p.delays), pending)
                 else:
                     waits = p.waits + [now - t for t in p.pending.values()]
                     delay = max(waits) * half * 1e3 if waits else None

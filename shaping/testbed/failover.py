@@ -174,7 +174,8 @@ def summarize(rows: list[dict[str, Any]], fail_step: int, recover_step: int | No
 
 @dataclass
 class ScheduledRun:
-    """What run_scheduled measured: one row per interval (see ``_rows``), the loop's records, the path changes."""
+    """What run_scheduled measured: one row per interval (see ``_rows``), the loop's records, the path changes
+    (``t_s``: seconds from the loop's start, like the rows')."""
 
     rows: list[dict[str, Any]]
     records: list[StepRecord]
@@ -226,7 +227,8 @@ def run_scheduled(
             backend.close()
     ends = [o.time_s for o in observed]
     rows = _rows(bench.spec, observed, held["records"], _gaming_delivery(run, bench, ends), held["t0"])
-    return ScheduledRun(rows, held["records"], held["sched"].changes, run)
+    changes = [{**c, "t_s": round(c["time_s"] - held["t0"], 4)} for c in held["sched"].changes]
+    return ScheduledRun(rows, held["records"], changes, run)
 
 
 def check_failover(
@@ -260,6 +262,7 @@ def check_failover(
     summary = summarize(res.rows, fail_step, recover_step)
     after = [r["gaming_echoed"] for r in res.rows if fail_step + 2 <= r["step"] < (recover_step or steps)]
     summary["gaming_echoed_after_reroute_min"] = min((g for g in after if g is not None), default=None)
+    summary.update(_reaction_s(res, fail_step, summary["detected_step"]))
     out: dict[str, Any] = {
         "interval_s": interval_s, "steps": steps, "fail_step": fail_step, "recover_step": recover_step,
         "policy": policy, "events": [asdict(e) for e in events], "summary": summary,
@@ -273,6 +276,19 @@ def check_failover(
         out["sim_summary"] = summarize(sim_rows, fail_step, recover_step)
     out["passed"] = _passed(summary, fail_step, recover_step)
     return out
+
+
+def _reaction_s(res: ScheduledRun, fail_step: int, detected: int | None) -> dict[str, float | None]:
+    """Seconds from the failure (the rule in the kernel) to the observation that showed it, and to the
+    applied plan that moved the classes (that step's observe-to-apply time added)."""
+    fail = next((c for c in res.changes if c["step"] == fail_step), None)
+    row = next((r for r in res.rows if r["step"] == detected), None)
+    rec = next((r for r in res.records if r.step == detected), None)
+    if fail is None or row is None:
+        return {"seen_after_s": None, "rerouted_after_s": None}
+    done = fail["t_s"] + fail["apply_s"]
+    seen = row["t_s"] - done
+    return {"seen_after_s": round(seen, 4), "rerouted_after_s": None if rec is None else round(seen + rec.seconds, 4)}
 
 
 def _passed(s: dict[str, Any], fail_step: int, recover_step: int | None) -> bool:

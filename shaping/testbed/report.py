@@ -65,13 +65,15 @@ def _paths(xs: list[Any] | None, digits: int = 2) -> str:
 
 def _failover(r: dict[str, Any]) -> list[str]:
     s, sim = r["summary"], r.get("sim_summary", {})
+    seen, moved = _f(s.get("seen_after_s"), 3), _f(s.get("rerouted_after_s"), 3)
     lines = [
         f"- policy {r['policy']}, interval {r['interval_s']} s: path 0 down at step {r['fail_step']}, back at "
         f"step {r['recover_step']}",
         f"- testbed: failure seen (probe loss > 0.5) at step {_f(s['detected_step'])} (loss "
-        f"{_f(s['loss_at_fail_step'])} at step {r['fail_step']}), every class on path 1 from step "
-        f"{_f(s['rerouted_step'])}, path 0 seen back (loss < 0.1) at step {_f(s.get('recovered_step'))}, classes "
-        f"back from step {_f(s.get('returned_step'))}; gaming updates echoed after the reroute: at least "
+        f"{_f(s['loss_at_fail_step'])} at step {r['fail_step']}; {seen} s after the failure, rerouting plan "
+        f"applied {moved} s after it), every class on path 1 from step {_f(s['rerouted_step'])}, path 0 seen "
+        f"back (loss < 0.1) at step {_f(s.get('recovered_step'))}, classes back from step "
+        f"{_f(s.get('returned_step'))}; gaming updates echoed after the reroute: at least "
         f"{_f(s['gaming_echoed_after_reroute_min'])}; false detections: {s['false_detections'] or 'none'}",
     ]
     if sim:

@@ -138,6 +138,21 @@ def test_a_growing_queue_raises_the_timeout_instead_of_losing_probes(clock: Cloc
     assert p.timeout_s(0) == pytest.approx(4 * 0.192)
 
 
+def test_an_answer_declares_the_older_unanswered_probes_lost(clock: Clock):
+    p, socks = prober(clock, min_timeout_s=0.5, max_timeout_s=1.0)
+    for _ in range(3):
+        p.send_round()
+        clock.t += 0.02
+    socks[0].reflect(2)  # the third probe is answered, the first two never: a path keeps order
+    p.drain()
+    w0 = p.take()[0]
+    assert (w0.answered, w0.lost) == (1, 2)
+    assert w0.delay_ms == pytest.approx(10.0)  # the answer's 20 ms round trip, halved
+    socks[0].reflect(0)
+    p.drain()
+    assert p.take()[0].late == 1
+
+
 def test_a_refused_send_leaves_the_probe_to_time_out(clock: Clock):
     p, socks = prober(clock, min_timeout_s=0.05, max_timeout_s=0.1)
 
@@ -160,6 +175,9 @@ def test_monitor_takes_probed_paths_and_falls_back_per_path(spec, clock: Clock):
     mon.set_plan(plan)
     on_p0 = [c for c, cs in enumerate(plan.classes) if cs.path == 0]
     assert on_p0, "the static plan puts classes on path 0"
+    # Nothing probed yet (the prober not started): every path from the classes.
+    clock.t += 0.1
+    assert mon.sample().info["path_source"] == ["classes", "classes"]
     # One interval of 0.2 s: path 0 answers its first 5 probes (sent 0-80 ms) in 4 ms, the next 5 (100-180 ms)
     # never: at 200 ms those sent up to 140 ms waited past the 50 ms timeout. Path 1 answers nothing, and
     # nothing is decided there (its timeout is still 1 s).
@@ -172,14 +190,16 @@ def test_monitor_takes_probed_paths_and_falls_back_per_path(spec, clock: Clock):
         clock.t += 0.016
     stats.classes = {CLASSIDS[0]: ClassCounters(bytes=250_000, packets=200)}  # game: 10 Mbit/s in 0.2 s
     o = mon.sample()
-    assert o.info["path_source"] == ["probe", "classes"]
+    assert o.info["path_source"] == ["probe", "probe"]
     assert o.info["path_probes"][0]["answered"] == 5 and o.info["path_probes"][0]["lost"] == 3
     assert float(o.paths.loss[0]) == pytest.approx(3 / 8)
-    assert float(o.paths.delay_ms[0]) == pytest.approx(2.0)
+    # the answers took 2 ms one way, but the probe sent at 160 ms has waited 40 ms: at least 20 ms one way
+    assert float(o.paths.delay_ms[0]) == pytest.approx(20.0)
     # delivered over path 0: the classes on it, less what the probes lost
     assert float(o.paths.delivered_mbps[0]) == pytest.approx(10.0 * (1 - 3 / 8), rel=1e-5)
-    # path 1 carries no class: the fallback shows its published delay and no loss
+    # path 1: nothing decided yet, so no loss, and the longest wait (200 ms, halved) as its delay
     assert float(o.paths.loss[1]) == 0.0
+    assert float(o.paths.delay_ms[1]) == pytest.approx(100.0)
     layout = mon.layout
     i = layout.names.index(f"path_loss[{spec.paths[0]}]")
     assert float(o.obs[i]) == pytest.approx(3 / 8)

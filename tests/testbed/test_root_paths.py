@@ -83,15 +83,18 @@ def test_probes_see_a_scheduled_failure_in_its_first_interval(pbench: Bench) -> 
     assert [c["step"] for c in res.changes] == [3, 6, 9, 12], res.changes
     assert [rows[k]["path_state"][1] for k in (5, 6, 11, 12)] == ["up", "down", "down", "up"]
     report = {k: (r["probe_loss"], r["path_source"], r["probes"]) for k, r in rows.items()}
-    for k in range(6, 12):  # every interval of the failure, from its first: all probes decided are lost
+    for k in range(6, 12):  # every interval of the failure, from its first: (nearly) all probes decided are lost
         assert rows[k]["path_source"][1] == "probe", report
         assert rows[k]["probe_loss"][1] >= 0.9 and rows[k]["obs_path_loss"][1] >= 0.9, report
-        assert rows[k]["probe_delay_ms"][1] >= 10 * max(rows[5]["probe_delay_ms"][1], 1.0), report
+    # Its delay is the wait of the probes declared lost (>= the 50 ms timeout). The last failed interval is
+    # left out: it ends with the milliseconds after the path's return, in which an answer may come.
+    for k in range(6, 11):
+        assert rows[k]["probe_delay_ms"][1] >= 40.0, report
     # Before the failure and from the interval after the recovery: (nearly) nothing lost. The margin of
     # 0.2 admits one probe in five late past the 50 ms timeout on a loaded host; none was seen.
     for k in [*range(1, 6), *range(13, 16)]:
         assert rows[k]["probe_loss"][1] <= 0.2, report
-    # The recovered interval still counts the probes sent in the failure's last timeout (50 ms of 200).
+    # The first recovered interval still counts the probes sent in the failure's last timeout (50 ms of 200).
     assert rows[12]["probe_loss"][1] < 0.5, report
     # Path 0 is degraded, not failed: the probes (26 kbit/s) get through its 6 Mbit/s.
     assert all(r["probe_loss"][0] <= 0.2 for r in res.rows[1:]), report
