@@ -7,6 +7,7 @@ testbed.png into Hydra's run directory; prints the JSON. Without root it says wh
     python -m experiments.testbed
     python -m experiments.testbed duration_s=30 checks=[controller,sim]
     python -m experiments.testbed capacity_mbps=50 buffer_ms=200
+    python -m experiments.testbed checks=[failover] fail_step=15 recover_step=30 failover_steps=45
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from shaping.testbed.report import markdown_report, write_plot
 log = logging.getLogger(__name__)
 
 #: Checks the entry point knows, in the order they run.
-CHECKS = ("rates", "dscp", "drop", "path", "controller", "fallback_kill", "fallback_stall", "sim")
+CHECKS = ("rates", "dscp", "drop", "path", "controller", "fallback_kill", "fallback_stall", "failover", "sim")
 
 
 @dataclass
@@ -64,6 +65,14 @@ class TestbedConfig:
     sim_steps: int = 200
     """Simulated control steps of the sim comparison (after its warmup)."""
     sim_seeds: int = 4
+    failover_steps: int = 45
+    """Control steps of the failover check (interval_s each)."""
+    fail_step: int = 15
+    """Control step at which the failover check takes path 0 down (its first failed interval)."""
+    recover_step: int | None = 30
+    """Control step from which path 0 is back; null: it stays down."""
+    failover_policy: str = "reroute"
+    """Policy of the failover check (shaping.testbed.failover.FAILOVER_POLICIES)."""
     checks: list[str] = field(default_factory=lambda: list(CHECKS))
     """Which checks to run (a subset of CHECKS)."""
     output_dir: str | None = None
@@ -76,14 +85,24 @@ class TestbedConfig:
             raise ValueError(f"unknown checks {unknown}; known: {list(CHECKS)}")
         if self.duration_s <= self.warmup_s or self.warmup_s < 0:
             raise ValueError("need 0 <= warmup_s < duration_s")
+        end = self.failover_steps if self.recover_step is None else self.recover_step
+        if not 1 <= self.fail_step < end <= self.failover_steps:
+            raise ValueError(f"need 1 <= fail_step < recover_step <= failover_steps, got {self.fail_step}, "
+                             f"{self.recover_step}, {self.failover_steps}")  # fmt: skip
 
 
 def _checks(cfg: TestbedConfig) -> dict[str, Callable[[Any], dict[str, Any]]]:
     from shaping.testbed import checks as C
     from shaping.testbed import control_checks as K
+    from shaping.testbed import failover as F
     from shaping.testbed import simcompare as SC
 
     d, w = cfg.duration_s, cfg.warmup_s
+
+    def failover(b: Any) -> dict[str, Any]:
+        return F.check_failover(b, interval_s=cfg.interval_s, steps=cfg.failover_steps, fail_step=cfg.fail_step,
+                                recover_step=cfg.recover_step, policy=cfg.failover_policy)  # fmt: skip
+
     return {
         "rates": lambda b: C.check_rates(b, d, w),
         "dscp": lambda b: C.check_dscp(b, min(d, 6.0)),
@@ -92,6 +111,7 @@ def _checks(cfg: TestbedConfig) -> dict[str, Callable[[Any], dict[str, Any]]]:
         "controller": lambda b: K.check_controller(b, d, w, cfg.interval_s),
         "fallback_kill": lambda b: K.check_fallback(b, "kill", cfg.interval_s),
         "fallback_stall": lambda b: K.check_fallback(b, "stall", cfg.interval_s),
+        "failover": failover,
         "sim": lambda b: SC.compare_scenario(b, d, w, cfg.sim_steps, cfg.sim_seeds),
     }
 

@@ -21,6 +21,14 @@ class id ``classids[c]`` (summed over the path interfaces):
   min_rtt / 2 of the class's sockets, else 0;
 - app_metric: the application's latest pushed value if younger than ``app_max_age_s``, else
   ``app_metric_default``.
+
+Per path (PathMetrics, in the spec's path order), with a PathProber: the probes' one-way delay and loss
+of the window since the previous sample, and delivered = the delivered rate of the classes the plan in
+force puts on the path x (1 - the probes' loss) (the tenant's counters see what it sent into the path,
+not what the path lost beyond); a window in which no probe was decided has loss 0 and the longest wait
+as its delay. A path whose probes neither were sent nor decided in the window (the prober not
+running), and every path without a prober, takes shaping.spec.paths_from_classes (the classes on the
+path as its probes). ``Observed.info["path_source"]`` says which ("probe" or "classes") per path.
 """
 
 from __future__ import annotations
@@ -36,10 +44,22 @@ import torch
 from shaping.control.backend import Observed, build_observed
 from shaping.monitor.appmetrics import AppMetrics
 from shaping.monitor.host import HostSampler
+from shaping.monitor.pathprobe import PathProber
 from shaping.monitor.probes import ProbeScheduler
 from shaping.monitor.rtt import RttSource, SocketRtt, class_matcher
 from shaping.monitor.tcstats import ClassCounters, ClassStatsSource, InterfaceCounters
-from shaping.spec import ClassMetrics, HostMetrics, ObservationLayout, ShapingPlan, TenantSpec, plan_tensors
+from shaping.spec import (
+    ClassMetrics,
+    HostMetrics,
+    ObservationLayout,
+    PathMetrics,
+    PlanBatch,
+    ShapingPlan,
+    TenantSpec,
+    empty_plan,
+    paths_from_classes,
+    plan_tensors,
+)
 
 #: Cumulative (packets, bytes) dropped per class index before the qdisc.
 DropCounters = Callable[[], Mapping[int, tuple[int, int]]]
@@ -80,7 +100,8 @@ class Monitor:
         stats: HTB class and interface counters (NetlinkClassStats or a fake).
         classids: HTB class id of each class, in spec order (EnforceTarget.classid(i)).
         rtt: TCP socket RTTs (SockDiagRtt), optional.
-        probes: active probes, optional (started by the caller).
+        probes: active probes of the classes, optional (started by the caller).
+        path_probes: probes of each path (PathProber, one target per path), optional (started by the caller).
         host: VM CPU/memory, optional (zeros otherwise).
         app: pushed application metrics, optional.
         extra_drops: drops before the qdisc per class, optional.
@@ -96,6 +117,7 @@ class Monitor:
         *,
         rtt: RttSource | None = None,
         probes: ProbeScheduler | None = None,
+        path_probes: PathProber | None = None,
         host: HostSampler | None = None,
         app: AppMetrics | None = None,
         extra_drops: DropCounters | None = None,
@@ -108,6 +130,10 @@ class Monitor:
         self.layout = ObservationLayout(spec)
         self.stats, self.classids = stats, tuple(int(c) for c in classids)
         self.rtt, self.probes, self.host, self.app, self.extra_drops = rtt, probes, host, app, extra_drops
+        if path_probes is not None and len(path_probes.targets) != len(spec.paths):
+            raise ValueError(f"{len(path_probes.targets)} path probe targets for the {len(spec.paths)} paths "
+                             f"{list(spec.paths)} of tenant {spec.name!r}")  # fmt: skip
+        self.path_probes = path_probes
         self.config = config or MonitorConfig()
         if self.config.base_delay_ms and len(self.config.base_delay_ms) != len(spec.paths):
             raise ValueError(f"base_delay_ms has {len(self.config.base_delay_ms)} values, tenant has "
@@ -255,14 +281,36 @@ class Monitor:
             v = len(self.spec.vms)
             host = HostMetrics(torch.zeros(v), torch.zeros(v))
         info.update(self.config.labels)
-        plan = plan_tensors(self.plan) if self.plan is not None else None
-        return build_observed(self.layout, metrics, host, now, dt, plan=plan, info=info)
+        plan = plan_tensors(self.plan) if self.plan is not None else empty_plan(len(self.spec.classes))
+        paths = self._paths(metrics, plan, info)
+        return build_observed(self.layout, metrics, host, now, dt, paths=paths, plan=plan, info=info)
+
+    def _paths(self, metrics: ClassMetrics, plan: PlanBatch, info: dict[str, Any]) -> PathMetrics:
+        """Per-path metrics: the path probes' window where it decided enough probes, else the classes on the path."""
+        derived = paths_from_classes(self.spec, metrics, plan)
+        if self.path_probes is None:
+            info["path_source"] = ["classes"] * len(self.spec.paths)
+            return derived
+        delay, loss, delivered = (x.clone() for x in derived)
+        source, probes = [], []
+        for p, w in enumerate(self.path_probes.take()):
+            probes.append({"sent": w.sent, "answered": w.answered, "lost": w.lost, "late": w.late,
+                           "timeout_ms": w.timeout_s * 1e3})  # fmt: skip
+            if w.delay_ms is None:
+                source.append("classes")
+                continue
+            lost = w.loss or 0.0
+            delay[p], loss[p] = w.delay_ms, lost
+            delivered[p] = derived.delivered_mbps[p] * (1.0 - lost)
+            source.append("probe")
+        info["path_source"], info["path_probes"] = source, probes
+        if self.path_probes.error:
+            info["path_probe_error"] = self.path_probes.error
+        return PathMetrics(delay, loss, delivered)
 
     def close(self) -> None:
         """Close every source the monitor holds."""
-        for src in (self.stats, self.rtt, self.probes, self.app):
+        for src in (self.stats, self.rtt, self.probes, self.path_probes, self.app):
             close = getattr(src, "close", None)
             if close is not None:
                 close()
-
-

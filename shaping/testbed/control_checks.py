@@ -16,6 +16,7 @@ from typing import Any
 
 from shaping.control import ControlLoop, KernelBackend, LoopConfig, Observed, ScriptedPolicy
 from shaping.monitor.monitor import Monitor, MonitorConfig
+from shaping.monitor.pathprobe import PathProber
 from shaping.monitor.tcstats import NetlinkClassStats
 from shaping.spec import ShapingPlan
 from shaping.testbed import scenario as S
@@ -41,14 +42,19 @@ class AppliedLog:
 
 
 def kernel_backend(
-    bench: Bench, log: AppliedLog | None = None, clock: Callable[[], float] = time.monotonic
+    bench: Bench,
+    log: AppliedLog | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    path_probes: PathProber | None = None,
 ) -> KernelBackend:
-    """The tenant's KernelBackend on the testbed; with ``log``, each applied plan's root rate is recorded."""
+    """The tenant's KernelBackend on the testbed; with ``log``, each applied plan's root rate is recorded;
+    with ``path_probes`` (shaping.testbed.paths.tenant_path_prober) the monitor measures each path."""
     nm = bench.tb.names
     enf = tenant_enforcer(bench.tb, bench.spec)
     stats = NetlinkClassStats(nm.tenant_links, netns=nm.tenant_ns)
     classids = [enf.target.classid(i) for i in range(len(bench.spec.classes))]
-    monitor = Monitor(bench.spec, stats, classids, config=MonitorConfig(base_delay_ms=(0.1, 0.1)))
+    config = MonitorConfig(base_delay_ms=(0.1, 0.1))
+    monitor = Monitor(bench.spec, stats, classids, path_probes=path_probes, config=config, clock=clock)
     backend = KernelBackend(bench.spec, monitor, enf, teardown_on_close=True)
     if log is not None:
         apply = backend.apply

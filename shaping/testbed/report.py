@@ -59,6 +59,46 @@ def _fallback(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _paths(xs: list[Any] | None, digits: int = 2) -> str:
+    return "-" if xs is None else " / ".join(_f(float(x), digits) for x in xs)
+
+
+def _failover(r: dict[str, Any]) -> list[str]:
+    s, sim = r["summary"], r.get("sim_summary", {})
+    seen, moved = _f(s.get("seen_after_s"), 3), _f(s.get("rerouted_after_s"), 3)
+    lines = [
+        f"- policy {r['policy']}, interval {r['interval_s']} s: path 0 down at step {r['fail_step']}, back at "
+        f"step {r['recover_step']}",
+        f"- testbed: failure seen (probe loss > 0.5) at step {_f(s['detected_step'])} (loss "
+        f"{_f(s['loss_at_fail_step'])} at step {r['fail_step']}; {seen} s after the failure, rerouting plan "
+        f"applied {moved} s after it), every class on path 1 from step {_f(s['rerouted_step'])}, path 0 seen "
+        f"back (loss < 0.1) at step {_f(s.get('recovered_step'))}, classes back from step "
+        f"{_f(s.get('returned_step'))}; gaming updates echoed after the reroute: at least "
+        f"{_f(s['gaming_echoed_after_reroute_min'])}; false detections: {s['false_detections'] or 'none'}",
+    ]
+    if sim:
+        lines.append(f"- simulator, same event and policy: seen at step {_f(sim['detected_step'])}, rerouted from "
+                     f"{_f(sim['rerouted_step'])}, seen back at {_f(sim.get('recovered_step'))}, classes back from "
+                     f"{_f(sim.get('returned_step'))}")  # fmt: skip
+    changes = "; ".join(f"step {c['step']}: {', '.join(c['ops'])} ({1e3 * c['apply_s']:.1f} ms)"
+                        for c in r["path_changes"])  # fmt: skip
+    lines += [f"- path changes: {changes}", ""]
+    lines += ["| step | t (s) | paths | class paths | probe loss p0 / p1 | probe delay ms p0 / p1 | source | "
+              "gaming echoed | mode | sim loss p0 / p1 | sim class paths |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    sim_rows = {x["step"]: x for x in r.get("sim_intervals", [])}
+    for row in r["intervals"]:
+        sr = sim_rows.get(row["step"], {})
+        lines.append(
+            f"| {row['step']} | {_f(row['t_s'])} | {' / '.join(row['path_state'])} | "
+            f"{''.join(str(p) for p in row['class_path'])} | {_paths(row['probe_loss'])} | "
+            f"{_paths(row['probe_delay_ms'], 1)} | {' / '.join(row['path_source'] or [])} | "
+            f"{_f(row['gaming_echoed'])} | {row['mode']} | {_paths(sr.get('probe_loss'))} | "
+            f"{''.join(str(p) for p in sr.get('class_path', [])) or '-'} |"
+        )
+    return lines
+
+
 def _sim(r: dict[str, Any]) -> list[str]:
     rows = ["| case | class | metric | simulator | testbed | gap | relative |", "|---|---|---|---|---|---|---|"]
     for case, classes in r.items():
@@ -83,7 +123,7 @@ def markdown_report(results: dict[str, Any]) -> str:
                  f"{s.get('interval_s')} s; total {results.get('wall_s')} s.")  # fmt: skip
     lines.append("")
     render = {"rates": _rates, "dscp": _dscp, "controller": _controller, "fallback_kill": _fallback,
-              "fallback_stall": _fallback, "sim": _sim}  # fmt: skip
+              "fallback_stall": _fallback, "failover": _failover, "sim": _sim}  # fmt: skip
     for name, res in results.get("checks", {}).items():
         head = f"## {name}" + ("" if name == "sim" else f": {_verdict(res)}")
         lines += [head, ""]

@@ -112,6 +112,7 @@ def run_flows(
     duration_s: float,
     *,
     during: Callable[[float], None] | None = None,
+    echo_ports: Sequence[int] = (),
 ) -> RunResult:
     """Run every flow for duration_s (each stops by itself) and collect their results.
 
@@ -121,6 +122,7 @@ def run_flows(
         duration_s: how long each generator sends.
         during: called once with the run's elapsed seconds while the generators run and may
             change the shaping (a controller, a path change); it must return within duration_s.
+        echo_ports: more UDP ports the sink echoes for the whole run (the path probes' reflector).
     """
     names = [f.name for f in flows]
     if len(set(names)) != len(names) or len({f.port for f in flows}) != len(flows):
@@ -128,7 +130,7 @@ def run_flows(
     nm = tb.names
     sink_cfg = {
         "addr": nm.sink_service,
-        "echo_ports": [f.port for f in flows if f.kind == "gaming"],
+        "echo_ports": [f.port for f in flows if f.kind == "gaming"] + [int(p) for p in echo_ports],
         "count_ports": [f.port for f in flows if f.kind == "udp_blast"],
         "txn_ports": {str(f.port): f.request_bytes for f in flows if f.kind == "transactions"},
         "bulk_ports": [f.port for f in flows if f.kind == "bulk"],

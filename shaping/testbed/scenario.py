@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from shaping.baselines import AF21, AF41, BE, EF
@@ -10,6 +11,7 @@ from shaping.config import (
     EntityConfig,
     LoadConfig,
     PathConfig,
+    PathEventConfig,
     QoSConfig,
     ScenarioConfig,
     TenantConfig,
@@ -65,11 +67,19 @@ class Workload:
         return self.probe_pps * (self.probe_bytes + UDP_WIRE_OVERHEAD) * 8 / 1e6
 
 
-def testbed_scenario(topo: TopologyConfig, work: Workload, base_delay_ms: float = 0.1) -> ScenarioConfig:
+def testbed_scenario(
+    topo: TopologyConfig,
+    work: Workload,
+    base_delay_ms: float = 0.1,
+    *,
+    path_events: Sequence[PathEventConfig] = (),
+    control_interval_ms: float = 100.0,
+) -> ScenarioConfig:
     """The scenario the testbed realizes: its two paths (capacity, buffer), one tenant, four classes.
 
     The tenant pays for the bottleneck's capacity; the load has no time variation (the generators
-    offer constant rates), and the path names are the tenant's interfaces.
+    offer constant rates), and the path names are the tenant's interfaces. ``path_events`` name those
+    interfaces; shaping.testbed.paths realizes them on the router, the simulator simulates them.
     """
     nm = names(topo)
     paths = [
@@ -94,7 +104,8 @@ def testbed_scenario(topo: TopologyConfig, work: Workload, base_delay_ms: float 
     still = LoadConfig(diurnal_amplitude=0.0, burst_prob=0.0, flash_crowd_prob=0.0, web_pareto=False)
     return ScenarioConfig(
         name="testbed", paths=paths, tenants=[tenant], load=still,
-        root_levels=[0.3, 0.5, 0.7, 0.8, 0.9, 0.93, 1.0],
+        root_levels=[0.3, 0.5, 0.7, 0.8, 0.9, 0.93, 1.0], path_events=list(path_events),
+        control_interval_ms=control_interval_ms,
     )  # fmt: skip
 
 

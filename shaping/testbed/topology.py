@@ -8,9 +8,13 @@
 Path i is the tenant's interface {p}-ti (the interface name a ShapingPlan's path index refers to).
 The router forwards what arrives on r0 out of b0, the bottleneck (TBF at the path's capacity with
 a deep buffer, the provider's queue), and what arrives on r1 out of b1 (policy routing on the
-input interface). Everything returns over b0/r0, whose reverse directions are not shaped. Only
-namespaces and links named with the prefix and only 10.200.0.0/16 addresses are created; the
-host's interfaces, routes and rules are never touched.
+input interface). Everything returns over b0 and then the path link of its destination address,
+whose reverse directions are not shaped. A path fails when a policy rule sends what arrives on its
+router link to the router's blackhole table (shaping.testbed.paths). The tenant reaches the sink
+service over path 0 by default and over path i from a socket bound to {p}-ti (a second route at
+metric PATH_ROUTE_METRIC, which only such sockets take): that is how the path probes stay on their
+path. Only namespaces and links named with the prefix and only 10.200.0.0/16 addresses are created;
+the host's interfaces, routes and rules are never touched.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ from pyroute2 import NetNS, netns
 ROUTER_PATH1_TABLE = 201
 #: Tenant-side routing tables that send everything out of path i (table PATH_TABLE_BASE + i).
 PATH_TABLE_BASE = 100
+#: Router table holding one blackhole default route: a failed path's traffic is looked up there.
+ROUTER_BLACKHOLE_TABLE = 299
+#: Priority of the rule that fails path i (ROUTER_DOWN_PRIORITY + i), before path 1's table (1000).
+ROUTER_DOWN_PRIORITY = 900
+#: Metric of the tenant's route to the sink over path 1 (taken by sockets bound to path 1's interface only).
+PATH_ROUTE_METRIC = 100
 
 
 class TestbedError(RuntimeError):
@@ -223,6 +233,7 @@ class Testbed:
             lo = sk.link_lookup(ifname="lo")[0]
             sk.addr("add", index=lo, address=nm.sink_service, prefixlen=32)
             self._routes(ten, rt, sk)
+        with self.ipr(nm.router_ns) as rt:
             for i, path in enumerate(self.cfg.paths):
                 idx = rt.link_lookup(ifname=nm.router_out[i])[0]
                 rt.tc(
@@ -242,10 +253,15 @@ class Testbed:
         # Tenant: the sink service via path 0; the enforcement backend owns the per-path tables
         # (PATH_TABLE_BASE + i, a default route via path_gateways[i]) and the fwmark rules into them.
         ten.route("add", dst=svc, gateway=nm.router_in_addrs[0])
+        # A socket bound to path 1's interface skips routes through other interfaces (SO_BINDTODEVICE):
+        # this one lets the path probes of path 1 reach the sink; unbound traffic keeps the route above.
+        ten.route("add", dst=svc, gateway=nm.router_in_addrs[1], priority=PATH_ROUTE_METRIC)
         # Router: path 0's traffic leaves on b0 (main table), path 1's on b1 (by input interface).
         rt.route("add", dst=svc, gateway=nm.sink_addrs[0])
         rt.route("add", dst=svc, gateway=nm.sink_addrs[1], table=ROUTER_PATH1_TABLE)
         rt.rule("add", iifname=nm.router_in[1], table=ROUTER_PATH1_TABLE, priority=1000)
+        # A failed path's rule points here (no rule does while every path is up).
+        rt.route("add", type="blackhole", dst="0.0.0.0/0", table=ROUTER_BLACKHOLE_TABLE)
         # Sink: everything back over b0 (the unshaped reverse direction).
         for i in range(2):
             net = ipaddress.ip_network(f"{nm.tenant_addrs[i]}/24", strict=False)

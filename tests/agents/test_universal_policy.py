@@ -1,4 +1,4 @@
-"""The universal model as a Policy: it drives any controlled tenant that fits its layout, and refuses one that does not."""
+"""The universal model as a Policy: it drives a controlled tenant that fits its layout, refuses one that does not."""
 
 from __future__ import annotations
 

@@ -135,6 +135,11 @@ def test_testbed_config_validates() -> None:
         TestbedConfig(checks=["nope"])
     with pytest.raises(ValueError, match="warmup"):
         TestbedConfig(duration_s=1.0, warmup_s=2.0)
+    with pytest.raises(ValueError, match="fail_step < recover_step <= failover_steps"):
+        TestbedConfig(fail_step=30, recover_step=20)
+    with pytest.raises(ValueError, match="fail_step < recover_step <= failover_steps"):
+        TestbedConfig(failover_steps=10, recover_step=None, fail_step=10)
+    assert TestbedConfig(recover_step=None).recover_step is None
 
 
 def test_run_testbed_skips_without_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
