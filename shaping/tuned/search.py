@@ -10,7 +10,8 @@ Protocol, in order:
    controlled tenants, as its own plan and as the nearest action of the grid (ActionLayout.encode), under
    each CoDel setting searched and under its own CoDel setting.
 2. For each CoDel setting in settings.aqm (the simulator's CoDel switch is per tenant, not per environment,
-   so a batch cannot mix both), CatCMAwM starts at the best encoded baseline under that setting and runs
+   so a batch cannot mix both), CatCMAwM starts at the best grid candidate under that setting (an encoded
+   baseline, or the winner of a setting searched before, re-run under this one) and runs
    settings.generations generations of settings.population candidates; then up to settings.polish_rounds
    rounds of steepest descent over single-choice changes of the best grid candidate polish the result.
 3. The best candidate ever evaluated wins: lowest violation rate, then highest reward. The baselines' own
@@ -209,6 +210,7 @@ def tune_static(
         for aqm in s.aqm:
             opt_seed = int(rng.integers(2**31 - 1))  # drawn even when nothing is searched: same stream
             if per_setting:
+                _carry_over(ev, aqm, archive)
                 _search(ev, space, aqm, s, opt_seed, archive, bar)
                 _polish(ev, space, aqm, s.polish_rounds, archive, bar)
     best = archive.best
@@ -256,6 +258,15 @@ def _run_baselines(
             archive.offer(Scores(rate, reward), aqm, rows)
         bar.update(1)
     return out
+
+
+def _carry_over(ev: CandidateEvaluator, aqm: bool, archive: _Archive) -> None:
+    """Run the best grid candidates of the CoDel settings searched before under this one: the search under this
+    setting then starts from whichever is best, not from the baselines again."""
+    others = [inc.actions for a, inc in archive.grid.items() if a != aqm and inc.source == "search"]
+    if others:
+        rate, reward = ev.evaluate(ev.from_actions(others), aqm)
+        archive.offer(Scores(rate, reward), aqm, [("search", a, ()) for a in others])
 
 
 def _search(

@@ -31,8 +31,8 @@ def test_never_worse_than_a_baseline_on_the_training_seeds(tuned):
     # Each polish round runs every single-choice change of gamer's action: 3 classes x (3 + 7 + 4 + 3 + 4 + 1)
     # other options, plus 7 other root rates.
     moves = 3 * 22 + 7
-    polish = tuned.evaluations - 2 * 2 * len(BASELINES) - 2 * TINY.generations * TINY.population
-    assert polish == 2 * TINY.polish_rounds * moves
+    searched = tuned.evaluations - 2 * 2 * len(BASELINES) - 2 * TINY.generations * TINY.population
+    assert searched in (2 * TINY.polish_rounds * moves, 2 * TINY.polish_rounds * moves + 1)  # + the carry-over
     assert tuned.env_steps == tuned.evaluations * TINY.seeds * TINY.steps
 
 
