@@ -12,7 +12,6 @@ prints one line: tuned_static's SLA violation rate on the training seeds against
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import hydra
@@ -21,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import TuneStaticConfig, register_configs
 from shaping.config import ScenarioConfig
 from shaping.sim.scenarios import load_scenario
-from shaping.tuned import TunedPlan, TuneSettings, cache_key, default_cache_dir, load_or_tune
+from shaping.tuned import TunedPlan, TuneSettings, cache_key, default_cache_dir, load_or_tune, lookup
 from shaping.tuned.cache import cache_path
 
 log = logging.getLogger(__name__)
@@ -36,14 +35,17 @@ def settings_of(cfg: TuneStaticConfig) -> TuneSettings:
     )  # fmt: skip
 
 
-def summary_line(tuned: TunedPlan, wall_s: float, path: Path) -> str:
-    """One line: tuned_static against every baseline on the training seeds, the time, the cache file."""
+def summary_line(tuned: TunedPlan, cached: bool, path: Path) -> str:
+    """One line: tuned_static against every baseline on the training seeds, the search's size and time, the
+    cache file."""
     s = tuned.settings
     base = ", ".join(f"{n} {b.sla_violation_rate:.4f}" for n, b in tuned.baselines.items())
+    how = "cached" if cached else "tuned"
     return (
         f"{tuned.scenario} [{','.join(tuned.controlled)}]: tuned_static {tuned.sla_violation_rate:.4f} "
         f"({tuned.source}, CoDel {'on' if tuned.aqm else 'off'}) vs {base}; SLA violation rate on {s.seeds} "
-        f"training seeds; {tuned.evaluations} candidates, {wall_s:.0f} s; {path}"
+        f"training seeds x {tuned.steps} steps; {how}: {tuned.evaluations} candidates in "
+        f"{tuned.wall_s:.0f} s; {path}"
     )
 
 
@@ -54,13 +56,14 @@ def run_tune_static(cfg: TuneStaticConfig) -> list[TunedPlan]:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     out = []
     for scenario in scenarios:
-        start = time.perf_counter()
-        tuned = load_or_tune(
+        hit = None if cfg.retune else lookup(cache_dir, scenario, settings, cfg.controlled, device=cfg.env.device,
+                                             verify=cfg.verify)  # fmt: skip
+        tuned = hit or load_or_tune(
             scenario, settings, cache_dir=cache_dir, controlled=cfg.controlled, device=cfg.env.device,
-            progress=cfg.progress, verify=cfg.verify, retune=cfg.retune,
+            progress=cfg.progress, retune=True,
         )  # fmt: skip
         path = cache_path(cache_dir, scenario, cache_key(scenario, list(tuned.controlled), settings))
-        print(summary_line(tuned, time.perf_counter() - start, path), flush=True)
+        print(summary_line(tuned, hit is not None, path), flush=True)
         out.append(tuned)
     return out
 

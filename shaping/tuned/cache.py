@@ -85,6 +85,9 @@ def to_json(tuned: TunedPlan, key: str) -> dict[str, Any]:
             "sla_violation_rate": tuned.sla_violation_rate,
             "mean_reward": tuned.mean_reward,
             "objective": tuned.objective,
+            "seeds": tuned.settings.seeds,
+            "steps": tuned.steps,
+            "seed": tuned.settings.seed,
         },
         "baselines": {name: asdict(b) for name, b in tuned.baselines.items()},
         "settings": asdict(tuned.settings),
@@ -121,6 +124,7 @@ def from_json(doc: dict[str, Any]) -> TunedPlan:
         settings=settings,
         evaluations=doc["budget"]["evaluations"],
         env_steps=doc["budget"]["env_steps"],
+        steps=doc["training"]["steps"],
         library=doc["library"],
         wall_s=doc.get("wall_s", 0.0),
     )

@@ -128,6 +128,8 @@ class TunedPlan:
     """Candidates evaluated."""
     env_steps: int
     """Environment steps simulated (candidates x seeds x steps)."""
+    steps: int
+    """Control steps of the training episode (settings.steps, or the scenario's episode_steps)."""
     library: str = LIBRARY
     """Optimizer library and version."""
     wall_s: float = 0.0
@@ -229,6 +231,7 @@ def tune_static(
         settings=s,
         evaluations=ev.evaluations,
         env_steps=ev.env_steps,
+        steps=ev.steps,
         wall_s=time.perf_counter() - start_time,
     )
 
