@@ -201,6 +201,52 @@ class CompareConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Budget and protocol of tuned_static's search (shaping.tuned.TuneSettings; part of the cache key)."""
+
+    population: int = 16
+    """Candidates per generation."""
+    generations: int = 30
+    """Generations per CoDel setting."""
+    seeds: int = 8
+    """Training environments per candidate."""
+    steps: int | None = None
+    """Control steps of the training episode; None: the scenario's episode_steps."""
+    seed: int = 1_000_000
+    """Base seed of the training environments and of the optimizer (evaluations count up from 0)."""
+    polish_rounds: int = 5
+    """Rounds of steepest descent on the grid after the optimizer, per CoDel setting."""
+    aqm: list[bool] = field(default_factory=lambda: [False, True])
+    """CoDel settings of the controlled tenants' leaves searched, one search each."""
+
+
+@dataclass
+class TuneStaticConfig:
+    """Primary config of experiments.tune_static: tune tuned_static's plans and write them to the cache."""
+
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    """The scenario (conf/scenario/), tuned when `scenarios` is empty."""
+    scenarios: list[str] = field(default_factory=list)
+    """Scenario names (conf/scenario/NAME.yaml) or YAML paths, tuned one after another; empty: `scenario`."""
+    controlled: list[str] | None = None
+    """Tenants the plans drive; None: each scenario's `controlled` (every tenant when it names none)."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Device of the simulator (env.seed and env.batch_size are not used: search.seed and search.seeds are)."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward weights of the tie-break."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """Budget and protocol of the search."""
+    cache_dir: str | None = None
+    """Cache directory; None: conf/tuned_static/ (shaping.tuned.default_cache_dir)."""
+    retune: bool = False
+    """Tune even when the cache holds a valid entry, and overwrite it."""
+    verify: bool = True
+    """Re-run a cached entry on the training seeds before reusing it."""
+    progress: bool = True
+    """Show a progress bar per scenario."""
+
+
+@dataclass
 class FinalEvalConfig:
     """The evaluation after pretraining: the agent against static baselines on held-out seeds."""
 
@@ -261,6 +307,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="compare_schema", node=CompareConfig)
     cs.store(name="pretrain_schema", node=PretrainConfig)
+    cs.store(name="tune_static_schema", node=TuneStaticConfig)
     for group, name, node in GROUP_SCHEMAS:
         cs.store(group=group, name=name, node=node)
 

@@ -35,9 +35,9 @@ import torch
 from tqdm.auto import tqdm
 
 from shaping.config import APPS, RewardConfig, ScenarioConfig
-from shaping.policies import Policy, PolicyInput, neighbour_plans, resolve_controlled
+from shaping.policies import Policy, PolicyInput, bind_policy, neighbour_plans, resolve_controlled
 from shaping.sim.simulator import Simulator
-from shaping.spec import ClassMetrics, PlanBatch, compute_reward, controlled_indices, sla_violations
+from shaping.spec import ClassMetrics, PlanBatch, QoSTensors, compute_reward, controlled_indices, sla_violations
 
 
 @dataclass
@@ -180,9 +180,22 @@ class _Control:
         return PlanBatch(*(torch.where(m, p, n) for p, n in zip(out, self.neighbours, strict=True)))
 
 
-def _active(m: ClassMetrics, sla: torch.Tensor) -> torch.Tensor:
-    """(B, K, C) float: the class has an SLA and demand this step (the pairs a violation rate counts)."""
-    return (sla & (m.demand_mbps > 0)).float()
+def sla_pairs(m: ClassMetrics, qos: QoSTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, C) floats of one step: the class violates its SLA, and the class has an SLA and demand (the
+    (class, step) pairs a violation rate counts)."""
+    active = (qos.has_sla & qos.valid & (m.demand_mbps > 0)).float()
+    return sla_violations(m, qos).float(), active
+
+
+def env_violation_rate(viol: torch.Tensor, active: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) each environment's violation rate over the (class, step) pairs of the classes in mask.
+
+    Args:
+        viol: (B, K, C) violations summed over steps (sla_pairs).
+        active: (B, K, C) active pairs summed over steps.
+        mask: (K, C) bool, the classes counted (those of the controlled tenants with an SLA).
+    """
+    return (viol * mask).sum((-2, -1)) / (active * mask).sum((-2, -1)).clamp_min(1.0)
 
 
 def _episode(
@@ -202,8 +215,7 @@ def _episode(
     for t in range(steps):
         out = sim.step(ctl.plans(policy, PolicyInput(t, st, sim.state, last, ctl.indices)), ctl.aqm)
         m = out.metrics
-        viol = sla_violations(m, st.qos).float()
-        active = _active(m, st.qos.has_sla & st.qos.valid)
+        viol, active = sla_pairs(m, st.qos)
         terms = compute_reward(m, st.qos, st.cap_mbps, weights)
         util = (out.path_utilization * path_mbps).sum(-1) / path_mbps.sum()
         add("viol", viol)
@@ -215,7 +227,7 @@ def _episode(
         add("lost", m.offered_mbps * m.loss)
         add("app_metric", m.app_metric)
         add("path_util", out.path_utilization)
-        per_step["sla"].append((viol * sla).sum((-2, -1)) / (active * sla).sum((-2, -1)).clamp_min(1.0))
+        per_step["sla"].append(env_violation_rate(viol, active, sla))
         per_step["util"].append(util)
         per_step["reward"].append(terms.reward.mean(-1))
         per_step["delay_mean"].append(m.delay_mean_ms)
@@ -346,9 +358,12 @@ def evaluate_policy(
     if seeds < 1 or n_steps < 1 or episodes < 1:
         raise ValueError(f"need seeds, steps and episodes >= 1, got {seeds}, {n_steps}, {episodes}")
     weights = reward if reward is not None else RewardConfig()
+    indices = resolve_controlled_indices(scenario, controlled)
+    # Before the clock starts: binding may tune a plan for the scenario (tuned_static) or load it.
+    policy = bind_policy(policy, scenario, [scenario.tenants[i].name for i in indices])
     start = time.perf_counter()
     sim = Simulator(scenario, batch_size=seeds, device=device, seed=seed)
-    ctl = _control(scenario, sim, policy, controlled)
+    ctl = _control(scenario, sim, policy, indices)
     run = _Run()
     desc = f"{scenario.name}/{policy.name}"
     bar = tqdm(total=episodes * n_steps, desc=desc, disable=not progress, unit="step", mininterval=0.5)
@@ -360,7 +375,7 @@ def evaluate_policy(
         sla = (st.qos.has_sla & st.qos.valid).cpu()
         mine = sla & ctl.mask.cpu().view(-1, 1)
         viol, active = run.cat_sums("viol"), run.cat_sums("active")
-        sla_env = viol[:, mine].sum(-1) / active[:, mine].sum(-1).clamp_min(1.0)
+        sla_env = env_violation_rate(viol, active, mine)
         util_env = run.cat_samples("util").mean(0)
         reward_env = run.cat_sums("reward").mean(-1) / n_steps
         jain = jain_index(run.cat_sums("efficiency") / n_steps, dim=-1)
@@ -394,16 +409,24 @@ def evaluate_policy(
     return result
 
 
-def _control(scenario: ScenarioConfig, sim: Simulator, policy: Policy, controlled: Sequence[str] | None) -> _Control:
-    """The controlled tenants (given, else the scenario's) and the neighbours' plans and CoDel switches."""
+def resolve_controlled_indices(scenario: ScenarioConfig, controlled: Sequence[str] | None) -> tuple[int, ...]:
+    """Indices of the controlled tenants, in scenario order: those named, else the scenario's `controlled` (every
+    tenant when it names none).
+
+    Raises:
+        ValueError: a name that is not a tenant of the scenario, or an empty list.
+    """
     names = [t.name for t in scenario.tenants]
     if controlled is None:
-        indices = tuple(controlled_indices(scenario))
-    else:
-        unknown = [n for n in controlled if n not in names]
-        if unknown or not controlled:
-            raise ValueError(f"controlled must name tenants of {scenario.name!r} ({names}), got {list(controlled)}")
-        indices = tuple(i for i, n in enumerate(names) if n in controlled)
+        return tuple(controlled_indices(scenario))
+    unknown = [n for n in controlled if n not in names]
+    if unknown or not controlled:
+        raise ValueError(f"controlled must name tenants of {scenario.name!r} ({names}), got {list(controlled)}")
+    return tuple(i for i, n in enumerate(names) if n in controlled)
+
+
+def _control(scenario: ScenarioConfig, sim: Simulator, policy: Policy, indices: tuple[int, ...]) -> _Control:
+    """The neighbours' plans and CoDel switches around the controlled tenants."""
     st = sim.tensors
     mask = torch.zeros(st.n_tenants, dtype=torch.bool, device=sim.device)
     mask[list(indices)] = True

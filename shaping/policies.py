@@ -4,6 +4,8 @@ A policy maps what the simulator shows at a control step (PolicyInput) to the pl
 tenant of every environment (a PlanBatch). The static baselines are policies, and so are agent
 checkpoints: POLICY_KINDS maps ``ppo`` to a loader, so ``make_policy("ppo:outputs/run/best.pt")``
 drives the checkpoint's tenant with the agent and the other tenants with their baselines.
+``tuned_static`` (shaping.tuned) is the best constant plan found by search for a scenario; it needs the
+scenario's whole configuration, so the evaluation binds it to the scenario first (bind_policy).
 Evaluation, the comparison entry point and the reports only ever see the Policy protocol.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -55,6 +58,21 @@ class Policy(Protocol):
     def __call__(self, inp: PolicyInput) -> PlanBatch:
         """Plans for every environment and tenant."""
         ...
+
+
+@runtime_checkable
+class ScenarioBound(Protocol):
+    """A policy that needs the scenario's whole configuration, not only its tensors, before it runs (tuned_static
+    looks up or tunes its plans for the scenario and its controlled tenants, and only then knows its aqm)."""
+
+    def for_scenario(self, scenario: ScenarioConfig, controlled: Sequence[str]) -> Policy:
+        """The policy as it runs on this scenario with these controlled tenants."""
+        ...
+
+
+def bind_policy(policy: Policy, scenario: ScenarioConfig, controlled: Sequence[str]) -> Policy:
+    """The policy bound to a scenario and its controlled tenants (ScenarioBound); any other policy as it is."""
+    return policy.for_scenario(scenario, controlled) if isinstance(policy, ScenarioBound) else policy
 
 
 @dataclass
@@ -117,25 +135,37 @@ def universal_policy(path: str) -> Policy:
     return UniversalPolicy(path)
 
 
+def tuned_static_policy(cache_dir: str) -> Policy:
+    """The best constant plan found by search for each scenario it runs on (shaping.tuned), looked up in
+    cache_dir ('': shaping.tuned.default_cache_dir()) or tuned there on first use."""
+    from shaping.tuned import TunedStaticPolicy, default_cache_dir  # deferred: shaping.tuned imports this module
+
+    return TunedStaticPolicy(Path(cache_dir) if cache_dir else default_cache_dir())
+
+
 #: Policy kinds by name: ``baseline:fifo``, ``ppo:outputs/pretrain/best.pt``, ``dqn:outputs/pretrain/best.pt``,
-#: ``universal:outputs/pretrain_universal/universal.npz``.
+#: ``universal:outputs/pretrain_universal/universal.npz``, ``tuned_static`` or ``tuned_static:CACHE_DIR``.
 POLICY_KINDS: dict[str, PolicyFactory] = {
     "baseline": baseline_policy,
     "ppo": ppo_policy,
     "dqn": dqn_policy,
     "universal": universal_policy,
+    "tuned_static": tuned_static_policy,
 }
+
+#: Kinds whose bare name is a complete reference (their argument has a default).
+_BARE_KINDS = ("tuned_static",)
 
 
 def make_policy(ref: str) -> Policy:
-    """A policy from a reference: ``kind:argument``, or a bare baseline name (``fifo``).
+    """A policy from a reference: ``kind:argument``, a bare baseline name (``fifo``) or ``tuned_static``.
 
     Raises:
         KeyError: unknown kind or baseline, with the known names in the message.
     """
     kind, sep, arg = ref.partition(":")
     if not sep:
-        kind, arg = "baseline", ref
+        kind, arg = (ref, "") if ref in _BARE_KINDS else ("baseline", ref)
     try:
         factory = POLICY_KINDS[kind]
     except KeyError:

@@ -238,6 +238,11 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     )
 
 
+def _tile(x: torch.Tensor, replicas: int) -> torch.Tensor:
+    """Repeat a batch-first tensor `replicas` times along the batch (the identity for one)."""
+    return x if replicas == 1 else x.repeat(replicas, *([1] * (x.dim() - 1)))
+
+
 def _batch_last(x: torch.Tensor) -> torch.Tensor:
     """(B, K, C) -> contiguous (K, C, B)."""
     return x.permute(1, 2, 0).contiguous()
@@ -262,6 +267,12 @@ class Simulator:
             use; it agrees with the torch sub-step to an ulp or two and is 10-20 times faster at
             training batch sizes). None (default): on the CPU where the kernel builds, with a
             warning and the torch sub-step where it does not; True: on the CPU or raise; False: never.
+        replicas: the batch holds this many copies of batch_size // replicas environments that draw the
+            same randomness: environment i starts and loads like environment i % (batch_size // replicas)
+            of a Simulator of that batch size and seed, so plans compared side by side (candidates of a
+            search) see common random numbers. The arithmetic agrees to an ulp or so, not bit for bit:
+            torch's vectorised and scalar loops round some functions differently, and which elements
+            take which loop depends on the batch size.
     """
 
     def __init__(
@@ -272,7 +283,10 @@ class Simulator:
         seed: int | None = None,
         compile: bool = False,
         cpu_kernel: bool | None = None,
+        replicas: int = 1,
     ) -> None:
+        if replicas < 1 or batch_size % replicas:
+            raise ValueError(f"batch_size {batch_size} must be a positive multiple of replicas {replicas}")
         on_cpu = torch.device(device).type == "cpu"
         if cpu_kernel and not on_cpu:
             raise ValueError(f"cpu_kernel=True runs the sub-steps on the CPU, not on {device}")
@@ -280,6 +294,7 @@ class Simulator:
         self.tensors: ScenarioTensors = compile_scenario(scenario, device)
         self.events: EventTables = compile_events(scenario, self.tensors.n_classes, device)
         self.batch_size = batch_size
+        self.replicas = replicas
         self.device = torch.device(device)
         self.dt_ms = scenario.control_interval_ms / scenario.substeps
         self.gen = torch.Generator(device=self.device)
@@ -331,7 +346,9 @@ class Simulator:
         k, c, e = st.n_tenants, st.n_classes, st.n_entities
         shape = (k, c, b)
         mss = A.MSS_BYTES * 8.0 / 1000.0
-        u = torch.rand(shape, generator=self.gen, device=dev)
+        n = b // self.replicas
+        u = torch.rand((k, c, n), generator=self.gen, device=dev).repeat(1, 1, self.replicas)
+        load = initial_load_state(n, k, c, self.cfg.load, self.gen, dev)
         return SimState(
             t=torch.zeros(b, dtype=torch.long, device=dev),
             q_tenant=torch.zeros(shape, device=dev),
@@ -345,7 +362,7 @@ class Simulator:
             codel_count=torch.zeros(shape, device=dev),
             cpu=torch.full((k, e, b), 0.05, device=dev),
             memory=torch.full((k, e, b), 0.15, device=dev),
-            load=initial_load_state(b, k, c, self.cfg.load, self.gen, dev),
+            load=LoadState(*(_tile(x, self.replicas) for x in load)),
         )
 
     def reset(self, seed: int | None = None, mask: torch.Tensor | None = None) -> None:
@@ -425,7 +442,8 @@ class Simulator:
             aqm: optional (K,) bool, tenants whose leaf queues run CoDel (the fq_codel baseline).
         """
         k, c, b = self.state.q_tenant.shape
-        noise = draw_load_noise(b, k, c, self.gen, self.device)
+        noise = draw_load_noise(b // self.replicas, k, c, self.gen, self.device)
+        noise = LoadNoise(*(_tile(x, self.replicas) for x in noise))
         ev = self.events.rows(self.state.t)
         carry, iv, load, mult = self._prepare_fn(plan, aqm, noise, ev)
         if self._kernel is not None:
