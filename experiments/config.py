@@ -182,6 +182,9 @@ class CompareConfig:
     """Reward weights used for mean_reward."""
     policies: list[str] = field(default_factory=lambda: ["fifo", "static_priority", "fair_share", "fq_codel"])
     """Policy references (shaping.policies.make_policy): baseline names, later ``kind:checkpoint``."""
+    controlled: list[str] | None = None
+    """Tenants every policy drives (the others run their scenario policies in every row); None: the scenario's
+    `controlled`, narrowed to the tenants every policy can control when it names none."""
     seeds: int = 4
     """Environments per policy, simulated as one batch."""
     steps: int | None = 300
@@ -205,7 +208,8 @@ class FinalEvalConfig:
     """The evaluation after pretraining: the agent against static baselines on held-out seeds."""
 
     baselines: list[str] = field(default_factory=lambda: ["static_priority", "fq_codel"])
-    """Static baselines every tenant runs, compared with the agent driving its tenant."""
+    """Static baselines compared with the agent: each drives the agent's tenant in its row, while the other
+    tenants run their scenario policies in every row."""
     seeds: int = 8
     """Environments (held-out seeds) simulated together."""
     steps: int = 300
