@@ -27,6 +27,7 @@ Doc = dict[str, Any]
 GROUP_WORDS = {
     "all": "all",
     "events": "with events",
+    "disruptions": "with disruptions",
     "failure": "failure",
     "degradation": "degradation",
     "flash_crowd": "flash-crowd",
@@ -76,7 +77,7 @@ def _by_group(c_by_group: dict[str, Any]) -> str:
     parts = [
         f"{GROUP_WORDS[g]} {c['won']} of {c['scenarios']} (ratio {c['geomean_ratio']:.2f})"
         for g, c in c_by_group.items()
-        if g not in ("all", "events") and c["scenarios"]
+        if g not in ("all", "events", "disruptions") and c["scenarios"]
     ]
     return f" Won per kind of event: {'; '.join(parts)}." if parts else ""
 
@@ -122,7 +123,7 @@ def summarytable(doc: Doc) -> list[str]:
     for ref in evaluated(doc):
         p = doc["summary"][ref]
         y, st = p["vs_yardstick"]["all"], p["vs_static"]["all"]
-        ev = p["vs_yardstick"].get("events", {"geomean_ratio": None})
+        ev = p["vs_yardstick"].get("disruptions", {"geomean_ratio": None})
         worst = "-" if y["worst_ratio"] is None else f"{y['worst_ratio']:.2f} ({y['worst_scenario']})"
         nbr = "-" if y["neighbour_sla_violation_rate"] is None else (
             f"{pct(y['neighbour_sla_violation_rate'])} / {pct(y['reference_neighbour_sla_violation_rate'])}"
@@ -134,7 +135,7 @@ def summarytable(doc: Doc) -> list[str]:
         ])  # fmt: skip
     header = [
         "policy", "role", "applicable", "ratio to yardstick", "worst (scenario)", "won/tied/lost", "utilization ratio",
-        "neighbour SLA viol. (own / ref.)", "ratio to best static", "won/tied/lost (static)", "ratio, with events",
+        "neighbour SLA viol. (own / ref.)", "ratio to best static", "won/tied/lost (static)", "ratio, disruptions",
     ]  # fmt: skip
     return table(header, rows)
 
@@ -201,8 +202,8 @@ def markdown_report(doc: Doc) -> str:
         "## By kind of event",
         "",
         "Ratio to the best yardstick member (won/tied/lost), over the scenarios holding each kind of scheduled "
-        "change (number of scenarios in parentheses); 'with events': failure, degradation, flash crowd or diurnal "
-        "curve.",
+        "change (number of scenarios in parentheses); 'with events': a failure, degradation, flash crowd or "
+        "diurnal curve; 'with disruptions': a failure, degradation or flash crowd.",
         "",
         *grouptable(doc),
         "",

@@ -65,7 +65,7 @@ def comparison_summary(results: dict[str, PolicyResult], agent_name: str, tenant
     Per policy: the controlled tenant's SLA violation rate (sla_violation_rate, over its classes with an SLA),
     the neighbours' (neighbour_sla_violation_rate), the utilization of all paths, the mean reward and Jain's
     index over all tenants, and the tenant's own aggregates. vs_best_baseline: the agent against the baseline
-    with the fewest violations of the tenant (the agents issue's target: <= 50% of its violations at >= 95% of
+    with the fewest violations of the tenant (the agent's target: <= 50% of its violations at >= 95% of
     its utilization), and how the neighbours fared meanwhile.
     """
     policies = {name: _policy_summary(r, tenant) for name, r in results.items()}

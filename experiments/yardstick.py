@@ -5,7 +5,7 @@ SLA violations of the controlled tenants (ties: the higher utilization, then the
 policy's ratio there is ``(v + floor) / (best + floor)``: the floor keeps a scenario on which the reference
 has no violation at all from dividing by zero, and makes differences far below it count for little (with a
 floor of 0.005, 0 against 0.1% is a ratio of 0.83, 0 against 5% one of 0.09). Per group of scenarios
-(all of them, those with scheduled events, each kind of event), the summary holds the geometric mean of
+(all of them, those with events, those with disruptions, each kind of event), the summary holds the geometric mean of
 the ratios, the worst ratio and its scenario, the scenarios won (strictly fewer violations than the
 reference, beyond a tie tolerance), tied and lost, and the geometric mean of the policy's utilization over
 the reference's. The same is computed against the static members only (the constant plans: the static
@@ -26,8 +26,15 @@ from typing import Any
 #: Kinds of scheduled change (shaping.sim.events.event_kinds) that make a scenario one "with events": the
 #: network or the load changes under the policy. Tenants arriving and leaving get groups of their own.
 EVENT_KINDS = ("failure", "degradation", "flash_crowd", "diurnal")
+#: The abrupt ones among them, the "disruptions" group: a diurnal curve changes the load slowly, and where
+#: every scenario has one (the held-out suite) "events" is the whole suite while this group is not.
+DISRUPTION_KINDS = ("failure", "degradation", "flash_crowd")
 #: Every group a summary can hold, in report order.
-GROUPS = ("all", "events", "failure", "degradation", "flash_crowd", "diurnal", "arrival", "departure")
+GROUPS = (
+    "all", "events", "disruptions", "failure", "degradation", "flash_crowd", "diurnal", "arrival", "departure",
+)  # fmt: skip
+#: The groups of one kind of event each.
+_KIND_GROUPS = GROUPS[3:]
 #: Floor of utilization ratios, so an idle network does not divide by zero.
 _UTIL_FLOOR = 1e-9
 
@@ -92,11 +99,14 @@ def geometric_mean(values: Sequence[float]) -> float:
 
 
 def scenario_groups(events: Sequence[str]) -> list[str]:
-    """The groups a scenario belongs to, given its event kinds: all, events (any of EVENT_KINDS), each kind."""
+    """The groups a scenario belongs to, given its event kinds: all, events (any of EVENT_KINDS), disruptions
+    (any of DISRUPTION_KINDS), each kind."""
     out = ["all"]
     if any(k in EVENT_KINDS for k in events):
         out.append("events")
-    return out + [g for g in GROUPS[2:] if g in events]
+    if any(k in DISRUPTION_KINDS for k in events):
+        out.append("disruptions")
+    return out + [g for g in _KIND_GROUPS if g in events]
 
 
 def best_member(rows: Mapping[str, Row], members: Sequence[str], exclude: str | None = None) -> str | None:

@@ -25,7 +25,8 @@ from experiments.config import (
     to_compare_config,
 )
 from shaping.config import RewardConfig, ScenarioConfig
-from shaping.policies import known_policies, make_policy
+from shaping.baselines import BASELINES
+from shaping.policies import make_policy
 from shaping.sim.layout import compile_scenario
 from shaping.sim.scenarios import available_scenarios, load_scenario
 from shaping.spec import scenario_specs
@@ -118,7 +119,7 @@ def test_benchmark_defaults():
     assert cfg.policies == [] and cfg.suite == "heldout" and cfg.scenarios == []
     assert cfg.yardstick == [*STATIC_BASELINES, "tuned_static", "adaptive_heuristic"]
     assert cfg.static == [*STATIC_BASELINES, "tuned_static"]
-    assert STATIC_BASELINES == known_policies()
+    assert STATIC_BASELINES == list(BASELINES)
     assert (cfg.seeds, cfg.steps, cfg.workers, cfg.torch_threads, cfg.floor) == (4, None, 2, 1, 0.005)
     assert cfg.reward == RewardConfig() and cfg.output.dir is None
     # The config's defaults are the schema's, so code building a BenchmarkConfig gets the same run.

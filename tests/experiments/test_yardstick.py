@@ -56,10 +56,10 @@ def test_floored_ratio_and_geometric_mean_by_hand():
 
 def test_scenario_groups():
     assert scenario_groups([]) == ["all"]
-    assert scenario_groups(["diurnal"]) == ["all", "events", "diurnal"]
+    assert scenario_groups(["diurnal"]) == ["all", "events", "diurnal"]  # a diurnal curve is no disruption
     # Arrival and departure are groups of their own, not "events".
     assert scenario_groups(["arrival", "departure"]) == ["all", "arrival", "departure"]
-    assert scenario_groups(["flash_crowd", "failure"]) == ["all", "events", "failure", "flash_crowd"]
+    assert scenario_groups(["flash_crowd", "failure"]) == ["all", "events", "disruptions", "failure", "flash_crowd"]
 
 
 def test_best_member_ties_and_exclusion():
@@ -89,7 +89,8 @@ def test_policy_summary_arithmetic():
     assert ev.geomean_ratio == pytest.approx(math.sqrt(ratios["s_fail"] * ratios["s_crowd"]))
     assert (s.vs_yardstick["failure"].scenarios, s.vs_yardstick["failure"].won) == (1, 1)
     assert s.vs_yardstick["flash_crowd"].lost == 1
-    assert set(s.vs_yardstick) == {"all", "events", "failure", "flash_crowd", "diurnal"}
+    assert set(s.vs_yardstick) == {"all", "events", "disruptions", "failure", "flash_crowd", "diurnal"}
+    assert s.vs_yardstick["disruptions"].geomean_ratio == ev.geomean_ratio  # here the same two scenarios
     # Against the static member a only: s_fail's reference is a (10%), s_calm's too (a's 0, a tie).
     st = s.vs_static["all"]
     assert st.geomean_ratio == pytest.approx((0.005 / 0.105 * 1.0 * ratios["s_crowd"]) ** (1 / 3))
