@@ -1,11 +1,14 @@
 """Compare shaping policies on one scenario: ``python -m experiments.compare [overrides]``.
 
-Runs each policy (the static baselines by default; later agent checkpoints, see
-shaping.policies.POLICY_KINDS) for every tenant of the scenario over a batch of seeds, then
-writes results.md (also printed), results.json and PNG plots into Hydra's run directory.
+Runs each policy (the static baselines by default; agent checkpoints, see shaping.policies.POLICY_KINDS)
+for the controlled tenants of the scenario over a batch of seeds, then writes results.md (also printed),
+results.json and PNG plots into Hydra's run directory. Every row is like for like: the same seeds, the same
+controlled tenants (the scenario's `controlled`, or `controlled=[...]`; a checkpoint trained for one tenant
+narrows a scenario without a list to that tenant) and the same neighbours, which run their scenario policies.
 
     python -m experiments.compare scenario=datacenter seeds=8 steps=600
     python -m experiments.compare policies=[fifo,fq_codel] output.plots=false
+    python -m experiments.compare scenario=small_congested controlled=[studio]
     python -m experiments.compare experiment=compare_all_scenarios
 """
 
@@ -24,7 +27,7 @@ from omegaconf import DictConfig
 from experiments.config import CompareConfig, register_configs, to_compare_config
 from experiments.report import markdown_report, write_json, write_plots
 from shaping.evaluation import PolicyResult, evaluate_policies
-from shaping.policies import make_policy
+from shaping.policies import cannot_control, make_policy
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,10 @@ def run_compare(cfg: CompareConfig, out_dir: Path) -> dict[str, PolicyResult]:
     start = time.perf_counter()
     steps = compare_steps(cfg)
     policies = [make_policy(ref) for ref in cfg.policies]
+    # A checkpoint for another tenant would leave the controlled tenants on a fallback plan under its name.
+    why = [w for p in policies if (w := cannot_control(p, cfg.controlled or [])) is not None]
+    if why:
+        raise ValueError(f"controlled={cfg.controlled}: {'; '.join(why)}")
     log.info(
         "scenario %s: %d policies x %d seeds x %d episodes x %d steps on %s",
         cfg.scenario.name, len(policies), cfg.seeds, cfg.episodes, steps, cfg.env.device,
@@ -63,10 +70,14 @@ def run_compare(cfg: CompareConfig, out_dir: Path) -> dict[str, PolicyResult]:
         device=cfg.env.device,
         seed=cfg.env.seed,
         progress=cfg.progress,
+        controlled=cfg.controlled,
     )
+    controlled = next(iter(results.values())).controlled
     settings: dict[str, Any] = {
         "scenario": cfg.scenario.name,
         "policies": list(cfg.policies),
+        "controlled": list(controlled),
+        "neighbours": {t.name: t.policy for t in cfg.scenario.tenants if t.name not in controlled},
         "seeds": cfg.seeds,
         "steps": steps,
         "episodes": cfg.episodes,

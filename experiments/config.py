@@ -160,7 +160,7 @@ class ShaperConfig:
 
 @dataclass
 class OutputConfig:
-    """What the comparison writes."""
+    """What a comparison or a benchmark writes."""
 
     dir: str | None = None
     """Directory of the results; None: Hydra's run directory (outputs/DATE/TIME/)."""
@@ -182,6 +182,9 @@ class CompareConfig:
     """Reward weights used for mean_reward."""
     policies: list[str] = field(default_factory=lambda: ["fifo", "static_priority", "fair_share", "fq_codel"])
     """Policy references (shaping.policies.make_policy): baseline names, later ``kind:checkpoint``."""
+    controlled: list[str] | None = None
+    """Tenants every policy drives (the others run their scenario policies in every row); None: the scenario's
+    `controlled`, narrowed to the tenants every policy can control when it names none."""
     seeds: int = 4
     """Environments per policy, simulated as one batch."""
     steps: int | None = 300
@@ -198,6 +201,70 @@ class CompareConfig:
             raise ValueError("policies must name at least one policy")
         if self.seeds < 1 or self.episodes < 1 or (self.steps is not None and self.steps < 1):
             raise ValueError("seeds, episodes and steps must be >= 1")
+
+
+#: The static baselines (shaping.baselines), in the order reports list them.
+STATIC_BASELINES = ["fifo", "static_priority", "fair_share", "fq_codel", "greedy_premium"]
+
+
+@dataclass
+class BenchmarkConfig:
+    """Primary config of experiments.benchmark: policies against the yardstick over a suite of scenarios."""
+
+    policies: list[str] = field(default_factory=list)
+    """Policy references judged against the yardstick (shaping.policies.make_policy), e.g. ppo:PATH."""
+    yardstick: list[str] = field(
+        default_factory=lambda: [*STATIC_BASELINES, "tuned_static", "adaptive_heuristic"]
+    )
+    """What an operator would deploy instead; every member is evaluated too, and on each scenario a policy is
+    compared with the member (other than itself) with the fewest SLA violations."""
+    static: list[str] = field(default_factory=lambda: [*STATIC_BASELINES, "tuned_static"])
+    """The yardstick's constant-plan members (static baselines, tuned_static): the 'best static' reference."""
+    suite: str | None = "heldout"
+    """Suite under conf/suite/ (or a directory written by experiments.make_suite), used when `scenarios` is empty."""
+    scenarios: list[str] = field(default_factory=list)
+    """Scenario names (conf/scenario/NAME.yaml) or YAML paths; when not empty, these instead of the suite."""
+    seeds: int = 4
+    """Environments per (scenario, policy), simulated as one batch; the same seeds for every policy."""
+    steps: int | None = None
+    """Control steps per scenario; None: each scenario's episode_steps (its events are scheduled within them)."""
+    seed: int = 0
+    """Base seed of the simulator."""
+    device: str = "cpu"
+    """Torch device of the simulator."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward weights of mean_reward."""
+    floor: float = 0.005
+    """Added to both violation rates of a ratio, (v + floor) / (best + floor), so a reference without
+    violations does not divide by zero (experiments.yardstick)."""
+    tie_tolerance: float = 0.0
+    """Violation rates within this of the reference's count as a tie, not a win or a loss."""
+    workers: int = 2
+    """Worker processes, one scenario at a time each; 1: in the entry point's process."""
+    torch_threads: int = 1
+    """Torch intra-op threads of each worker: fixed, so results and timings do not follow the machine's load."""
+    progress: bool = True
+    """Show a progress bar over (scenario, policy) pairs."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """What to write and where."""
+
+    def __post_init__(self) -> None:
+        for what, refs in (("policies", self.policies), ("yardstick", self.yardstick), ("static", self.static)):
+            if len(set(refs)) != len(refs):
+                raise ValueError(f"{what} lists a policy twice: {refs}")
+        if not self.yardstick:
+            raise ValueError("the yardstick must name at least one policy")
+        if not set(self.static) <= set(self.yardstick):
+            extra = sorted(set(self.static) - set(self.yardstick))
+            raise ValueError(f"static must be members of the yardstick; not in it: {extra}")
+        if not self.scenarios and not self.suite:
+            raise ValueError("name a suite or list scenarios")
+        if self.seeds < 1 or (self.steps is not None and self.steps < 1):
+            raise ValueError("seeds and steps must be >= 1")
+        if self.floor <= 0 or self.tie_tolerance < 0:
+            raise ValueError(f"floor must be > 0 and tie_tolerance >= 0, got {self.floor}, {self.tie_tolerance}")
+        if self.workers < 1 or self.torch_threads < 1:
+            raise ValueError("workers and torch_threads must be >= 1")
 
 
 @dataclass
@@ -251,7 +318,8 @@ class FinalEvalConfig:
     """The evaluation after pretraining: the agent against static baselines on held-out seeds."""
 
     baselines: list[str] = field(default_factory=lambda: ["static_priority", "fq_codel"])
-    """Static baselines every tenant runs, compared with the agent driving its tenant."""
+    """Static baselines compared with the agent: each drives the agent's tenant in its row, while the other
+    tenants run their scenario policies in every row."""
     seeds: int = 8
     """Environments (held-out seeds) simulated together."""
     steps: int = 300
@@ -306,6 +374,7 @@ def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (idempotent); entry points call it before composing."""
     cs = ConfigStore.instance()
     cs.store(name="compare_schema", node=CompareConfig)
+    cs.store(name="benchmark_schema", node=BenchmarkConfig)
     cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(name="tune_static_schema", node=TuneStaticConfig)
     for group, name, node in GROUP_SCHEMAS:
@@ -317,6 +386,14 @@ def to_compare_config(cfg: DictConfig) -> CompareConfig:
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, CompareConfig):
         raise TypeError(f"expected a CompareConfig, got {type(obj).__name__}")
+    return obj
+
+
+def to_benchmark_config(cfg: DictConfig) -> BenchmarkConfig:
+    """The composed config as a BenchmarkConfig instance (validated)."""
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, BenchmarkConfig):
+        raise TypeError(f"expected a BenchmarkConfig, got {type(obj).__name__}")
     return obj
 
 

@@ -20,7 +20,8 @@ from shaping.evaluation import PolicyResult
 Results = dict[str, PolicyResult]
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
+    """A fraction as a percentage with one decimal."""
     return f"{100.0 * x:.1f}%"
 
 
@@ -28,7 +29,8 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "---:") -> list[str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "---:") -> list[str]:
+    """A markdown table's lines: the first column left-aligned, the others by `align`."""
     return [_row(header), _row(["---", *[align] * (len(header) - 1)]), *(_row(r) for r in rows)]
 
 
@@ -55,6 +57,15 @@ def scenario_summary(scenario: ScenarioConfig) -> str:
     )
 
 
+def control_summary(scenario: ScenarioConfig, controlled: Sequence[str]) -> str:
+    """One line naming the tenants every row's policy drives and the neighbours with their scenario policies."""
+    neighbours = [f"{t.name} (`{t.policy}`)" for t in scenario.tenants if t.name not in controlled]
+    line = f"Every policy drives {', '.join(controlled)}"
+    if not neighbours:
+        return line + " (every tenant)."
+    return line + f"; the neighbours run their scenario policies in every row: {', '.join(neighbours)}."
+
+
 def markdown_report(results: Results, scenario: ScenarioConfig, settings: dict[str, Any]) -> str:
     """The comparison as markdown: summary, latency, application metric and per-tenant tables."""
     first = next(iter(results.values()))
@@ -62,52 +73,61 @@ def markdown_report(results: Results, scenario: ScenarioConfig, settings: dict[s
         f"# Policy comparison on scenario `{scenario.name}`",
         "",
         scenario_summary(scenario) + ".",
+        control_summary(scenario, first.controlled),
         f"{first.seeds} seeds x {first.episodes} episode(s) x {first.steps} steps of "
         f"{scenario.control_interval_ms:g} ms; reward weights {settings.get('reward', {})}.",
         "",
     ]
     rs = list(results.values())
     sla = _bold_best(
-        [f"{_pct(r.sla_violation_rate)} ± {100 * r.sla_violation_rate_std:.1f}" for r in rs],
+        [f"{pct(r.sla_violation_rate)} ± {100 * r.sla_violation_rate_std:.1f}" for r in rs],
         [round(r.sla_violation_rate, 3) for r in rs],
         lower=True,
     )
-    util = _bold_best([_pct(r.utilization) for r in rs], [round(r.utilization, 3) for r in rs], lower=False)
+    util = _bold_best([pct(r.utilization) for r in rs], [round(r.utilization, 3) for r in rs], lower=False)
     rew = _bold_best(
         [f"{r.mean_reward:.3f} ± {r.mean_reward_std:.3f}" for r in rs],
         [round(r.mean_reward, 3) for r in rs],
         lower=False,
     )
+    nbr = _bold_best(
+        [pct(r.neighbour_sla_violation_rate) for r in rs], [round(r.neighbour_sla_violation_rate, 3) for r in rs],
+        lower=True,
+    )  # fmt: skip
     rows = [
-        [f"`{name}`", sla[i], util[i], rew[i], f"{r.jain_throughput:.3f}", _pct(r.loss), f"{r.wall_s:.1f}"]
+        [f"`{name}`", sla[i], nbr[i], util[i], rew[i], f"{r.jain_throughput:.3f}", pct(r.loss), f"{r.wall_s:.1f}"]
         for i, (name, r) in enumerate(results.items())
     ]
-    header = ["policy", "SLA violations", "utilization", "mean reward", "Jain (throughput)", "loss", "wall s"]
-    lines += _table(header, rows)
+    header = [
+        "policy", "SLA violations", "neighbours' SLA violations", "utilization", "mean reward", "Jain (throughput)",
+        "loss", "wall s",
+    ]  # fmt: skip
+    lines += table(header, rows)
     lines += [
         "",
-        "SLA violations: share of (class, step) pairs, over classes with an SLA, that break it (± std over seeds).",
+        "SLA violations: share of (class, step) pairs, over the controlled tenants' classes with an SLA, that break "
+        "it (± std over seeds); neighbours' SLA violations: the same over the other tenants' classes.",
         "Utilization: delivered / capacity of all paths. Best value per column in bold (unless all tie).",
         "",
     ]
     apps = list(first.apps)
     lines += ["## Latency per application, ms", "", "p50 / p99 over intervals of the mean one-way delay.", ""]
-    lines += _table(
+    lines += table(
         ["policy", *apps],
         [[f"`{n}`", *(f"{r.apps[a].p50_ms:.1f} / {r.apps[a].p99_ms:.1f}" for a in apps)] for n, r in results.items()],
     )
     lines += ["", "## Application metric and SLA violations per application", ""]
-    lines += _table(
+    lines += table(
         ["policy", *apps],
         [
-            [f"`{n}`", *(f"{r.apps[a].app_metric:.2f} ({_pct(r.apps[a].sla_violation_rate)})" for a in apps)]
+            [f"`{n}`", *(f"{r.apps[a].app_metric:.2f} ({pct(r.apps[a].sla_violation_rate)})" for a in apps)]
             for n, r in results.items()
         ],
     )
     tenants = list(first.tenants)
-    lines += ["", "## Reward per tenant (throughput, Mbit/s)", ""]
-    lines += _table(
-        ["policy", *tenants],
+    lines += ["", "## Reward per tenant (throughput, Mbit/s)", "", "Controlled tenants marked *.", ""]
+    lines += table(
+        ["policy", *(f"{t}*" if t in first.controlled else t for t in tenants)],
         [
             [f"`{n}`", *(f"{r.tenants[t].reward:.3f} ({r.tenants[t].throughput_mbps:.1f})" for t in tenants)]
             for n, r in results.items()
@@ -117,7 +137,8 @@ def markdown_report(results: Results, scenario: ScenarioConfig, settings: dict[s
 
 
 def write_json(path: Path, results: Results, settings: dict[str, Any]) -> None:
-    """results.json: the settings and, per policy, every aggregate and time series."""
+    """results.json: the settings and, per policy, every aggregate and time series (each row names the tenants
+    it controlled, `controlled`)."""
     doc = {"settings": settings, "policies": {name: r.to_dict() for name, r in results.items()}}
     path.write_text(json.dumps(doc, indent=2, allow_nan=False))
 

@@ -184,6 +184,14 @@ def controllable_tenants(policy: Policy) -> tuple[str, ...] | None:
     return None if tenants is None else tuple(tenants)
 
 
+def cannot_control(policy: Policy, tenants: Sequence[str]) -> str | None:
+    """Why a policy cannot drive these tenants (it controls only others, see controllable_tenants); None if it can."""
+    can = controllable_tenants(policy)
+    if can is None or set(tenants) <= set(can):
+        return None
+    return f"{policy.name!r} controls only {list(can)}, not {list(tenants)}"
+
+
 def resolve_controlled(scenario: ScenarioConfig, policies: Sequence[Policy]) -> list[str]:
     """The tenants every compared policy controls, so that rows are like for like.
 

@@ -10,6 +10,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from experiments.config import (
+    STATIC_BASELINES,
+    BenchmarkConfig,
     CompareConfig,
     DQNConfig,
     EnvConfig,
@@ -19,9 +21,11 @@ from experiments.config import (
     ShaperConfig,
     flat_config,
     register_configs,
+    to_benchmark_config,
     to_compare_config,
 )
 from shaping.config import RewardConfig, ScenarioConfig
+from shaping.baselines import BASELINES
 from shaping.policies import make_policy
 from shaping.sim.layout import compile_scenario
 from shaping.sim.scenarios import available_scenarios, load_scenario
@@ -107,6 +111,57 @@ def test_primary_defaults():
     flat = flat_config(cfg)
     assert flat["seeds"] == cfg.seeds and flat["env.device"] == "cpu" and flat["reward.sla_penalty"] == 1.0
     assert isinstance(flat["scenario.tenants"], str)  # lists travel as JSON strings
+
+
+def test_benchmark_defaults():
+    cfg = to_benchmark_config(compose("benchmark"))
+    assert isinstance(cfg, BenchmarkConfig)
+    assert cfg.policies == [] and cfg.suite == "heldout" and cfg.scenarios == []
+    assert cfg.yardstick == [*STATIC_BASELINES, "tuned_static", "adaptive_heuristic"]
+    assert cfg.static == [*STATIC_BASELINES, "tuned_static"]
+    assert STATIC_BASELINES == list(BASELINES)
+    assert (cfg.seeds, cfg.steps, cfg.workers, cfg.torch_threads, cfg.floor) == (4, None, 2, 1, 0.005)
+    assert cfg.reward == RewardConfig() and cfg.output.dir is None
+    # The config's defaults are the schema's, so code building a BenchmarkConfig gets the same run.
+    assert cfg == BenchmarkConfig()
+
+
+@pytest.mark.parametrize("option", options("reward"))
+def test_benchmark_composes_every_reward(option):
+    cfg = to_benchmark_config(compose("benchmark", overrides=[f"reward={option}"]))
+    assert cfg.reward == OmegaConf.to_object(compose(overrides=[f"+reward={option}"]).reward)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["static=[fifo,tuned_static]", "yardstick=[fifo]"],  # static members must be in the yardstick
+        ["yardstick=[]", "static=[]"],
+        ["floor=0"],
+        ["seeds=0"],
+        ["workers=0"],
+        ["policies=[fifo,fifo]"],
+        ["suite=null"],
+    ],
+)
+def test_benchmark_invalid_values_rejected(overrides):
+    with pytest.raises(ValueError):
+        to_benchmark_config(compose("benchmark", overrides=overrides))
+
+
+def test_benchmark_overrides():
+    cfg = to_benchmark_config(compose("benchmark", overrides=[
+        "policies=[ppo:outputs/x/best.pt]", "scenarios=[default,conf/suite/heldout/heldout_lte_edge_s0.yaml]",
+        "steps=100", "reward=sla_strict",
+    ]))  # fmt: skip
+    assert cfg.policies == ["ppo:outputs/x/best.pt"] and len(cfg.scenarios) == 2 and cfg.steps == 100
+    assert cfg.reward.sla_penalty > RewardConfig().sla_penalty
+
+
+def test_compare_controlled_override():
+    assert to_compare_config(compose("compare")).controlled is None
+    cfg = to_compare_config(compose("compare", overrides=["controlled=[gameco,bank]"]))
+    assert cfg.controlled == ["gameco", "bank"]
 
 
 @pytest.mark.parametrize("name", options("experiment"))

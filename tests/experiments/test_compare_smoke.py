@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -9,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from experiments.compare import run_compare
 from experiments.config import CompareConfig, OutputConfig
+from shaping.policies import POLICY_KINDS
 from shaping.sim.scenarios import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +72,45 @@ def test_run_compare_function(tmp_path):
     assert list(results) == ["fifo", "greedy_premium"]
     assert (tmp_path / "results.md").is_file() and (tmp_path / "results.json").is_file()
     assert not (tmp_path / "latency.png").exists()
+
+
+def test_compare_states_the_controlled_tenants(tmp_path):
+    cfg = CompareConfig(
+        scenario=load_scenario("small_congested"),
+        policies=["fifo", "static_priority"],
+        controlled=["studio"],
+        seeds=1,
+        steps=3,
+        progress=False,
+        output=OutputConfig(plots=False, print_table=False),
+    )
+    results = run_compare(cfg, tmp_path)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["settings"]["controlled"] == ["studio"]
+    assert doc["settings"]["neighbours"] == {"shop": "static_priority"}
+    for name, row in doc["policies"].items():
+        assert row["controlled"] == ["studio"] == results[name].controlled
+        assert 0.0 <= row["neighbour_sla_violation_rate"] <= 1.0
+    # The neighbour (shop) runs static_priority in both rows, so only studio's plans differ.
+    md = (tmp_path / "results.md").read_text()
+    assert "Every policy drives studio; the neighbours run their scenario policies in every row: shop" in md
+    assert "neighbours' SLA violations" in md and "| policy | shop | studio* |" in md
+
+
+def test_compare_refuses_tenants_a_policy_cannot_drive(tmp_path, monkeypatch):
+    @dataclasses.dataclass
+    class Narrow:
+        name: str = "narrow"
+        aqm: bool = False
+        tenants: tuple[str, ...] = ("shop",)
+
+        def __call__(self, inp: object) -> object:
+            raise AssertionError("never evaluated")
+
+    monkeypatch.setitem(POLICY_KINDS, "narrow", lambda arg: Narrow())
+    cfg = CompareConfig(
+        scenario=load_scenario("small_congested"), policies=["fifo", "narrow:x"], controlled=["studio"], seeds=1,
+        steps=2, progress=False, output=OutputConfig(plots=False, print_table=False),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="controls only \\['shop'\\]"):
+        run_compare(cfg, tmp_path)

@@ -60,10 +60,14 @@ def test_pretrain_entry_point_then_compare(tmp_path):
     assert _finite(doc)
     assert doc["tenant"] == "studio" and doc["train"]["iterations"] == 2
     assert list(doc["policies"]) == ["static_priority", "fq_codel", "ppo"]
+    assert doc["controlled"] == ["studio"]
     for r in doc["policies"].values():
         assert 0.0 <= r["sla_violation_rate"] <= 1.0 and 0.0 < r["utilization"] <= 1.0 + 1e-6
         assert r["tenant"]["name"] == "studio"
+        assert r["controlled"] == ["studio"]  # like for like: every row drives studio alone
+        assert 0.0 <= r["neighbour_sla_violation_rate"] <= 1.0
     assert doc["vs_best_baseline"]["baseline"] in ("static_priority", "fq_codel")
+    assert "neighbour_sla_violation_delta" in doc["vs_best_baseline"]
 
     cfg = CompareConfig(
         scenario=load_scenario("small_congested"),
