@@ -117,24 +117,35 @@ def universal_policy(path: str) -> Policy:
     return UniversalPolicy(path)
 
 
+def adaptive_heuristic_policy(arg: str) -> Policy:
+    """The rule-based feedback controller (shaping.heuristic) driving every controlled tenant; no argument."""
+    from shaping.heuristic_policy import adaptive_heuristic_policy as make  # deferred: it imports this module
+
+    return make(arg)
+
+
 #: Policy kinds by name: ``baseline:fifo``, ``ppo:outputs/pretrain/best.pt``, ``dqn:outputs/pretrain/best.pt``,
-#: ``universal:outputs/pretrain_universal/universal.npz``.
+#: ``universal:outputs/pretrain_universal/universal.npz``, and ``adaptive_heuristic``, which takes no argument.
 POLICY_KINDS: dict[str, PolicyFactory] = {
     "baseline": baseline_policy,
     "ppo": ppo_policy,
     "dqn": dqn_policy,
     "universal": universal_policy,
+    "adaptive_heuristic": adaptive_heuristic_policy,
 }
+#: Kinds that take no argument: their bare name is a reference (like a baseline's).
+BARE_KINDS: tuple[str, ...] = ("adaptive_heuristic",)
 
 
 def make_policy(ref: str) -> Policy:
-    """A policy from a reference: ``kind:argument``, or a bare baseline name (``fifo``).
+    """A policy from a reference: ``kind:argument``, a bare baseline name (``fifo``) or a kind that takes no
+    argument (``adaptive_heuristic``).
 
     Raises:
         KeyError: unknown kind or baseline, with the known names in the message.
     """
     kind, sep, arg = ref.partition(":")
-    if not sep:
+    if not sep and ref not in BARE_KINDS:
         kind, arg = "baseline", ref
     try:
         factory = POLICY_KINDS[kind]
@@ -144,8 +155,8 @@ def make_policy(ref: str) -> Policy:
 
 
 def known_policies() -> list[str]:
-    """References that need no argument beyond their name: the static baselines."""
-    return list(BASELINES)
+    """References that need no argument beyond their name: the static baselines and the bare kinds."""
+    return [*BASELINES, *BARE_KINDS]
 
 
 def controllable_tenants(policy: Policy) -> tuple[str, ...] | None:
