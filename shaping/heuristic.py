@@ -71,6 +71,9 @@ class HeuristicSettings:
     """Probe loss a path may show for a class whose SLA states no loss bound."""
     capacity_headroom: float = 1.1
     """A class moves only to a path whose spare share (of the tenant's) is this multiple of what it needs."""
+    rescue_need: float = 0.5
+    """An elastic class leaves a down path for one that does not suit it only where the spare share carries
+    this share of what it needs."""
     rate_headroom: float = 1.2
     """A class with an SLA minimum rate is guaranteed this multiple of it (losses on the way eat into it)."""
     escalate_after: int = 3
@@ -142,6 +145,8 @@ class TenantRules:
     """Guaranteed rate of a class with an SLA minimum rate (rate_headroom times it), 0 for the others."""
     cut: torch.Tensor
     """bool: elastic classes without an application floor, whose ceilings the AIMD cuts."""
+    app_floor: torch.Tensor
+    """The SLA's application floor, 0 without one."""
 
     @classmethod
     def of(cls, spec: TenantSpec, settings: HeuristicSettings, device: torch.device | str = "cpu") -> TenantRules:
@@ -170,7 +175,7 @@ class TenantRules:
             elastic=elastic, interactive=interactive, sensitive=sensitive,
             top_priority=top.long(), share=torch.tensor(path_shares(spec), device=device).clamp_min(1e-6),
             marks=marks, mark_is_ef=ef_dscp[marks], ef_dscp=ef_dscp, order=tuple(order),
-            floor=settings.rate_headroom * qos.min_mbps, cut=cut,
+            floor=settings.rate_headroom * qos.min_mbps, cut=cut, app_floor=qos.app_floor.clamp_min(0.0),
         )  # fmt: skip
 
     @property
@@ -286,10 +291,12 @@ def _fit(rules: TenantRules, settings: HeuristicSettings, paths: PathMetrics) ->
 
 
 def _need(rules: TenantRules, settings: HeuristicSettings, m: ClassMetrics) -> torch.Tensor:
-    """(B, C) spare share a class needs on a path: an inelastic class its demand, an elastic one its SLA
-    minimum (what it is owed), both with capacity_headroom."""
+    """(B, C) spare share a class needs on a path, with capacity_headroom: bulk its SLA minimum (what it is
+    owed), video its QoE floor's share of its demand (the player picks a bitrate the path carries), every
+    other class its demand."""
     owed = torch.minimum(rules.min_rate, m.demand_mbps)
-    return settings.capacity_headroom * torch.where(rules.elastic, owed, m.demand_mbps)
+    need = torch.where(rules.cut, owed, m.demand_mbps * torch.where(rules.elastic, rules.app_floor, 1.0))
+    return settings.capacity_headroom * need
 
 
 def _paths_rule(
@@ -318,9 +325,13 @@ def _paths_rule(
         here = path[:, c]
         other = torch.arange(used.shape[1], device=used.device) != here.unsqueeze(-1)
         cand = fit[:, c] & (share - used >= need[:, c : c + 1]) & other
-        # Off a down path, any path that is up beats staying when none suits the class.
+        # Off a down path, when no path suits the class: any path that is up for an inelastic class; for an
+        # elastic one a path with spare share for rescue_need of what it needs (it would crowd the others out
+        # of a path without it).
         rescue = on_down[:, c : c + 1] & ~cand.any(-1, keepdim=True)
-        cand = torch.where(rescue, ~down & other, cand)
+        spare = share - used
+        room = ((spare > 0) & (spare >= settings.rescue_need * need[:, c : c + 1])) | ~rules.elastic[c]
+        cand = torch.where(rescue, ~down & other & room, cand)
         if bool(rules.sensitive[c]):
             target = torch.where(cand, paths.delay_ms, math.inf).argmin(-1)
         else:

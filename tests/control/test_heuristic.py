@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 from omegaconf import OmegaConf
@@ -85,10 +87,27 @@ def tenant_file(tmp_path):
 
 def test_cli_runs_the_heuristic(tenant_file, capsys):
     rc = main(["--tenant-config", str(tenant_file), "--tenant", "acme", "--iface", "fsm-x0", "--iface", "fsm-x1",
-               "--dry-run", "--steps", "3", "--interval-ms", "20", "--policy", "adaptive_heuristic"])  # fmt: skip
+               "--dry-run", "--steps", "3", "--interval-ms", "200", "--policy", "adaptive_heuristic"])  # fmt: skip
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["policy"] == "adaptive_heuristic" and summary["modes"] == {"adaptive": 3}
+
+
+@pytest.mark.root
+def test_cli_runs_the_heuristic_on_real_interfaces(tenant_file, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed")
+    from shaping.enforce.testing import netns_pair
+
+    with netns_pair("fsm-heu", subnets=(36, 37)) as pair:
+        rc = main(["--tenant-config", str(tenant_file), "--tenant", "acme", "--netns", pair.a,
+                   "--iface", pair.a_links[0], "--iface", pair.a_links[1], "--steps", "5", "--interval-ms", "200",
+                   "--policy", "adaptive_heuristic", "--teardown"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["policy"] == "adaptive_heuristic" and summary["steps"] == 5 and summary["fallbacks"] == 0
 
 
 def test_cli_policy_choice_errors(tenant_file, capsys):
