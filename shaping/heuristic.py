@@ -1,33 +1,30 @@
 """adaptive_heuristic: a rule-based feedback controller of a tenant's plan, batched over environments.
 
-The controller starts from the tenant's static rules (static_priority's path-aware plan, its *home*
-plan) and, every control interval, updates the plan in force from what the tenant measured (class
+The controller starts from the tenant's static rules (static_priority's path-aware plan: each class's
+*home*) and, every control interval, updates the plan in force from what the tenant measured (class
 metrics (B, C), path probes (B, P)) with three rules:
 
-1. **Paths.** A class leaves its path when the path is down (probe loss near 1: at once) or when it
-   has missed its SLA for ``leave_after`` intervals on a path whose probe delay or loss breaks that
-   SLA, or whose spare share cannot carry the class's minimum rate. It goes to the best other path
-   that suits it: acceptable probe loss and delay and spare capacity within the tenant's share (the
-   lowest-delay one for latency-sensitive classes, the one with most spare share for the others).
-   It goes back home once the home path has suited it for ``return_after`` intervals in a row; a
-   class that has to leave again soon after going back waits twice as long the next time.
-2. **Marking.** A class missing its SLA for ``escalate_after`` intervals rises one priority level
-   and one DSCP mark of the spec's dscp_set; a mark in the provider's EF queue only while the
-   tenant's EF load on the path stays within ``ef_share`` of its share of the path. After
-   ``relax_after`` compliant intervals it steps back toward its home priority and mark. An EF class
-   that loses more than its SLA allows on a path that is up is being policed by the EF admission
-   cap: it drops to the best non-EF mark and stays off EF for ``ef_hold`` intervals.
-3. **Rates (AIMD).** Per path, when the queueing delay (p99 minus base delay) of the
-   latency-sensitive classes on it exceeds ``queue_high`` of their delay budget, the ceiling of the
-   elastic classes (bulk, video) on that path is cut to ``decrease`` times what they delivered, so
-   the queue forms in the tenant's own HTB where priorities apply; below ``queue_low`` it grows by
-   ``increase`` of the tenant's share of the path per interval, up to the cap. It never goes below
-   the classes' SLA minimum rates.
+1. **Paths.** A class leaves a down path (probe loss near 1) at once, and a path whose probes break
+   its SLA or whose spare share cannot carry its minimum rate once it has missed its SLA there for
+   ``leave_after`` intervals; it goes to the best other path with acceptable probes and spare capacity
+   within the tenant's share (lowest delay for latency-sensitive classes, most spare share for the
+   others). It goes back home after the home path has suited it for ``return_after`` intervals; a
+   class that must leave again soon after going back waits twice as long the next time.
+2. **Priorities and marks.** A class missing its SLA for ``escalate_after`` intervals rises one HTB
+   priority level and one DSCP mark of the spec's dscp_set (EF for gaming and transactions only, and
+   only within the tenant's EF budget on the path); after ``relax_after`` compliant intervals it steps
+   back toward home. An EF class losing more than its SLA allows on a path that is up is being policed
+   by the provider's EF admission cap: it leaves EF for ``ef_hold`` intervals.
+3. **Rates (AIMD).** Where latency-sensitive classes queue (p99 minus base delay) beyond ``queue_high``
+   of their delay budget, the ceilings of the bulk classes on that path are cut to ``decrease`` times
+   what they delivered, so the queue forms in the tenant's own HTB where priorities apply; otherwise
+   they grow by ``increase`` of the tenant's share of the path per interval, up to the cap; never
+   below the SLA minimum rates.
 
-State is explicit (HeuristicState, tensors (B, ...)); the static part of a tenant (home plan,
-SLA bounds, shares) is a TenantRules built once from its spec. Nothing here knows the simulator:
-shaping.heuristic_policy drives it from the batched simulator, shaping.control.heuristic from the
-control loop.
+State is explicit (HeuristicState, tensors (B, ...)); what the controller needs of a tenant (home plan,
+SLA bounds, shares) is a TenantRules built once from its spec. shaping.heuristic_policy drives it from
+the batched simulator, shaping.control.heuristic from the control loop; docs/control-loop.md has the
+rules in full.
 """
 
 from __future__ import annotations
@@ -41,8 +38,16 @@ import torch
 from shaping.baselines import static_priority_plan
 from shaping.path_assignment import path_shares
 from shaping.sim.layout import EF, dscp_queue_table
-from shaping.spec import ClassMetrics, PathMetrics, PlanBatch, QoSTensors, TenantSpec, plan_tensors, qos_tensors
-from shaping.spec import sla_violations as spec_sla_violations
+from shaping.spec import (
+    ClassMetrics,
+    PathMetrics,
+    PlanBatch,
+    QoSTensors,
+    TenantSpec,
+    plan_tensors,
+    qos_tensors,
+    sla_violations,
+)
 from shaping.spec.reward import MIN_RATE_SLACK
 
 #: Applications whose sources take whatever rate they are given (TCP transfers, adaptive video).
@@ -89,16 +94,16 @@ class HeuristicSettings:
     ef_hold: int = 300
     """Intervals a class stays off EF after it was policed there."""
     queue_high: float = 0.5
-    """Cut the elastic classes of a path when a latency-sensitive class's queueing delay on it exceeds
-    this share of its budget (p99 bound minus base delay)."""
+    """Cut the ceilings of the bulk classes of a path when a latency-sensitive class's queueing delay on it
+    exceeds this share of its budget (p99 bound minus base delay)."""
     queue_low: float = 0.5
     """Grow them again while every such class queues less than this share of its budget."""
     decrease: float = 0.7
-    """Multiplicative decrease: the elastic ceiling becomes this share of what the classes delivered."""
+    """Multiplicative decrease: a bulk ceiling becomes this share of what the class delivered."""
     increase: float = 0.05
     """Additive increase per interval, share of the tenant's share of the path."""
     elastic_floor: float = 0.05
-    """Elastic classes of a path keep at least this share of the tenant's share of it (besides SLA minimums)."""
+    """A bulk ceiling keeps at least this share of the tenant's share of its path (and its SLA minimum)."""
 
     def __post_init__(self) -> None:
         counts = (self.leave_after, self.return_after, self.escalate_after, self.relax_after)
@@ -267,7 +272,7 @@ def step(
         paths: its path metrics of the interval, fields (B, P).
     """
     # Each rule reads the measurements against the plan they were taken under (``state``).
-    viol = spec_sla_violations(m, rules.qos)
+    viol = sla_violations(m, rules.qos)
     routed = _paths_rule(rules, settings, state, m, paths, viol)
     marked = _marks_rule(rules, settings, state, m, paths, viol)
     moved = routed.path != state.path
