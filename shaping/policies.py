@@ -143,29 +143,38 @@ def tuned_static_policy(cache_dir: str) -> Policy:
     return TunedStaticPolicy(Path(cache_dir) if cache_dir else default_cache_dir())
 
 
+def adaptive_heuristic_policy(arg: str) -> Policy:
+    """The rule-based feedback controller (shaping.heuristic) driving every controlled tenant; no argument."""
+    from shaping.heuristic_policy import adaptive_heuristic_policy as make  # deferred: it imports this module
+
+    return make(arg)
+
+
 #: Policy kinds by name: ``baseline:fifo``, ``ppo:outputs/pretrain/best.pt``, ``dqn:outputs/pretrain/best.pt``,
-#: ``universal:outputs/pretrain_universal/universal.npz``, ``tuned_static`` or ``tuned_static:CACHE_DIR``.
+#: ``universal:outputs/pretrain_universal/universal.npz``, ``tuned_static`` or ``tuned_static:CACHE_DIR``, and
+#: ``adaptive_heuristic``.
 POLICY_KINDS: dict[str, PolicyFactory] = {
     "baseline": baseline_policy,
     "ppo": ppo_policy,
     "dqn": dqn_policy,
     "universal": universal_policy,
     "tuned_static": tuned_static_policy,
+    "adaptive_heuristic": adaptive_heuristic_policy,
 }
-
-#: Kinds whose bare name is a complete reference (their argument has a default).
-_BARE_KINDS = ("tuned_static",)
+#: Kinds whose bare name is a complete reference (they take no argument, or it has a default).
+BARE_KINDS: tuple[str, ...] = ("tuned_static", "adaptive_heuristic")
 
 
 def make_policy(ref: str) -> Policy:
-    """A policy from a reference: ``kind:argument``, a bare baseline name (``fifo``) or ``tuned_static``.
+    """A policy from a reference: ``kind:argument``, a bare baseline name (``fifo``) or a kind whose bare name
+    is complete (``tuned_static``, ``adaptive_heuristic``).
 
     Raises:
         KeyError: unknown kind or baseline, with the known names in the message.
     """
     kind, sep, arg = ref.partition(":")
     if not sep:
-        kind, arg = (ref, "") if ref in _BARE_KINDS else ("baseline", ref)
+        kind, arg = (ref, "") if ref in BARE_KINDS else ("baseline", ref)
     try:
         factory = POLICY_KINDS[kind]
     except KeyError:
@@ -174,8 +183,8 @@ def make_policy(ref: str) -> Policy:
 
 
 def known_policies() -> list[str]:
-    """References that need no argument beyond their name: the static baselines."""
-    return list(BASELINES)
+    """References that need no argument beyond their name: the static baselines and the bare kinds."""
+    return [*BASELINES, *BARE_KINDS]
 
 
 def controllable_tenants(policy: Policy) -> tuple[str, ...] | None:

@@ -20,6 +20,7 @@ from shaping.control.experience import (
     Transition,
 )
 from shaping.control.guard import Guard, GuardResult
+from shaping.control.heuristic import HeuristicControlPolicy
 from shaping.control.kernel_backend import Enforcer, KernelBackend, KernelSetup, make_enforcer
 from shaping.control.loop import ControlLoop, LoopConfig, StepRecord
 from shaping.control.metrics import ControlMetrics
@@ -43,6 +44,7 @@ __all__ = [
     "ExperienceStore",
     "Guard",
     "GuardResult",
+    "HeuristicControlPolicy",
     "KernelBackend",
     "KernelSetup",
     "LoopConfig",

@@ -18,6 +18,7 @@ from shaping.agents.envelope import EnvelopeConfig
 from shaping.baselines import get_baseline
 from shaping.config import ScenarioConfig
 from shaping.control.experience import ExperienceStore
+from shaping.control.heuristic import HeuristicControlPolicy
 from shaping.control.kernel_backend import KernelBackend, KernelSetup, make_enforcer
 from shaping.control.loop import ControlLoop, LoopConfig, StepRecord
 from shaping.control.metrics import ControlMetrics
@@ -40,9 +41,13 @@ from shaping.monitor import (
 )
 from shaping.monitor.probes import Probe
 from shaping.sim.scenarios import load_scenario
-from shaping.spec import TenantSpec, tenant_spec
+from shaping.spec import ShapingPlan, TenantSpec, tenant_spec
 
 LOG = logging.getLogger("fedshape.agent")
+#: Values of --policy.
+POLICY_CHOICES = ("rules", "checkpoint", "adaptive_heuristic")
+#: The watchdog's SLA threshold unless --sla-threshold says otherwise (see sla_threshold).
+DEFAULT_SLA_THRESHOLD = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--netns", help="network namespace (under /run/netns) of the interfaces; default: this one")
     p.add_argument("--iface", required=True, action="append",
                    help="interface of a path, once per path of the scenario, in path order")  # fmt: skip
+    p.add_argument("--policy", choices=POLICY_CHOICES,
+                   help="what shapes adaptively: the static rules only, the --checkpoint's agent, or the rule-based "
+                        "adaptive_heuristic (default: checkpoint with --checkpoint, else rules)")  # fmt: skip
     p.add_argument("--checkpoint", help="agent checkpoint (PPO/DQN); default: run the static rules only")
     p.add_argument("--rules", default="static_priority", help="baseline whose plan is the static rules (fallback)")
     p.add_argument("--interval-ms", type=float, help="control interval (default: the scenario's)")
@@ -74,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="active delay probe of a class (TCP connect time or UDP echo)")  # fmt: skip
     p.add_argument("--base-delay-ms", type=float, action="append", default=[],
                    help="one-way propagation delay of a path, once per path (default: TCP min_rtt / 2)")  # fmt: skip
-    p.add_argument("--sla-threshold", type=float, default=0.5, help="fall back above this SLA violation rate")
+    p.add_argument("--sla-threshold", type=float,
+                   help="fall back above this SLA violation rate (default 0.5; 1, never, with adaptive_heuristic, "
+                        "whose fallback would put the static routes back on a failed path)")  # fmt: skip
     p.add_argument("--recover-intervals", type=int, default=20, help="healthy intervals before adaptive again")
     p.add_argument("--teardown", action="store_true", help="remove the tenant's shaping on exit")
     p.add_argument("--log-level", default="INFO", help="logging level")
@@ -149,6 +159,32 @@ def _summary(records: list[StepRecord], loop: ControlLoop, backend: KernelBacken
     }  # fmt: skip
 
 
+def build_policy(args: argparse.Namespace, spec: TenantSpec, rules: ShapingPlan) -> ControlPolicy:
+    """The policy --policy names (with --checkpoint, --epsilon, --sample for an agent)."""
+    kind = args.policy or ("checkpoint" if args.checkpoint else "rules")
+    if kind == "checkpoint":
+        if not args.checkpoint:
+            raise ValueError("--policy checkpoint needs --checkpoint PATH")
+        return ModelPolicy.from_checkpoint(args.checkpoint, spec, epsilon=args.epsilon, deterministic=not args.sample)
+    if args.checkpoint:
+        raise ValueError(f"--checkpoint runs an agent: it does not go with --policy {kind}")
+    if kind == "adaptive_heuristic":
+        return HeuristicControlPolicy(spec)
+    return StaticPolicy(spec, rules, name=f"rules:{args.rules}")
+
+
+def sla_threshold(args: argparse.Namespace) -> float:
+    """The watchdog's SLA threshold: --sla-threshold, else 0.5, or 1 (no SLA fallback) for adaptive_heuristic.
+
+    The SLA fallback guards against a learned policy that degrades the SLAs; the heuristic's rules act on
+    the SLAs themselves, and during a path outage, when most classes miss them, falling back would route
+    them over the failed path again.
+    """
+    if args.sla_threshold is not None:
+        return float(args.sla_threshold)
+    return 1.0 if args.policy == "adaptive_heuristic" else DEFAULT_SLA_THRESHOLD
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the agent as the parsed arguments say; returns the summary printed at the end."""
     scenario = load_scenario(args.tenant_config)
@@ -158,17 +194,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          f"{len(spec.paths)} times (got {args.iface})")  # fmt: skip
     rules = get_baseline(args.rules).plan(spec)
     envelope = EnvelopeConfig()
-    policy: ControlPolicy = StaticPolicy(spec, rules, name=f"rules:{args.rules}")
-    if args.checkpoint:
-        policy = ModelPolicy.from_checkpoint(args.checkpoint, spec, epsilon=args.epsilon,
-                                             deterministic=not args.sample)  # fmt: skip
+    policy = build_policy(args, spec, rules)
     enforcer, classids = make_enforcer(spec, KernelSetup(tuple(args.iface), args.netns), dry_run=args.dry_run)
     backend = KernelBackend(spec, build_monitor(args, spec, classids), enforcer, teardown_on_close=args.teardown)
     registry = CollectorRegistry()
     if args.metrics_port is not None:
         start_http_server(args.metrics_port, registry=registry)
     interval = (args.interval_ms or scenario.control_interval_ms) / 1e3
-    config = LoopConfig(interval_s=interval, watchdog=WatchdogConfig(sla_threshold=args.sla_threshold,
+    config = LoopConfig(interval_s=interval, watchdog=WatchdogConfig(sla_threshold=sla_threshold(args),
                         recover_intervals=args.recover_intervals))  # fmt: skip
     store = ExperienceStore(Path(args.experience), spec) if args.experience else None
     loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config,
