@@ -41,7 +41,7 @@ _INPUTS = (
 #: tensors (the simulator still reads the old ones after the sub-steps), then the interval's
 #: accumulators, which it computes from zero into the carry's tensors.
 _STATES = ("q_t", "q_p", "win", "rtt", "buf", "above", "drop_count")
-_ACCUMULATORS = ("offered", "delivered", "lost", "delay_vol", "on_time", "p99", "rebuffer", "sent", "provider_lost")
+_ACCUMULATORS = ("offered", "delivered", "lost", "delay_vol", "on_time", "p99", "rebuffer", "admitted", "path_dropped")
 #: Interval fields of shape (P, B), in the order of the kernel's PathInput enum.
 _PATH_INPUTS = ("path_kbit", "ef_limit_kbit", "path_loss")
 

@@ -139,6 +139,7 @@ class ProviderStage(NamedTuple):
 
     delivered: torch.Tensor
     backlog: torch.Tensor
+    admitted: torch.Tensor  # what the EF policer let into the queues of what arrived
     policed: torch.Tensor
     overflow: torch.Tensor
     fluid_delay_ms: torch.Tensor
@@ -196,6 +197,7 @@ def provider_stage(
     return ProviderStage(
         delivered=delivered,
         backlog=left_c,
+        admitted=x_adm,
         policed=arrivals - x_adm,
         overflow=overflow,
         fluid_delay_ms=from_queues(delay_q, queue),

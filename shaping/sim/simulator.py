@@ -119,8 +119,8 @@ class Carry(NamedTuple):
     on_time: torch.Tensor
     p99: torch.Tensor
     rebuffer: torch.Tensor
-    sent: torch.Tensor  # volume the tenant's HTB passed on to the provider
-    provider_lost: torch.Tensor  # volume lost at the provider: policed, overflowed or lost on the path
+    admitted: torch.Tensor  # volume the provider's queues admitted (the EF policer passed it)
+    path_dropped: torch.Tensor  # of it, volume the path lost: overflowed its buffer or lost on the link
     path_served: torch.Tensor  # (P*N_QUEUES, B)
 
 
@@ -207,8 +207,9 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
     q_queue = network.from_queues(prov.queue_backlog, iv.queue).view(k, c, b)
     micro = wait_t * fluid_t + wait_p / (1.0 + q_queue / (4.0 * iv.pkt))
     fixed = iv.base_delay + ten.fluid_delay_ms + prov.fluid_delay_ms.view(k, c, b)
-    provider_lost = (prov.policed + prov.overflow).view(k, c, b) + path_lost
-    lost = nft + ten.overflow + codel_drop + provider_lost
+    # What the path itself drops, as a probe would see it; policing only hits EF beyond its admission cap.
+    path_dropped = prov.overflow.view(k, c, b) + path_lost
+    lost = nft + ten.overflow + codel_drop + (prov.policed.view(k, c, b) + path_dropped)
 
     # Sources react: TCP to loss and delay, the video player to what arrived.
     rtt = iv.base_delay + fixed + micro
@@ -232,8 +233,8 @@ def substep(s: Carry, iv: Interval, dt: float) -> Carry:
         on_time=s.on_time + A.on_time_prob(iv.deadline, fixed, micro) * offered,
         p99=torch.maximum(s.p99, fixed + A.LN100 * micro),
         rebuffer=s.rebuffer + (1.0 - playing) * dt,
-        sent=s.sent + ten.served,
-        provider_lost=s.provider_lost + provider_lost,
+        admitted=s.admitted + prov.admitted.view(k, c, b),
+        path_dropped=s.path_dropped + path_dropped,
         path_served=s.path_served + prov.queue_util,
     )
 
@@ -481,8 +482,8 @@ class Simulator:
             on_time=acc[4],
             p99=acc[5],
             rebuffer=acc[6],
-            sent=acc[7],
-            provider_lost=acc[8],
+            admitted=acc[7],
+            path_dropped=acc[8],
             path_served=fresh(st.n_paths * N_QUEUES, b, device=self.device),
         )
         return carry, iv, load, mult
@@ -561,12 +562,13 @@ class Simulator:
         per_ms = iv.path_kbit / self.dt_ms  # (P, B) kbit served per ms
         queued = network.to_queues(r.q_p.view(k * c, b), iv.path, n_paths)
         delay = (iv.path_delay + queued / per_ms.clamp_min(network.EPS)).clamp(max=network.MAX_DELAY_MS)
-        sent = network.to_queues(r.sent.view(k * c, b), iv.path, n_paths)
-        lost = network.to_queues(r.provider_lost.view(k * c, b), iv.path, n_paths)
-        # A probe suffers the path's own loss (a failed path loses all of it) and, beyond it, what the
-        # path's queues drop: measured on the traffic that entered the path, since what still waits in a
-        # queue is not lost yet.
-        loss = torch.maximum((lost / sent.clamp_min(1e-9)).clamp(0.0, 1.0), iv.path_loss)
+        admitted = network.to_queues(r.admitted.view(k * c, b), iv.path, n_paths)
+        lost = network.to_queues(r.path_dropped.view(k * c, b), iv.path, n_paths)
+        # A probe (best effort, never policed as EF) suffers the path's own loss (a failed path loses all of
+        # it) and, beyond it, what the path's queues drop: measured on the traffic they admitted, since what
+        # still waits in a queue is not lost yet. EF policing is not the path's loss: a class that marks
+        # beyond the admission cap sees it in its own loss.
+        loss = torch.maximum((lost / admitted.clamp_min(1e-9)).clamp(0.0, 1.0), iv.path_loss)
         path_of = iv.path.view(k, c, b)
         own = torch.zeros(k, n_paths, b, device=self.device).scatter_add_(1, path_of, delivered_mbps)
         return delay.t().contiguous(), loss.t().contiguous(), own.permute(2, 0, 1).contiguous()

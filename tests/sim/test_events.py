@@ -166,3 +166,17 @@ def test_without_a_random_phase_every_environment_starts_the_day_together():
     outs = _run(sc, 1, cpu_kernel=True, seeds=4)
     demand = outs[0].metrics.demand_mbps
     assert torch.allclose(demand, demand[:1].expand_as(demand))
+
+
+def test_ef_policing_is_not_the_paths_loss():
+    """Neighbours marking everything EF past the admission cap are policed; a best-effort probe is not, so
+    the path's loss stays 0 while the policed classes see their own loss."""
+    sc = load_scenario("default")
+    sc.paths = sc.paths[:1]
+    sim = Simulator(sc, batch_size=2, seed=0, cpu_kernel=True)
+    policy = make_policy("greedy_premium")  # every class EF: far above the 30% EF cap of the path
+    last = None
+    for t in range(5):
+        last = sim.step(policy(PolicyInput(t, sim.tensors, sim.state, last)))
+    assert float(last.metrics.loss.max()) > 0.3
+    assert float(last.path_loss.max()) < 1e-6

@@ -30,7 +30,7 @@ enum Input {
 // interval's accumulators (written; they start at zero).
 enum State {
   ST_QT, ST_QP, ST_WIN, ST_RTT, ST_BUF, ST_ABOVE, ST_DROP_COUNT, N_CARRIED, ST_OFFERED = N_CARRIED,
-  ST_DELIVERED, ST_LOST, ST_DELAY_VOL, ST_ON_TIME, ST_P99, ST_REBUFFER, ST_SENT, ST_PLOST, N_STATES
+  ST_DELIVERED, ST_LOST, ST_DELAY_VOL, ST_ON_TIME, ST_P99, ST_REBUFFER, ST_ADMITTED, ST_DROPPED, N_STATES
 };
 // Per-path inputs, (P, B) each.
 enum PathInput { PI_KBIT, PI_EF_LIMIT, PI_LOSS, N_PATH_INPUTS };
@@ -332,8 +332,8 @@ void substep(Block& s, const Dims& d, const float* prm, const float* buffer, con
       vf base = in[IN_BASE_DELAY][n];
       vf fixed = base + sc[S_TDELAY][n] + pdelay;
       vf policed = served - sc[S_XADM][n];
-      vf provider_lost = (policed + sc[S_OVP][n]) + sc[S_PLOST][n];
-      vf lost = sc[S_NFT][n] + sc[S_OVF][n] + sc[S_CDROP][n] + provider_lost;
+      vf path_dropped = sc[S_OVP][n] + sc[S_PLOST][n];
+      vf lost = sc[S_NFT][n] + sc[S_OVF][n] + sc[S_CDROP][n] + (policed + path_dropped);
       vf rtt = base + fixed + micro;
       vf off = sc[S_OFF][n];
       vf loss_p = lost / vmax(off, splat(1e-9f));
@@ -360,8 +360,8 @@ void substep(Block& s, const Dims& d, const float* prm, const float* buffer, con
       st[ST_ON_TIME][n] += (1.0f - vexp_neg(-slack / vmax(micro, splat(1e-3f)))) * off;
       st[ST_P99][n] = vmax(st[ST_P99][n], fixed + prm[P_LN100] * micro);
       st[ST_REBUFFER][n] += (1.0f - playing) * dt;
-      st[ST_SENT][n] += served;
-      st[ST_PLOST][n] += provider_lost;
+      st[ST_ADMITTED][n] += sc[S_XADM][n];
+      st[ST_DROPPED][n] += path_dropped;
     }
   }
   for (int q = 0; q < Q; ++q) s.path_served[q] += s.util_q[q];
