@@ -6,7 +6,7 @@ prints one line: tuned_static's SLA violation rate on the training seeds against
 
     python -m experiments.tune_static scenario=edge_gaming
     python -m experiments.tune_static scenario=default scenario.controlled=[gameco] search.steps=300
-    python -m experiments.tune_static scenarios=[default,edge_gaming] cache_dir=conf/suite/heldout/tuned_static
+    python -m experiments.tune_static scenarios=[conf/suite/heldout/heldout_lte_edge_s0.yaml] cache_dir=/tmp/my_plans
 """
 
 from __future__ import annotations

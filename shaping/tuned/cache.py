@@ -10,8 +10,8 @@ an older config keep their own file; nothing reads them again.
 
 File contents: the plans (per controlled tenant, its flat action and its ShapingPlan), the CoDel flag,
 where the winner came from, the fingerprints, the objective on the training seeds and every baseline's,
-the settings and budget, the library and version. A directory of them can be committed next to a suite
-(e.g. conf/suite/heldout/tuned_static/).
+the settings and budget, the library and version. The project commits its entries in conf/tuned_static/
+(the hand-written scenarios' and the held-out suite's, which the benchmark reads).
 """
 
 from __future__ import annotations

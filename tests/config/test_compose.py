@@ -27,6 +27,7 @@ from experiments.config import (
 from shaping.config import RewardConfig, ScenarioConfig
 from shaping.baselines import BASELINES
 from shaping.policies import make_policy
+from shaping.sim.events import has_events
 from shaping.sim.layout import compile_scenario
 from shaping.sim.scenarios import available_scenarios, load_scenario
 from shaping.spec import scenario_specs
@@ -42,8 +43,9 @@ GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
     "shaper": (ShaperConfig,),
 }
 GROUPS = {*GROUP_SCHEMAS, "scenario", "experiment"}
-#: Directories of conf/ that are data, not config groups: the generated scenario suites (shaping.sim.suite).
-DATA_DIRS = {"suite"}
+#: Directories of conf/ that are data, not config groups: the generated scenario suites (shaping.sim.suite) and
+#: tuned_static's cache of searched plans (shaping.tuned.cache).
+DATA_DIRS = {"suite", "tuned_static"}
 
 
 def options(group: str) -> list[str]:
@@ -93,10 +95,16 @@ def test_scenario_composes_and_loads(name):
 
 
 def test_scenarios_differ():
+    """The hand-written scenarios are not copies: the steady ones differ in their first path, and each
+    variant with scheduled events differs from every other scenario in what it schedules or controls."""
     scenarios = [load_scenario(n) for n in available_scenarios()]
+    steady = [s for s in scenarios if not has_events(s)]
     assert len({len(s.tenants) for s in scenarios}) >= 3
     assert len({len(s.paths) for s in scenarios}) >= 3
-    assert len({s.paths[0].capacity_mbps for s in scenarios}) == len(scenarios)
+    assert len({s.paths[0].capacity_mbps for s in steady}) == len(steady)
+    signatures = {(repr(s.paths), repr(s.tenants), repr(s.path_events), repr(s.load_events), tuple(s.controlled))
+                  for s in scenarios}
+    assert len(signatures) == len(scenarios)
     assert len({s.paths[0].base_delay_ms for s in scenarios}) >= 4
     assert max(p.capacity_mbps for s in scenarios for p in s.paths) >= 10_000
 
