@@ -22,7 +22,8 @@ p50/p99 in milliseconds and the sample count ``n``):
   ``startup_cpu_s`` (``core_fraction``; ``core_fraction_with_children`` adds child processes such as
   nft), overruns, median step time; ``loop_counters_only``: the same over the counters-only Monitor (no TCP RTTs);
   ``loop_exploring``: the agent's loop with epsilon = 1 (a new plan, so kernel changes, every step);
-- ``targets``: each target of issue 4 section 5, met or not; ``load_average_1m`` at the start.
+- ``targets``: each of the control loop's speed targets (apply, inference, loop CPU share), met or not;
+  ``load_average_1m`` at the start.
 """
 
 from __future__ import annotations

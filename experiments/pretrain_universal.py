@@ -10,7 +10,7 @@ the output directory (Hydra's run directory unless output_dir is set):
 universal.npz (best weights, for ``experiments.federated init.weights=...``), last.npz, pretrain.csv,
 pretrain.png, summary.json, variants/*.yaml (the variant scenarios).
 
-    python -m experiments.pretrain_universal                       # about 5 minutes on 2 cores (286 s, stop 18)
+    python -m experiments.pretrain_universal                       # about 5 minutes on 2 cores (286 s measured)
     python -m experiments.pretrain_universal iterations=36 evaluation.every=18   # a quick look
     python -m experiments.federated init.weights=outputs/DATE/TIME/universal.npz
 """

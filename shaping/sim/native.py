@@ -1,6 +1,6 @@
 """Build a C++ source into a shared library once per machine, with no lock that a killed build leaves behind.
 
-Why not torch's C++ extension loader (what the CPU kernel used until stop 15): it serializes builders
+Why not torch's C++ extension loader (what the CPU kernel used before): it serializes builders
 with a lock file and waits for that file to disappear without a time limit, so a build killed midway
 (a simulation's worker stopped, a run's timeout, SIGKILL) leaves every later process waiting forever.
 It also needs ninja, for one source file. Here each builder compiles to a file of its own and renames
