@@ -55,7 +55,7 @@ class EnvConfig:
 
 @dataclass
 class FLConfig:
-    """Federated learning run (Flower strategy); consumed by the federation issue (fed_server, fed_client)."""
+    """Federated learning run (Flower strategy) (fed_server, fed_client)."""
 
     strategy: str = "fedavg"
     """Aggregation: fedavg, fedavgm, fedprox, fedadam, trimmed_mean or krum (Flower's strategies of those names)."""
@@ -107,7 +107,7 @@ class FLConfig:
 
 @dataclass
 class PrivacyConfig:
-    """Differential privacy of the federated updates; consumed by the federation issue."""
+    """Differential privacy of the federated updates (fed_server.privacy, fed_client.privacy)."""
 
     mode: str = "none"
     """none; clip (the server clips, no noise); central (the server clips and adds noise); distributed (clients
@@ -141,7 +141,7 @@ class PrivacyConfig:
 
 @dataclass
 class ShaperConfig:
-    """Where the tenant agent's plans are applied; consumed by the kernel-enforcement issue."""
+    """Where the tenant agent's plans are applied (shaping.enforce)."""
 
     backend: str = "sim"
     """sim (the batched simulator) or kernel (Linux tc and nftables through netlink)."""

@@ -53,7 +53,7 @@ def at_least_fraction(a: float, b: float, fraction: float) -> bool:
 
 
 def targets(results: dict[str, Any], small: Sequence[str]) -> dict[str, Any]:
-    """The issue's accuracy targets measured on the final round (what is missing is reported as None)."""
+    """The federation's accuracy targets (conf/federated_targets.yaml) on the final round (None: not measured)."""
     fed = arm_means(results["federated"])
     cen = arm_means(results.get("centralized", []))
     loc_small = arm_means(results.get("local_only", []), small)

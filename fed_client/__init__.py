@@ -1,1 +1,1 @@
-"""Placeholder package: the Flower fed_client app arrives with the federation issue."""
+"""The tenant side of the federation: the Flower ClientApp (app.py), its local training with DP-SGD and its state."""

@@ -1,1 +1,1 @@
-"""Placeholder package: the Flower fed_server app arrives with the federation issue."""
+"""The provider side of the federation: the Flower ServerApp (app.py), its strategy, SecAgg+, central DP."""

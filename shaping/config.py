@@ -243,7 +243,7 @@ class PPOConfig:
     """PPO hyperparameters (CleanRL names); consumed by shaping.agents (train_ppo, the Flower client)."""
 
     name: str = "ppo"
-    """Agent kind; the agents issue dispatches on it."""
+    """Agent kind; shaping.agents dispatches on it."""
     total_timesteps: int = 1_000_000
     """Environment steps of training, summed over the batch."""
     learning_rate: float = 2.5e-4
@@ -283,7 +283,7 @@ class DQNConfig:
     """DQN hyperparameters (CleanRL names); consumed by the DQN agent (shaping.agents)."""
 
     name: str = "dqn"
-    """Agent kind; the agents issue dispatches on it."""
+    """Agent kind; shaping.agents dispatches on it."""
     total_timesteps: int = 500_000
     """Environment steps of training, summed over the batch."""
     learning_rate: float = 1e-4
