@@ -29,7 +29,8 @@ from omegaconf import DictConfig
 from experiments.benchmark_eval import EvalSettings, evaluate_suite, scenario_path
 from experiments.benchmark_report import markdown_report, write_plots
 from experiments.config import BenchmarkConfig, register_configs, to_benchmark_config
-from experiments.yardstick import annotate, summarize
+from experiments.yardstick import annotate, heuristic_sanity, summarize, tuned_sanity
+from shaping.baselines import BASELINES
 from shaping.policies import make_policy
 from shaping.sim.scenarios import available_scenarios
 from shaping.sim.suite import suite_dir, suite_index
@@ -81,6 +82,21 @@ def _settings(cfg: BenchmarkConfig, files: list[str], machine_threads: int) -> d
     }
 
 
+def yardstick_sanity(cfg: BenchmarkConfig, scenarios: dict[str, Any]) -> dict[str, Any]:
+    """Whether the yardstick is sound on this suite: each adaptive member (in the yardstick, not static) against
+    the best static baseline on the scenarios with a failure, and each searched constant plan (static, not a
+    baseline of shaping.baselines: tuned_static) against every baseline on its own scenario."""
+    baselines = [r for r in cfg.static if r in BASELINES]
+    if not baselines:
+        return {"adaptive": [], "tuned": []}
+    adaptive = [r for r in cfg.yardstick if r not in cfg.static]
+    tuned = [r for r in cfg.static if r not in BASELINES]
+    return {
+        "adaptive": [heuristic_sanity(scenarios, r, baselines, cfg.floor, cfg.tie_tolerance) for r in adaptive],
+        "tuned": [tuned_sanity(scenarios, r, baselines, cfg.tie_tolerance) for r in tuned],
+    }
+
+
 def run_benchmark(cfg: BenchmarkConfig, out_dir: Path) -> dict[str, Any]:
     """Evaluate, summarize and write results.json, results.md and the plots into out_dir.
 
@@ -116,6 +132,7 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir: Path) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "settings": settings,
         "summary": {ref: dataclasses.asdict(s) for ref, s in summary.items()},
+        "sanity": yardstick_sanity(cfg, scenarios),
         "scenarios": scenarios,
     }
     report = markdown_report(doc)

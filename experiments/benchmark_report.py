@@ -110,6 +110,37 @@ def verdict(doc: Doc) -> list[str]:
     return out
 
 
+def sanity_lines(doc: Doc) -> list[str]:
+    """The yardstick's own checks in words (results.json's ``sanity``): the adaptive member against the best
+    static baseline where a path fails, and the tuned constant plan against every baseline on its scenario."""
+    sanity = doc.get("sanity", {})
+    out: list[str] = []
+    for a in sanity.get("adaptive", []):
+        c = a["comparison"]
+        if not c["scenarios"]:
+            out.append(f"- `{a['policy']}`: no scenario with a {GROUP_WORDS[a['group']]} to check it on.")
+            continue
+        verb = "beats" if a["holds"] else "does not beat"
+        out.append(
+            f"- `{a['policy']}` {verb} the best static baseline on the {c['scenarios']} scenarios with a "
+            f"{GROUP_WORDS[a['group']]}: geometric-mean ratio {c['geomean_ratio']:.2f}, fewer violations on "
+            f"{c['won']} ({c['tied']} tied, {c['lost']} lost), worst {c['worst_ratio']:.2f} on {c['worst_scenario']}."
+        )
+    for t in sanity.get("tuned", []):
+        if not t["scenarios"]:
+            continue
+        line = (f"- `{t['policy']}` has at most the best static baseline's violations on {t['at_least_as_good']} of "
+                f"{t['scenarios']} scenarios (tuned on training seeds, measured here on held-out ones)")  # fmt: skip
+        if t["exceptions"]:
+            worse = "; ".join(
+                f"{e['scenario']} {pct(e[t['policy']])} against `{e['best_baseline']}` {pct(e['baseline_rate'])}"
+                for e in t["exceptions"]
+            )
+            line += f"; more on: {worse}"
+        out.append(line + ".")
+    return ["## Is the yardstick sound?", "", *out, ""] if out else []
+
+
 def _role(doc: Doc, ref: str) -> str:
     s = doc["settings"]
     if ref in s["static"]:
@@ -188,6 +219,7 @@ def markdown_report(doc: Doc) -> str:
         "drives each scenario's controlled tenants, the other tenants run their scenario policies. Yardstick: "
         f"{', '.join(f'`{r}`' for r in s['yardstick'])}; static members: {', '.join(f'`{r}`' for r in s['static'])}.",
         "",
+        *sanity_lines(doc),
         "## Summary",
         "",
         *summarytable(doc),

@@ -18,6 +18,7 @@ results file with other settings.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -228,3 +229,52 @@ def summarize(
 ) -> dict[str, PolicySummary]:
     """summarize_policy for each policy (the evaluated policies and the yardstick's members), keyed by reference."""
     return {p: summarize_policy(p, scenarios, yardstick, static, floor, tie) for p in policies}
+
+
+def heuristic_sanity(
+    scenarios: Mapping[str, Mapping[str, Any]],
+    adaptive: str,
+    baselines: Sequence[str],
+    floor: float,
+    tie: float = 0.0,
+    group: str = "failure",
+) -> dict[str, Any]:
+    """Does the adaptive member of the yardstick earn its place: against the best static baseline on each
+    scenario of `group` (by default those with a path failure, where a constant plan cannot follow the
+    network), its Comparison, and ``holds``: a geometric-mean ratio below 1."""
+    acc = _Acc()
+    for name, sc in scenarios.items():
+        rows: Mapping[str, Row] = sc["results"]
+        ref = best_member(rows, baselines)
+        in_group = group in scenario_groups(sc.get("events", []))
+        if in_group and ref is not None and rows.get(adaptive, {}).get("applicable"):
+            acc.add(name, rows[adaptive], rows[ref], floor, tie)
+    c = acc.reduce()
+    return {
+        "policy": adaptive, "against": list(baselines), "group": group, "comparison": dataclasses.asdict(c),
+        "holds": c.geomean_ratio is not None and c.geomean_ratio < 1.0,
+    }  # fmt: skip
+
+
+def tuned_sanity(
+    scenarios: Mapping[str, Mapping[str, Any]], tuned: str, baselines: Sequence[str], tie: float = 0.0
+) -> dict[str, Any]:
+    """Is the tuned constant plan at least as good as every static baseline on its own scenario (it was tuned
+    on training seeds, the benchmark runs held-out ones): the scenarios compared, those where it is, and each
+    exception with the best baseline's rate; ``holds`` when there is none."""
+    exceptions: list[dict[str, Any]] = []
+    compared = 0
+    for name, sc in scenarios.items():
+        rows: Mapping[str, Row] = sc["results"]
+        ref = best_member(rows, baselines)
+        if ref is None or not rows.get(tuned, {}).get("applicable"):
+            continue
+        compared += 1
+        mine, best = float(rows[tuned]["sla_violation_rate"]), float(rows[ref]["sla_violation_rate"])
+        if mine > best + tie:
+            exceptions.append({"scenario": name, tuned: mine, "best_baseline": ref, "baseline_rate": best})
+    return {
+        "policy": tuned, "against": list(baselines), "scenarios": compared,
+        "at_least_as_good": compared - len(exceptions), "exceptions": exceptions,
+        "holds": compared > 0 and not exceptions,
+    }  # fmt: skip

@@ -80,6 +80,12 @@ def test_benchmark_entry_point(tmp_path):
     assert c["worst_ratio"] == pytest.approx(max(ratios)) and c["won"] + c["tied"] + c["lost"] == 2
     assert doc["summary"]["greedy_premium"]["applicable"] == 2
     assert set(doc["summary"]) == set(refs)
+    # The yardstick's own checks: fq_codel is its adaptive member here, but neither scenario has a failure;
+    # no static member is a searched plan.
+    sanity = doc["sanity"]
+    assert [a["policy"] for a in sanity["adaptive"]] == ["fq_codel"] and sanity["tuned"] == []
+    assert sanity["adaptive"][0]["comparison"]["scenarios"] == 0 and sanity["adaptive"][0]["holds"] is False
+    assert "## Is the yardstick sound?" in proc.stdout and "no scenario with a failure" in proc.stdout
 
 
 @dataclass

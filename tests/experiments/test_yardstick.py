@@ -11,9 +11,11 @@ from experiments.yardstick import (
     best_member,
     floored_ratio,
     geometric_mean,
+    heuristic_sanity,
     scenario_groups,
     summarize,
     summarize_policy,
+    tuned_sanity,
 )
 
 FLOOR = 0.005
@@ -122,3 +124,25 @@ def test_annotate_writes_references_and_ratios():
     assert rows["p"]["reference"] == "b" and rows["p"]["ratio"] == pytest.approx(1 / 11)
     assert rows["b"]["reference"] == "a" and rows["b"]["ratio"] == pytest.approx(0.055 / 0.105)
     assert "ratio" not in scenarios["s_na"]["results"]["p"]
+
+
+def test_heuristic_sanity_compares_with_the_best_baseline_where_a_path_fails():
+    # Only s_fail has a failure where p applies (s_na: p not applicable): p 0 against the better baseline b 5%.
+    out = heuristic_sanity(_scenarios(), "p", ["a", "b"], FLOOR)
+    c = out["comparison"]
+    assert (c["scenarios"], c["won"], c["lost"], c["worst_scenario"]) == (1, 1, 0, "s_fail")
+    assert c["geomean_ratio"] == pytest.approx(FLOOR / 0.055)
+    assert out["holds"] is True
+    # Against a alone on the flash crowd: p 39.5% against a's 20%, it does not hold.
+    crowd = heuristic_sanity(_scenarios(), "p", ["a"], FLOOR, group="flash_crowd")
+    assert crowd["comparison"]["lost"] == 1 and crowd["holds"] is False
+    assert heuristic_sanity(_scenarios(), "p", ["a"], FLOOR, group="arrival")["holds"] is False
+
+
+def test_tuned_sanity_lists_every_scenario_where_a_baseline_beats_the_tuned_plan():
+    out = tuned_sanity(_scenarios(), "p", ["a", "b"])
+    assert (out["scenarios"], out["at_least_as_good"]) == (3, 2)
+    assert out["exceptions"] == [{"scenario": "s_crowd", "p": 0.395, "best_baseline": "a", "baseline_rate": 0.2}]
+    assert out["holds"] is False
+    # Within the tie tolerance the tuned plan counts as as good.
+    assert tuned_sanity(_scenarios(), "p", ["a", "b"], tie=0.2)["holds"] is True
