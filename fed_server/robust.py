@@ -3,10 +3,10 @@
 A fixed clipping norm bounds a tenant's update only at that norm. Honest updates shrink as training
 converges (and under an annealed learning rate), so a bound chosen for the first rounds lies far above
 them later: an attacker that scales its update then always arrives at the bound and outweighs every
-honest tenant (measured in docs/federation.md, "Robustness"). Clipping each update to the median norm
-of the round's updates (FLAME's clipping, Nguyen et al., USENIX Security 2022) tracks the honest norms
-as long as fewer than half the sampled tenants misbehave, so a scaled update weighs no more than a
-typical honest one.
+honest tenant (measured in docs/results.md, "Robustness to a tenant that scales its update"). Clipping
+each update to the median norm of the round's updates (FLAME's clipping, Nguyen et al., USENIX Security
+2022) tracks the honest norms as long as fewer than half the sampled tenants misbehave, so a scaled update
+weighs no more than a typical honest one.
 
 The server must see the individual updates (no SecAgg+), and the bound is a statistic of the updates,
 so no DP noise calibrated to a fixed bound may follow it (fed_server.strategy refuses both).
