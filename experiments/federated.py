@@ -6,7 +6,9 @@ flwr.simulation.run_simulation (Ray backend). It runs in a child process, so it 
 whatever Flower or Ray leave behind ends with it; it installs nothing at run time (works offline), and
 fails loudly: the child's exit code and the ServerApp's results file must both say the run completed.
 Then the local-only and centralized arms and the static baselines run on the same tenants, and the report is written:
-results.md (printed), results.json, reward.png, sla.png, epsilon.png, plus the global checkpoints.
+results.md (printed; it opens with the verdict against the best static baseline), results.json,
+reward.png, sla.png, epsilon.png (when privacy is accounted), plus the global checkpoints. Flower's and
+Ray's known noise stays out of the log, and the log file holds no colour codes (experiments.quiet).
 
     python -m experiments.federated                                  # 4 tenants, 4 rounds, a few minutes
     python -m experiments.federated --config-name federated_targets  # the budget of the measured targets
@@ -35,6 +37,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import FLConfig, PrivacyConfig, flat_config, register_configs
+from experiments.quiet import log_file, plain_log_files
 
 log = logging.getLogger(__name__)
 
@@ -212,15 +215,17 @@ def run_config(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     return flat
 
 
-def _simulate(flat: dict[str, Any], n_tenants: int, sim: SimulationConfig) -> None:
+def _simulate(flat: dict[str, Any], n_tenants: int, sim: SimulationConfig, log_file: str | None = None) -> None:
     """Child-process body: run the simulation, then exit hard so no Flower thread can keep the process alive."""
     from flwr.simulation import run_simulation
 
+    from experiments.quiet import quiet_simulation
     from fed_client.app import make_client_app
     from fed_server.app import make_server_app
 
     code = 1
     try:
+        quiet_simulation(log_file)
         run_simulation(
             server_app=make_server_app(flat),
             client_app=make_client_app(flat),
@@ -250,7 +255,9 @@ def run_flower(flat: dict[str, Any], n_tenants: int, sim: SimulationConfig) -> d
     os.environ.setdefault("RAY_worker_niceness", "0")
     results_file = Path(flat["output.results_file"])
     results_file.unlink(missing_ok=True)
-    proc = multiprocessing.get_context("spawn").Process(target=_simulate, args=(flat, n_tenants, sim))
+    # The child is spawned, so it has no Hydra logging: it appends Flower's progress to the run's log file itself.
+    args = (flat, n_tenants, sim, log_file())
+    proc = multiprocessing.get_context("spawn").Process(target=_simulate, args=args)
     proc.start()
     proc.join(sim.timeout_s)
     if proc.is_alive():
@@ -325,6 +332,7 @@ def main(cfg: DictConfig) -> None:
     # Flower installs app dependencies at run time unless told not to (flwr 1.42): never do that offline.
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     torch.set_num_threads(1)  # 2 cores: Ray's client actors use them
+    plain_log_files()
     run_federated(conf, out_dir)
 
 

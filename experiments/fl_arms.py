@@ -11,10 +11,12 @@ a simulator step costs the same whatever the batch, so on 2 cores two arms take 
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import queue
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -23,6 +25,8 @@ from shaping.agents.global_model import initial_model
 from shaping.agents.local_train import evaluate, evaluate_baseline, local_train
 from shaping.agents.universal import PaddedEnv, make_env
 from shaping.fed_settings import RunSettings
+
+log = logging.getLogger(__name__)
 
 
 def _eval_envs(s: RunSettings) -> list[PaddedEnv]:
@@ -86,19 +90,58 @@ def initial_policy(s: RunSettings) -> dict[str, dict[str, float]]:
     return out
 
 
-def _one_thread() -> None:
-    """Worker initializer: one torch thread per arm (the arms already share the cores between them)."""
+_started: Any = None  # a worker's queue of "arm started" notes to the parent (set by _init_worker)
+
+
+def _init_worker(started: Any) -> None:
+    """Worker initializer: one torch thread per arm (the arms already share the cores between them), and
+    the queue on which the worker says when it starts an arm."""
+    global _started
     torch.set_num_threads(1)
+    _started = started
 
 
-def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+def _timed(name: str, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    if _started is not None:
+        _started.put(name)
+    else:
+        log.info("arm %s: started", name)
     start = time.perf_counter()
     return fn(*args), time.perf_counter() - start
+
+
+def _log_started(started: Any) -> None:
+    """Log the arms the workers said they started since the last call."""
+    while True:
+        try:
+            log.info("arm %s: started", started.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _in_pool(jobs: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]], workers: int) -> dict[str, tuple[Any, float]]:
+    """Run the jobs in `workers` processes; log each arm's start and finish (with its wall time) as they happen."""
+    ctx = multiprocessing.get_context("spawn")  # a forked torch process may deadlock on its inherited thread pools
+    started = ctx.Queue()
+    done: dict[str, tuple[Any, float]] = {}
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(started,)) as pool:  # fmt: skip
+        names = {pool.submit(_timed, name, fn, *args): name for name, (fn, args) in jobs.items()}
+        pending = set(names)
+        while pending:
+            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            _log_started(started)
+            for f in finished:
+                done[names[f]] = f.result()
+                log.info("arm %s: finished in %.1f s", names[f], done[names[f]][1])
+    return {name: done[name] for name in jobs}
 
 
 def run_arms(s: RunSettings, *, local: bool, central: bool, baselines: list[str],
              workers: int = 2) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
     """The reference arms, the static baselines and the initial model: ({arm: result}, {arm: wall seconds}).
+
+    Each arm's start and finish (with its wall time) is logged as it happens.
 
     Args:
         s: the federated run's settings (same tenants, budget and seeds).
@@ -113,14 +156,13 @@ def run_arms(s: RunSettings, *, local: bool, central: bool, baselines: list[str]
         jobs["centralized"] = (centralized, (s,))
     jobs["baselines"] = (static_baselines, (s, baselines))
     jobs["initial"] = (initial_policy, (s,))
+    procs = "here" if workers <= 1 else f"in {min(workers, len(jobs))} worker processes"
+    log.info("training and evaluating %s (%d rounds) %s", ", ".join(jobs), s.rounds, procs)
     if workers <= 1:
-        done = {name: _timed(fn, *args) for name, (fn, args) in jobs.items()}
+        done = {}
+        for name, (fn, args) in jobs.items():
+            done[name] = _timed(name, fn, *args)
+            log.info("arm %s: finished in %.1f s", name, done[name][1])
     else:
-        # spawn: a forked torch process may deadlock on its inherited thread pools.
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_thread) as pool:  # fmt: skip
-            futures: dict[str, Future[tuple[Any, float]]] = {
-                name: pool.submit(_timed, fn, *args) for name, (fn, args) in jobs.items()
-            }
-            done = {name: f.result() for name, f in futures.items()}
+        done = _in_pool(jobs, workers)
     return {k: v[0] for k, v in done.items()}, {k: round(v[1], 1) for k, v in done.items()}

@@ -1,4 +1,9 @@
-"""Report of a federated run: per-round reward and SLA violations of each arm, epsilon, targets (md, PNG, JSON).
+"""Report of a federated run: the verdict, per-round reward and SLA violations of each arm, epsilon, targets.
+
+results.md opens with the verdict in words (verdict): does the federated policy beat the best static
+baseline on the final round's SLA violation rate, overall and per tenant, by what ratio, at what privacy
+cost. figures() builds the plots as matplotlib Figures (titled, every policy named in its own colour,
+integer rounds); write_plots() saves them as PNG.
 
 An arm is a list of rounds, each ``{"round": r, "eval": {tenant: {"reward", "sla_violation_rate"}}}``
 (the federated arm's rounds also carry ``epsilon`` and timings, and with DP-SGD each tenant's
@@ -9,6 +14,7 @@ relative targets are stated on the reward axis: "a >= 95% of b" is ``a >= b - 0.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -16,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-
-import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure  # built without pyplot: no display, no global figure state
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 Arm = list[dict[str, Any]]
 
@@ -52,6 +57,21 @@ def at_least_fraction(a: float, b: float, fraction: float) -> bool:
     return a >= b - (1.0 - fraction) * abs(b)
 
 
+def best_baseline(baselines: dict[str, dict[str, dict[str, float]]], tenant: str | None = None) -> str:
+    """The static baseline with the fewest SLA violations: on average over the tenants, or for one tenant."""
+    if tenant is None:
+        return min(baselines, key=lambda b: _mean(baselines[b], "sla_violation_rate"))
+    return min(baselines, key=lambda b: baselines[b][tenant]["sla_violation_rate"])
+
+
+def target_epsilon(settings: dict[str, Any]) -> float | None:
+    """The run's privacy budget (privacy.target_epsilon of the flat run config); None: no budget."""
+    value = settings.get("privacy.target_epsilon")
+    if isinstance(value, str):
+        value = json.loads(value)
+    return None if value is None else float(value)
+
+
 def targets(results: dict[str, Any], small: Sequence[str]) -> dict[str, Any]:
     """The federation's accuracy targets (conf/federated_targets.yaml) on the final round (None: not measured)."""
     fed = arm_means(results["federated"])
@@ -68,8 +88,8 @@ def targets(results: dict[str, Any], small: Sequence[str]) -> dict[str, Any]:
                                          "met_20pct_better": f >= loc + 0.2 * abs(loc)}  # fmt: skip
     base = results.get("baselines", {})
     if fed and base:
-        best = min(base, key=lambda b: sum(v["sla_violation_rate"] for v in base[b].values()))
-        b_sla = sum(v["sla_violation_rate"] for v in base[best].values()) / len(base[best])
+        best = best_baseline(base)
+        b_sla = _mean(base[best], "sla_violation_rate")
         last = results["federated"][-1]
         f_sla = fed[-1]["sla_violation_rate"]
         out["sla_vs_best_baseline"] = {"baseline": best, "baseline_sla": b_sla, "federated_sla": f_sla,
@@ -88,14 +108,75 @@ def _f(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
 
 
+def privacy_cost(results: dict[str, Any]) -> str:
+    """The privacy the federated policy spent, in words: its epsilons at the final round, or "no DP"."""
+    settings = results["settings"]
+    last = results["federated"][-1] if results["federated"] else {}
+    spent = []
+    if last.get("epsilon") is not None:
+        spent.append(f"client-level epsilon {last['epsilon']:.2f}")
+    if (sample := dpsgd_epsilon(last)) is not None:
+        spent.append(f"sample-level epsilon {sample:.2f} (DP-SGD, largest tenant)")
+    if not spent:
+        if settings.get("privacy.mode") == "clip":
+            return "no DP (updates are clipped, without noise: no privacy guarantee)"
+        return "no DP"
+    budget = target_epsilon(settings)
+    of = f" of a budget of {budget:g}" if budget is not None else ""
+    return f"{' and '.join(spent)} spent{of}, at delta {settings.get('privacy.delta')}"
+
+
+def _compare(fed: float, base: float, baseline: str) -> tuple[str, str]:
+    """("beats" / "ties with" / "does not beat", both SLA violation rates and their ratio in words)."""
+    rates = f"{_f(fed, True)} SLA violations against {baseline}'s {_f(base, True)}"
+    if base > 0:
+        rates += f" ({fed / base:.2f} times as many)"
+    elif fed > 0:
+        rates += " (the baseline has none)"
+    verb = "beats" if fed < base else ("ties with" if fed == base else "does not beat")
+    return verb, rates
+
+
+def verdict(results: dict[str, Any]) -> list[str]:
+    """Whether the federated policy beats the best static baseline, in words: overall (the mean over the
+    tenants, against the baseline best on that mean) and per tenant (against that tenant's best baseline),
+    on the final round's SLA violation rate (lower is better), with the privacy it spent. Markdown lines."""
+    base = results.get("baselines") or {}
+    fed_rounds = results["federated"]
+    if not fed_rounds or not fed_rounds[-1].get("eval"):
+        return ["No verdict: the federated run evaluated no round."]
+    if not base:
+        return ["No verdict: the run evaluated no static baseline."]
+    final = fed_rounds[-1]
+    ev = final["eval"]
+    best = best_baseline(base)
+    verb, rates = _compare(_mean(ev, "sla_violation_rate"), _mean(base[best], "sla_violation_rate"), best)
+    stopped = " (stopped at the privacy budget)" if results["status"] == "stopped_at_privacy_budget" else ""
+    lines = [f"**Overall**, after round {final['round']}{stopped}, the federated policy **{verb}** the best static "
+             f"baseline, {best}: on average over the {len(ev)} tenants, {rates}. "
+             f"Privacy cost: {privacy_cost(results)}.", "",
+             "Per tenant, against its own best static baseline:", ""]  # fmt: skip
+    for tenant, score in ev.items():
+        if not all(tenant in per for per in base.values()):
+            lines.append(f"- {tenant}: no verdict (not every baseline was evaluated on it).")
+            continue
+        own = best_baseline(base, tenant)
+        verb, rates = _compare(score["sla_violation_rate"], base[own][tenant]["sla_violation_rate"], own)
+        lines.append(f"- {tenant}: **{verb}** {own}: {rates}.")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """The report as markdown: per-round means of each arm, epsilon, per-tenant final round, baselines, targets."""
+    """The report as markdown: the verdict, per-round means of each arm, epsilon, per-tenant final round,
+    baselines, targets."""
     arms = {k: arm_means(results[k]) for k in ("federated", "local_only", "centralized") if results.get(k)}
     settings = results["settings"]
     sample_dp = bool(settings.get("privacy.dpsgd_noise_multiplier"))
     dpsgd = f" + DP-SGD (z {settings.get('privacy.dpsgd_noise_multiplier')})" if sample_dp else ""
     lines = [f"# Federated run ({settings.get('fl.strategy')}, privacy {settings.get('privacy.mode')}{dpsgd}, "
              f"status {results['status']})", "",
+             "## Verdict: federated policy against the best static baseline (SLA violations, final round)", "",
+             *verdict(results), "",
              "## Mean over tenants per round (reward / SLA violation rate)", ""]  # fmt: skip
     header = ["round", *[f"{a} reward" for a in arms], *[f"{a} SLA viol." for a in arms], "epsilon",
               *(["sample-level epsilon (DP-SGD, largest tenant)"] if sample_dp else []), "round s"]  # fmt: skip
@@ -129,40 +210,85 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """reward.png, sla.png (per round, each arm, baselines as lines) and epsilon.png (when DP or DP-SGD is on)."""
-    paths = []
-    for key, fname, label in (("reward", "reward.png", "mean reward"),
-                              ("sla_violation_rate", "sla.png", "SLA violation rate")):  # fmt: skip
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for arm in ("federated", "local_only", "centralized"):
-            m = arm_means(results.get(arm, []))
-            if m:
-                ax.plot([r["round"] for r in m], [r[key] for r in m], marker="o", label=arm)
-        for name, per in results.get("baselines", {}).items():
-            ax.axhline(_mean(per, key), ls="--", lw=1, label=name)
-        if results.get("initial"):
-            ax.axhline(_mean(results["initial"], key), ls=":", lw=1.5, color="k", label="initial model")
-        ax.set_xlabel("round")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=100)
-        plt.close(fig)
-        paths.append(out_dir / fname)
+ARMS = ("federated", "local_only", "centralized")
+#: Line styles of the static baselines, so that baselines with the same value still show as several lines.
+BASELINE_STYLES = ("--", "-.", (0, (1, 1)), (0, (5, 2, 1, 2, 1, 2)), (0, (8, 2)))
+
+
+def _axes(fig: Figure, title: str, ylabel: str) -> Axes:
+    ax = fig.add_subplot()
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return ax
+
+
+def metric_figure(results: dict[str, Any], key: str) -> Figure:
+    """Mean `key` ("reward" or "sla_violation_rate") over the tenants per round: each arm a line, each static
+    baseline and the initial model a horizontal line, every one in its own colour and named (with its value)
+    in the legend."""
+    settings = results["settings"]
+    n = len(results["federated"][-1]["eval"]) if results["federated"] else 0
+    sla = key == "sla_violation_rate"
+    what, better = ("SLA violation rate", "lower") if sla else ("reward", "higher")
+    fig = Figure(figsize=(8, 4))
+    ax = _axes(fig, f"Mean {what} over {n} tenants per round ({better} is better)\n"
+                    f"{settings.get('fl.strategy')}, privacy {settings.get('privacy.mode')}",
+               "SLA violation rate" if sla else "mean reward")  # fmt: skip
+    colours = itertools.cycle(matplotlib.color_sequences["tab10"])  # an arm keeps its colour in every plot
+    for arm in ARMS:
+        m = arm_means(results.get(arm) or [])
+        colour = next(colours)
+        if m:
+            ax.plot([r["round"] for r in m], [r[key] for r in m], marker="o", color=colour, label=arm)
+    for i, (name, per) in enumerate(results.get("baselines", {}).items()):
+        value = _mean(per, key)
+        ax.axhline(value, ls=BASELINE_STYLES[i % len(BASELINE_STYLES)], lw=1.5, color=next(colours),
+                   label=f"{name} ({_f(value, sla)})")  # fmt: skip
+    if results.get("initial"):
+        value = _mean(results["initial"], key)
+        ax.axhline(value, ls=":", lw=1.5, color="k", label=f"initial model ({_f(value, sla)})")
+    if sla:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def epsilon_figure(results: dict[str, Any]) -> Figure | None:
+    """Epsilon spent per round (client-level from the server's accountant, sample-level from the tenants'
+    DP-SGD), with the target budget as a horizontal line; None when the run accounted no privacy."""
     client = [(r["round"], r["epsilon"]) for r in results["federated"] if r.get("epsilon") is not None]
     sample = [(r["round"], e) for r in results["federated"] if (e := dpsgd_epsilon(r)) is not None]
-    if client or sample:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        curves = ((client, "client-level (server noise)"), (sample, "sample-level (DP-SGD, largest tenant)"))
-        for points, label in curves:
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=label)
-        ax.legend(fontsize=7)
-        ax.set_xlabel("round")
-        ax.set_ylabel(f"epsilon (delta={results['settings'].get('privacy.delta')})")
-        fig.tight_layout()
-        fig.savefig(out_dir / "epsilon.png", dpi=100)
-        plt.close(fig)
-        paths.append(out_dir / "epsilon.png")
+    if not client and not sample:
+        return None
+    settings = results["settings"]
+    fig = Figure(figsize=(8, 4))
+    ax = _axes(fig, f"Privacy spent per round (delta={settings.get('privacy.delta')})\n"
+                    f"{settings.get('fl.strategy')}, privacy {settings.get('privacy.mode')}", "epsilon")  # fmt: skip
+    curves = ((client, "client-level (server noise)"), (sample, "sample-level (DP-SGD, largest tenant)"))
+    for points, label in curves:
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    if (budget := target_epsilon(settings)) is not None:
+        ax.axhline(budget, ls="--", color="tab:red", label=f"target epsilon ({budget:g})")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def figures(results: dict[str, Any]) -> dict[str, Figure]:
+    """file name -> figure: reward.png, sla.png, and epsilon.png when the run accounted privacy."""
+    out = {"reward.png": metric_figure(results, "reward"), "sla.png": metric_figure(results, "sla_violation_rate")}
+    if (eps := epsilon_figure(results)) is not None:
+        out["epsilon.png"] = eps
+    return out
+
+
+def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write figures(results) into out_dir as PNG; returns their paths."""
+    paths = []
+    for name, fig in figures(results).items():
+        fig.savefig(out_dir / name, dpi=100, bbox_inches="tight")
+        paths.append(out_dir / name)
     return paths

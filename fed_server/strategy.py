@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr.common import Parameters, Scalar
+from flwr.common import Metrics, Parameters, Scalar
 from flwr.server.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -85,6 +85,21 @@ def check_compatible(s: RunSettings) -> None:
         )
 
 
+def mean_metrics(results: list[tuple[int, Metrics]]) -> Metrics:
+    """The clients' numeric metrics over the tenants, as the report states them (experiments.fl_report): each
+    tenant counts once, and an epsilon is the largest tenant's (the federation's guarantee is the weakest one).
+
+    Flower logs these in its run summary. Text metrics (the tenant's name) and flags are left out; the
+    per-tenant records stay in TrackedStrategy's history.
+    """
+    values: dict[str, list[float]] = {}
+    for _, metrics in results:
+        for key, value in metrics.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values.setdefault(key, []).append(float(value))
+    return {k: max(v) if k.endswith("epsilon") else sum(v) / len(v) for k, v in values.items()}
+
+
 def base_strategy(s: RunSettings, initial: Parameters, n_clients: int,
                   on_fit_config: Callable[[int], dict[str, Scalar]]) -> Strategy:  # fmt: skip
     """Flower's strategy for s.strategy; every client is evaluated each round."""
@@ -92,6 +107,7 @@ def base_strategy(s: RunSettings, initial: Parameters, n_clients: int,
         "fraction_fit": s.fraction_fit, "fraction_evaluate": 1.0, "min_fit_clients": min(s.min_fit_clients, n_clients),
         "min_evaluate_clients": n_clients, "min_available_clients": n_clients, "initial_parameters": initial,
         "on_fit_config_fn": on_fit_config, "accept_failures": False,
+        "fit_metrics_aggregation_fn": mean_metrics, "evaluate_metrics_aggregation_fn": mean_metrics,
     }  # fmt: skip
     if s.strategy == "fedprox":
         return FedProx(proximal_mu=s.proximal_mu, **common)  # type: ignore[arg-type]

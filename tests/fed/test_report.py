@@ -1,13 +1,26 @@
-"""The federated run's report: per-round means, the targets on a reward axis that may be negative, and the
-privacy columns (client-level epsilon from the server, sample-level epsilon from each tenant's DP-SGD)."""
+"""The federated run's report: the verdict in words, per-round means, the targets on a reward axis that may be
+negative, the privacy columns (client-level epsilon from the server, sample-level epsilon from each tenant's
+DP-SGD) and the plots."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.ticker import MaxNLocator
 
-from experiments.fl_report import arm_means, at_least_fraction, dpsgd_epsilon, markdown, targets, write_plots
+from experiments.fl_report import (
+    arm_means,
+    at_least_fraction,
+    dpsgd_epsilon,
+    figures,
+    markdown,
+    privacy_cost,
+    targets,
+    verdict,
+    write_plots,
+)
 
 
 def _round(r: int, rewards: dict[str, float], sla: dict[str, float], **extra: Any) -> dict[str, Any]:
@@ -90,3 +103,104 @@ def test_markdown_shows_the_sample_level_epsilon_only_with_dp_sgd(tmp_path):
     plain_dir = tmp_path / "plain"
     plain_dir.mkdir()
     assert {p.name for p in write_plots(_results(), plain_dir)} == {"reward.png", "sla.png"}
+
+
+def _beating(epsilon: float | None = 3.2, target: str = "8.0") -> dict[str, Any]:
+    """_results() with a federated policy that beats every baseline on both tenants, under central DP."""
+    res = _results(epsilon=epsilon)
+    res["federated"] = [_round(2, {"big": 0.5, "small": -1.0}, {"big": 0.05, "small": 0.2}, epsilon=epsilon)]
+    res["settings"] |= {"privacy.mode": "central", "privacy.target_epsilon": target}
+    return res
+
+
+def _section(md: str, heading: str) -> str:
+    return md.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def test_verdict_says_in_words_that_the_federated_policy_beats_the_best_baseline():
+    lines = verdict(_beating())
+    # Overall: the mean over the tenants (12.5%) against the best baseline on that mean (static, 25.0%).
+    assert lines[0] == (
+        "**Overall**, after round 2, the federated policy **beats** the best static baseline, static: on average "
+        "over the 2 tenants, 12.5% SLA violations against static's 25.0% (0.50 times as many). "
+        "Privacy cost: client-level epsilon 3.20 spent of a budget of 8, at delta 1e-05."
+    )
+    per_tenant = [line for line in lines if line.startswith("- ")]
+    assert per_tenant == [
+        "- big: **beats** static: 5.0% SLA violations against static's 10.0% (0.50 times as many).",
+        "- small: **beats** static: 20.0% SLA violations against static's 40.0% (0.50 times as many).",
+    ]
+
+
+def test_verdict_says_just_as_plainly_when_the_federated_policy_loses():
+    lines = verdict(_results())
+    assert lines[0] == (
+        "**Overall**, after round 1, the federated policy **does not beat** the best static baseline, static: on "
+        "average over the 2 tenants, 30.0% SLA violations against static's 25.0% (1.20 times as many). "
+        "Privacy cost: no DP."
+    )
+    assert "- big: **does not beat** static: 20.0% SLA violations against static's 10.0% (2.00 times as many)." in lines
+    assert "- small: **ties with** static: 40.0% SLA violations against static's 40.0% (1.00 times as many)." in lines
+
+
+def test_verdict_picks_each_tenants_own_best_baseline_and_handles_a_baseline_without_violations():
+    res = _results()
+    res["baselines"]["fifo"]["small"] = _score(0.0, 0.0)  # fifo: best for small alone, static still best overall
+    lines = verdict(res)
+    assert "the best static baseline, static:" in lines[0]
+    assert "- small: **does not beat** fifo: 40.0% SLA violations against fifo's 0.0% (the baseline has none)." in lines
+
+
+def test_privacy_cost_names_the_epsilons_spent_or_says_there_is_no_dp():
+    assert privacy_cost(_results()) == "no DP"
+    clip = _results()
+    clip["settings"]["privacy.mode"] = "clip"
+    assert privacy_cost(clip) == "no DP (updates are clipped, without noise: no privacy guarantee)"
+    both = _beating(target="null")
+    both["federated"][-1]["fit"] = [{"dpsgd_epsilon": 1.5}, {"dpsgd_epsilon": 4.25}]
+    assert privacy_cost(both) == (
+        "client-level epsilon 3.20 and sample-level epsilon 4.25 (DP-SGD, largest tenant) spent, at delta 1e-05"
+    )
+
+
+def test_markdown_opens_with_the_verdict():
+    res = _results()
+    md = markdown({**res, "targets": targets(res, ["small"])})
+    head = md.split("\n## ", 2)
+    assert head[1].startswith("Verdict") and "**does not beat**" in head[1]
+    assert md.index("## Verdict") < md.index("## Mean over tenants per round")
+    assert "Privacy cost: no DP." in _section(md, "## Verdict")
+    no_base = markdown({**res, "baselines": {}, "targets": {}})
+    assert "No verdict: the run evaluated no static baseline." in _section(no_base, "## Verdict")
+    assert verdict({**res, "federated": []}) == ["No verdict: the federated run evaluated no round."]
+
+
+def test_plots_are_titled_with_every_policy_named_in_its_own_colour_on_integer_rounds():
+    res = {**_beating(), "initial": {"big": _score(-1.0, 0.7), "small": _score(-1.0, 0.9)}}
+    res["federated"] = [_round(1, {"big": 0.1, "small": -1.2}, {"big": 0.3, "small": 0.5}, epsilon=2.0),
+                        *res["federated"]]  # fmt: skip
+    figs = figures(res)
+    assert set(figs) == {"reward.png", "sla.png", "epsilon.png"}
+    for name in ("reward.png", "sla.png"):
+        ax = figs[name].axes[0]
+        assert ax.get_title().startswith("Mean ") and "per round" in ax.get_title()
+        assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels[:3] == ["federated", "local_only", "centralized"]
+        assert [label.split(" (")[0] for label in labels[3:]] == ["static", "fifo", "initial model"]
+        colours = [to_hex(line.get_color()) for line in ax.get_lines()]
+        assert len(set(colours)) == len(colours) == 6
+    sla_labels = [t.get_text() for t in figs["sla.png"].axes[0].get_legend().get_texts()]
+    assert "static (25.0%)" in sla_labels and "fifo (55.0%)" in sla_labels  # each baseline with its value
+    eps = figs["epsilon.png"].axes[0]
+    assert eps.get_title().startswith("Privacy spent per round")
+    labels = [t.get_text() for t in eps.get_legend().get_texts()]
+    assert labels == ["client-level (server noise)", "target epsilon (8)"]
+    assert eps.get_lines()[-1].get_ydata()[0] == 8.0  # the budget as a horizontal line
+
+
+def test_the_epsilon_plot_comes_whenever_privacy_is_accounted_and_never_without():
+    assert "epsilon.png" not in figures(_results())
+    no_budget = figures(_beating(target="null"))["epsilon.png"].axes[0]
+    assert [t.get_text() for t in no_budget.get_legend().get_texts()] == ["client-level (server noise)"]

@@ -17,7 +17,14 @@ from flwr.server.strategy import (
 )
 
 from fed_server.robust import MedianNormClipping
-from fed_server.strategy import IncompatibleSettings, build_strategy, check_compatible
+from fed_server.strategy import (
+    STRATEGIES,
+    IncompatibleSettings,
+    base_strategy,
+    build_strategy,
+    check_compatible,
+    mean_metrics,
+)
 from shaping.fed_settings import RunSettings
 
 INIT = ndarrays_to_parameters([])
@@ -155,3 +162,21 @@ def test_median_clipping_never_clips_above_the_configured_norm():
     mean = _round(robust, start, updates)
     assert robust.clipping_norm == 0.5
     np.testing.assert_allclose(mean, (np.array([0.3, 0.4]) + np.array([0.0, 0.5])) / 2, atol=1e-6)
+
+
+def test_metrics_are_aggregated_over_the_tenants_as_the_report_states_them():
+    fit = [
+        (16, {"tenant": "a", "rollout_reward": 1.0, "dpsgd_epsilon": 2.0, "num_examples": 16}),
+        (2, {"tenant": "b", "rollout_reward": -0.5, "dpsgd_epsilon": 5.5, "num_examples": 2, "flag": True}),
+    ]
+    # Each tenant counts once (not by its examples); an epsilon is the largest tenant's; text and flags stay out.
+    assert mean_metrics(fit) == {"rollout_reward": 0.25, "dpsgd_epsilon": 5.5, "num_examples": 9.0}
+    assert mean_metrics([]) == {}
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_strategy_aggregates_fit_and_evaluate_metrics(name):
+    """Flower's strategies warn on every round without them ("No fit_metrics_aggregation_fn provided")."""
+    strategy = base_strategy(s(strategy=name), INIT, 4, lambda r: {})
+    assert strategy.fit_metrics_aggregation_fn is mean_metrics
+    assert strategy.evaluate_metrics_aggregation_fn is mean_metrics
