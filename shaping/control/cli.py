@@ -209,6 +209,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     records: list[StepRecord] = []
     previous = {s: signal.signal(s, lambda *_: loop.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        # The static rules are the floor every fallback returns to: a plan the kernel cannot carry (a rate
+        # too small for HTB, say) is a configuration error now, not ten failed intervals later.
+        enforcer.plan(loop.guard.clamp(rules).plan)
         LOG.info("tenant %s: %s on %s (netns %s), interval %.0f ms%s", spec.name, policy.name, ",".join(args.iface),
                  args.netns or "-", interval * 1e3, " [dry run]" if args.dry_run else "")  # fmt: skip
         loop.run(args.steps, on_step=records.append)
@@ -219,6 +222,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return _summary(records, loop, backend)
 
 
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (some, a checkpoint mismatch say, span several)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, print a JSON summary; 2 on a configuration error."""
     args = build_parser().parse_args(argv)
@@ -226,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run(args)
     except (ValueError, FileNotFoundError, LookupError, PermissionError) as err:
-        print(f"fedshape-agent: error: {err}", file=sys.stderr)
+        print(f"fedshape-agent: error: {one_line(err)}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0

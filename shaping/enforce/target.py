@@ -12,6 +12,9 @@ _IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 #: Routing tables the kernel reserves: unspec, default, main, local.
 _RESERVED_TABLES = (0, 253, 254, 255)
 _NFT_NAME = re.compile(r"[^A-Za-z0-9_]")
+#: The loopback device's name in every network namespace (net/core/dev.c, loopback_net_init); one
+#: renamed is caught by its IFF_LOOPBACK flag when the netlink backend opens (backends.check_not_loopback).
+LOOPBACK = "lo"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class EnforceTarget:
         for p in self.paths:
             if not _IFNAME.match(p.interface) or p.interface in (".", ".."):
                 raise SpecError(f"path {p.name!r}: {p.interface!r} is not a valid interface name")
+            if p.interface == LOOPBACK:
+                raise SpecError(f"path {p.name!r}: {p.interface!r} is the loopback interface, not a provider path "
+                                "(shaping it would shape the host's own local traffic)")  # fmt: skip
             if p.table is not None and (p.table in _RESERVED_TABLES or not 0 < p.table < 2**32):
                 raise SpecError(f"path {p.name!r}: routing table {p.table} is reserved or out of range")
         if self.fwmark_base & 0xFF:

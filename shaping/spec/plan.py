@@ -75,6 +75,10 @@ class ShapingPlan:
                 raise SpecError(f"class {tc.name!r}: path {c.path} outside 0..{len(spec.paths) - 1}")
             if c.rate_mbps <= 0 or c.ceil_mbps < c.rate_mbps:
                 raise SpecError(f"class {tc.name!r}: need 0 < rate <= ceil, got {c.rate_mbps}, {c.ceil_mbps}")
+            if c.burst_bytes <= 0:
+                raise SpecError(f"class {tc.name!r}: burst_bytes must be > 0, got {c.burst_bytes}")
+            if c.priority < 0:
+                raise SpecError(f"class {tc.name!r}: priority must be >= 0, got {c.priority}")
             if c.ceil_mbps > spec.cap_mbps * (1 + 1e-6):
                 raise SpecError(f"class {tc.name!r}: ceil {c.ceil_mbps} above tenant cap {spec.cap_mbps}")
 

@@ -186,6 +186,7 @@ def test_destination_match_rejects_a_bad_address() -> None:
         (EnforceConfig(interfaces=("a", "b"), table_base=253), "reserved"),
         (EnforceConfig(interfaces=("a", "b"), fwmark_base=0x4601), "low byte"),
         (EnforceConfig(interfaces=("a", "b"), handle_major=0), "handle_major"),
+        (EnforceConfig(interfaces=("a", "lo")), "'lo' is the loopback interface"),
     ],
 )
 def test_target_validation(spec: TenantSpec, cfg: EnforceConfig, match: str) -> None:
