@@ -24,9 +24,9 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.config import FinalEvalConfig, register_configs
+from experiments.config import FinalEvalConfig, exits_2_on_config_error, register_configs, to_typed
 from shaping.agents.train_multi import MultiAgentPolicy, MultiTrainResult, train_multi
 from shaping.config import PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 from shaping.evaluation import PolicyResult, evaluate_policies
@@ -186,11 +186,10 @@ def register() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="multiagent")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""
-    conf = OmegaConf.to_object(cfg)
-    if not isinstance(conf, MultiAgentConfig):
-        raise TypeError(f"expected a MultiAgentConfig, got {type(conf).__name__}")
+    conf = to_typed(cfg, MultiAgentConfig)
     out_dir = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
     run_multiagent(conf, out_dir)
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.config import PretrainConfig, register_configs
+from experiments.config import PretrainConfig, exits_2_on_config_error, register_configs, to_typed
 from shaping.agents.policy import AgentPolicy
 from shaping.agents.train import TrainResult, train_ppo
 from shaping.agents.train_dqn import train_dqn
@@ -181,11 +181,10 @@ def run_pretrain(cfg: PretrainConfig, out_dir: Path) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""
-    conf = OmegaConf.to_object(cfg)
-    if not isinstance(conf, PretrainConfig):
-        raise TypeError(f"expected a PretrainConfig, got {type(conf).__name__}")
+    conf = to_typed(cfg, PretrainConfig)
     out_dir = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
     summary = run_pretrain(conf, out_dir)
     brief: dict[str, Any] = {k: summary[k] for k in ("train", "vs_best_baseline") if k in summary}

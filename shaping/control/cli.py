@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from shaping.agents.envelope import EnvelopeConfig
 from shaping.baselines import get_baseline
+from shaping.checks import one_line
 from shaping.config import ScenarioConfig
 from shaping.control.experience import ExperienceStore
 from shaping.control.heuristic import HeuristicControlPolicy
@@ -220,12 +221,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             signal.signal(s, h)
         loop.close()
     return _summary(records, loop, backend)
-
-
-def one_line(err: BaseException) -> str:
-    """The error's message on one line (some, a checkpoint mismatch say, span several)."""
-    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
