@@ -417,6 +417,12 @@ class PretrainConfig:
     """The final comparison against static baselines."""
     output_dir: str | None = None
     """Directory of the checkpoints, logs and summary; None: Hydra's run directory."""
+    torch_threads: int = 1
+    """Torch intra-op threads of training and evaluation: fixed, so a busy machine slows the run without
+    changing it (torch's default, one per core, was 15x slower on a loaded host)."""
+
+    def __post_init__(self) -> None:
+        at_least("pretrain", self, 1, "torch_threads")
 
 
 #: (group, schema name, schema) registered by register_configs.

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -42,6 +41,7 @@ from experiments.config import (
     register_configs,
     to_typed,
 )
+from experiments.threads import torch_threads
 from shaping.checks import above, at_least
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,12 @@ class FederatedConfig:
     output: FedOutputConfig = field(default_factory=FedOutputConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
+    torch_threads: int = 1
+    """Torch intra-op threads of this process (the in-process arms and reports); Ray's client actors and the
+    arm workers run one each, since they already share the cores."""
 
     def __post_init__(self) -> None:
+        at_least("federated", self, 1, "torch_threads")
         bad = [i for i in self.attack.tenants if not 0 <= i < len(self.tenants) + self.population.variants]
         if bad:
             raise ValueError(f"attack.tenants {bad} are not tenant indices")
@@ -360,8 +364,8 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(conf.output.dir) if conf.output.dir else Path(HydraConfig.get().runtime.output_dir)
     # Flower installs app dependencies at run time unless told not to (flwr 1.42): never do that offline.
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    torch.set_num_threads(1)  # 2 cores: Ray's client actors use them
-    run_federated(conf, out_dir)
+    with torch_threads(conf.torch_threads):
+        run_federated(conf, out_dir)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from experiments.config import exits_2_on_config_error, register_configs, to_typed
+from experiments.threads import torch_threads
 from shaping.checks import above, at_least, within
 from experiments.fl_arms import initial_policy, static_baselines
 from experiments.federated import TenantEntry
@@ -152,9 +152,11 @@ class UniversalPretrainConfig:
     """Stop at the first evaluation past this many seconds (None: run every iteration)."""
     progress: bool = True
     output_dir: str | None = None
+    torch_threads: int = 1
+    """Torch intra-op threads: fixed, so a busy machine slows the run without changing it."""
 
     def __post_init__(self) -> None:
-        at_least("pretrain_universal", self, 1, "iterations")
+        at_least("pretrain_universal", self, 1, "iterations", "torch_threads")
         above("pretrain_universal", self, 0.0, "max_wall_s")
         if not self.tenants and self.variants.count == 0:
             raise ValueError("tenants is empty and variants.count is 0: nothing to train on")
@@ -222,7 +224,16 @@ def _plot(history: list[PretrainEval], path: Path) -> None:
 
 
 def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[str, Any]:
-    """Pretrain, write the weights, the log, the plot and summary.json; returns the summary."""
+    """Pretrain, write the weights, the log, the plot and summary.json; returns the summary.
+
+    Runs with ``cfg.torch_threads`` torch threads (restored after); ``stopped_early`` in the summary says
+    whether max_wall_s cut training short of ``iterations``.
+    """
+    with torch_threads(cfg.torch_threads):
+        return _run_pretrain_universal(cfg, out_dir)
+
+
+def _run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[str, Any]:
     if not cfg.tenants:
         raise ValueError("tenants is empty: pretraining needs at least one simulated tenant")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +314,6 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, print the summary's headline."""
     conf = to_typed(cfg, UniversalPretrainConfig)
     out_dir = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
-    torch.set_num_threads(1)  # the simulator and the small MLP gain nothing from a second thread
     summary = run_pretrain_universal(conf, out_dir)
     brief = {k: summary[k] for k in ("weights", "iterations", "env_steps", "wall_s", "stopped_early")}
     brief["best_selection_eval"] = {k: summary["best"][k] for k in ("iteration", "reward", "sla_violation_rate")}

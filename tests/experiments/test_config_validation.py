@@ -112,3 +112,33 @@ def test_the_entry_point_exits_2_before_any_work(tmp_path):
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == "federated: config error: privacy.target_epsilon must be > 0, got 0.0"
     assert not (tmp_path / "federated_rounds.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "runner", "inner", "name"),
+    [
+        ("experiments.pretrain_universal", "run_pretrain_universal", "_run_pretrain_universal", "pretrain_universal"),
+        ("experiments.multiagent", "run_multiagent", "_run_multiagent", "multiagent"),
+    ],
+)
+def test_training_entry_points_fix_the_thread_count(monkeypatch, tmp_path, module, runner, inner, name):
+    import importlib
+
+    import torch
+
+    mod = importlib.import_module(module)
+    conf = to_typed(compose(name, overrides=["torch_threads=3"]), _schema(name))
+    seen: list[int] = []
+    monkeypatch.setattr(mod, inner, lambda cfg, out: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    getattr(mod, runner)(conf, tmp_path)
+    assert seen == [3] and torch.get_num_threads() == before
+
+
+def test_the_federated_entry_point_fixes_the_thread_count(monkeypatch, tmp_path):
+    import torch
+
+    seen: list[int] = []
+    monkeypatch.setattr(federated, "run_federated", lambda cfg, out: seen.append(torch.get_num_threads()))
+    federated.main(compose("federated", overrides=["torch_threads=3", f"output.dir={tmp_path}"]))
+    assert seen == [3]
