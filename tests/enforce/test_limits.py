@@ -109,3 +109,11 @@ def test_disjoint_classes_pass(b: ClassConfig, net: str):
     a = ClassConfig(name="web", entity="vm", protocol="tcp", ports=[443], dst_cidrs=["198.51.100.0/24"],
                     match_dscp=0)  # fmt: skip
     check_disjoint_classes(_spec(a, b, net=net))
+
+
+def test_more_priority_levels_than_htb_serves_are_refused(spec: TenantSpec):
+    from dataclasses import replace
+
+    with pytest.raises(SpecError, match="priority_levels 9 above the 8 HTB serves"):
+        target_from_spec(replace(spec, priority_levels=9), EnforceConfig(interfaces=("a", "b")))
+    target_from_spec(replace(spec, priority_levels=8), EnforceConfig(interfaces=("a", "b")))

@@ -11,12 +11,12 @@ from pyroute2.netlink.rtnl.tcmsg.common import calc_xmittime
 
 from shaping.enforce.kinds.base import NetlinkContext
 from shaping.enforce.ops import HtbClassState, HtbQdiscState, KernelState, Operation
-from shaping.enforce.target import EnforceTarget
+from shaping.enforce.target import HTB_PRIORITIES, EnforceTarget
 from shaping.spec.plan import ShapingPlan, burst_bytes
 from shaping.spec.tenant import SpecError, TenantSpec
 
 #: HTB serves priorities 0..7 (TC_HTB_NUMPRIO 8 in include/uapi/linux/pkt_sched.h).
-MAX_PRIO = 7
+MAX_PRIO = HTB_PRIORITIES - 1
 #: Burst of the default class (the smallest a plan gives).
 MIN_BURST = burst_bytes(0.0)
 #: tc_htb_opt carries buffer and cbuffer (burst as transmission time in psched ticks) as __u32.
