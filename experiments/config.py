@@ -25,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from shaping.checks import above, at_least, check_tree, one_line, within
+from shaping.checks import above, at_least, check_privacy, check_tree, one_line, within
 from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 
 T = TypeVar("T")
@@ -184,15 +184,12 @@ class PrivacyConfig:
 
     def __post_init__(self) -> None:
         _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
-        if self.noise_multiplier < 0 or self.clipping_norm <= 0 or not 0 < self.delta < 1:
-            raise ValueError("privacy needs noise_multiplier >= 0, clipping_norm > 0, 0 < delta < 1")
-        if self.mode in ("central", "distributed") and not self.noise_multiplier > 0:
-            raise ValueError(f"privacy.mode={self.mode} needs noise_multiplier > 0, got {self.noise_multiplier}")
-        above("privacy", self, 0.0, "target_epsilon", "dpsgd_max_grad_norm")
-        at_least("privacy", self, 0.0, "dpsgd_noise_multiplier")
+        check_privacy(self.mode, self.noise_multiplier, self.clipping_norm, self.delta, self.target_epsilon,
+                      self.dpsgd_noise_multiplier, self.dpsgd_max_grad_norm)  # fmt: skip
         noised = self.mode in ("central", "distributed") or self.dpsgd_noise_multiplier > 0
         if self.target_epsilon is not None and not noised:
-            # Without noise the accountant's epsilon is infinite: the budget would stop the run at round 0.
+            # Without noise nothing is accounted and the budget is ignored (fed_server's rounds_allowed): a run
+            # its author believes bounded by epsilon would not be. Refused here, at the command line's edge.
             raise ValueError(f"privacy.target_epsilon={self.target_epsilon} needs noise: mode central or distributed, "
                              "or dpsgd_noise_multiplier > 0 (null: no budget)")  # fmt: skip
 

@@ -62,3 +62,32 @@ def one_line(err: BaseException) -> str:
     """An error's message on one line (OmegaConf's and a checkpoint mismatch's span several)."""
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(err).__name__
+
+
+def check_privacy(
+    mode: str,
+    noise_multiplier: float,
+    clipping_norm: float,
+    delta: float,
+    target_epsilon: float | None,
+    dpsgd_noise: float,
+    dpsgd_max_grad_norm: float,
+) -> None:
+    """The privacy settings' ranges, named by their run-config keys (the Hydra schema and the Flower apps alike).
+
+    Raises:
+        ValueError: the first value out of range; client-level DP (central, distributed) without noise
+            among them, whose accountant would report an infinite epsilon.
+    """
+    if not noise_multiplier >= 0:
+        raise ValueError(f"privacy.noise_multiplier must be >= 0, got {noise_multiplier}")
+    if mode in ("central", "distributed") and not noise_multiplier > 0:
+        raise ValueError(f"privacy.mode={mode} needs noise_multiplier > 0 (its epsilon would be infinite), "
+                         f"got {noise_multiplier}")  # fmt: skip
+    if not clipping_norm > 0 or not 0 < delta < 1:
+        raise ValueError(f"privacy needs clipping_norm > 0 and 0 < delta < 1, got {clipping_norm}, {delta}")
+    if target_epsilon is not None and not 0 < target_epsilon < math.inf:
+        raise ValueError(f"privacy.target_epsilon must be > 0 (null: no budget), got {target_epsilon}")
+    if not dpsgd_noise >= 0 or not dpsgd_max_grad_norm > 0:
+        raise ValueError(f"privacy needs dpsgd_noise_multiplier >= 0 and dpsgd_max_grad_norm > 0, got "
+                         f"{dpsgd_noise}, {dpsgd_max_grad_norm}")  # fmt: skip

@@ -60,8 +60,8 @@ def test_every_primary_config_passes(name: str):
 @pytest.mark.parametrize(
     ("name", "overrides", "message"),
     [
-        ("federated", ["privacy.target_epsilon=-3"], "privacy.target_epsilon must be > 0, got -3.0"),
-        ("federated", ["privacy.target_epsilon=0"], "privacy.target_epsilon must be > 0, got 0.0"),
+        ("federated", ["privacy.target_epsilon=-3"], "privacy.target_epsilon must be > 0 (null: no budget), got -3.0"),
+        ("federated", ["privacy.target_epsilon=0"], "privacy.target_epsilon must be > 0 (null: no budget), got 0.0"),
         ("federated", ["privacy.target_epsilon=8"], "privacy.target_epsilon=8.0 needs noise"),
         ("federated", ["privacy=central_dp", "privacy.noise_multiplier=0"], "needs noise_multiplier > 0"),
         ("federated", ["fl.rounds=0"], "fl.rounds must be >= 1, got 0"),
@@ -110,7 +110,8 @@ def test_the_entry_point_exits_2_before_any_work(tmp_path):
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip() == "federated: config error: privacy.target_epsilon must be > 0, got 0.0"
+    message = "privacy.target_epsilon must be > 0 (null: no budget), got 0.0"
+    assert out.stderr.strip() == f"federated: config error: {message}"
     assert not (tmp_path / "federated_rounds.json").exists()
 
 
