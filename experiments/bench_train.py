@@ -28,9 +28,10 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.config import register_configs
+from experiments.config import exits_2_on_config_error, register_configs, to_typed
+from shaping.checks import above, at_least
 from shaping import ENV_ID
 from shaping.agents.train import EvalResult, evaluate_agent, train_ppo
 from shaping.config import PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
@@ -73,6 +74,11 @@ class BenchTrainConfig:
     """Run the SB3 side (false: only ours, e.g. without the dev dependency)."""
     threads: int | None = 1
     """torch threads for both (1: tiny networks, and fair on a shared machine); None: torch's default."""
+
+    def __post_init__(self) -> None:
+        at_least("bench_train", self, 1, "num_envs", "eval_every", "eval_envs", "eval_steps", "threads")
+        above("bench_train", self, 0.0, "max_wall_s", "sb3_cap_factor")
+
 
 
 class _Clock:
@@ -207,11 +213,10 @@ def register() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench_train")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, print JSON."""
-    conf = OmegaConf.to_object(cfg)
-    if not isinstance(conf, BenchTrainConfig):
-        raise TypeError(f"expected a BenchTrainConfig, got {type(conf).__name__}")
+    conf = to_typed(cfg, BenchTrainConfig)
     print(json.dumps(run_bench(conf), indent=2), flush=True)
 
 

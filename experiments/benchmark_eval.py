@@ -17,16 +17,15 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
+from experiments.threads import torch_threads
 from shaping.config import RewardConfig, ScenarioConfig
 from shaping.evaluation import PolicyResult, evaluate_policy
 from shaping.policies import Policy, cannot_control, make_policy, resolve_controlled
@@ -134,17 +133,6 @@ def evaluate_scenario(
         "controlled": controlled,
         "results": rows,
     }
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with n intra-op threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_job(path: str, refs: Sequence[str], settings: EvalSettings, on_done: OnDone | None = None) -> dict[str, Any]:

@@ -13,19 +13,67 @@ hand plain dataclasses to plain functions. flat_config turns a config into the f
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from shaping.checks import above, at_least, check_privacy, check_tree, one_line, within
 from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
+
+T = TypeVar("T")
 
 #: Known values of the string-typed choices (checked in __post_init__ so OmegaConf.to_object fails early).
 FL_STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "trimmed_mean", "krum")
 PRIVACY_MODES = ("none", "clip", "central", "distributed")
 SHAPER_BACKENDS = ("sim", "kernel")
+
+
+class ConfigError(ValueError):
+    """A configuration value refused before any work starts; its message is one line naming the key."""
+
+
+def to_typed(cfg: DictConfig, schema: type[T]) -> T:
+    """The composed config as a ``schema`` instance, every value checked before any work starts.
+
+    The schemas' ``__post_init__`` check their own fields (OmegaConf.to_object runs them); on top,
+    ``check_tree`` refuses a nan or infinite float and a negative seed anywhere in the tree.
+
+    Raises:
+        ConfigError: the first value refused, on one line.
+    """
+    try:
+        obj = OmegaConf.to_object(cfg)
+        if not isinstance(obj, schema):
+            raise TypeError(f"expected a {schema.__name__}, got {type(obj).__name__}")
+        check_tree(obj)
+    except (ValueError, TypeError, OmegaConfBaseException) as err:
+        raise ConfigError(one_line(err)) from err
+    return obj
+
+
+def exits_2_on_config_error(main: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
+    """Wrap a Hydra task function: a ConfigError prints ``PROG: config error: ...`` on stderr and exits 2.
+
+    SystemExit is not an Exception, so Hydra (1.3) lets it through instead of printing a traceback.
+    """
+
+    @functools.wraps(main)
+    def run(cfg: DictConfig) -> T:
+        try:
+            return main(cfg)
+        except ConfigError as err:
+            print(f"{Path(sys.argv[0]).stem}: config error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return run
 
 
 def _check_choice(what: str, value: str, known: tuple[str, ...]) -> None:
@@ -99,8 +147,11 @@ class FLConfig:
     def __post_init__(self) -> None:
         _check_choice("fl.strategy", self.strategy, FL_STRATEGIES)
         _check_choice("fl.weighting", self.weighting, ("examples", "uniform"))
-        if self.rounds < 1 or self.clients < 1:
-            raise ValueError("fl.rounds and fl.clients must be >= 1")
+        at_least("fl", self, 1, "rounds", "clients", "min_fit_clients", "local_epochs")
+        at_least("fl", self, 0, "krum_malicious")
+        within("fl", self, 0.0, 1.0, "fraction_fit", "server_momentum", "beta_1", "beta_2")
+        above("fl", self, 0.0, "fraction_fit", "server_lr", "client_lr", "tau")
+        at_least("fl", self, 0.0, "proximal_mu")
         if not 0.0 <= self.trim_beta < 0.5:
             raise ValueError(f"fl.trim_beta must be in [0, 0.5), got {self.trim_beta}")
 
@@ -133,10 +184,14 @@ class PrivacyConfig:
 
     def __post_init__(self) -> None:
         _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
-        if self.noise_multiplier < 0 or self.clipping_norm <= 0 or not 0 < self.delta < 1:
-            raise ValueError("privacy needs noise_multiplier >= 0, clipping_norm > 0, 0 < delta < 1")
-        if self.mode in ("central", "distributed") and self.noise_multiplier == 0:
-            raise ValueError(f"privacy.mode={self.mode} needs noise_multiplier > 0")
+        check_privacy(self.mode, self.noise_multiplier, self.clipping_norm, self.delta, self.target_epsilon,
+                      self.dpsgd_noise_multiplier, self.dpsgd_max_grad_norm)  # fmt: skip
+        noised = self.mode in ("central", "distributed") or self.dpsgd_noise_multiplier > 0
+        if self.target_epsilon is not None and not noised:
+            # Without noise nothing is accounted and the budget is ignored (fed_server's rounds_allowed): a run
+            # its author believes bounded by epsilon would not be. Refused here, at the command line's edge.
+            raise ValueError(f"privacy.target_epsilon={self.target_epsilon} needs noise: mode central or distributed, "
+                             "or dpsgd_noise_multiplier > 0 (null: no budget)")  # fmt: skip
 
 
 @dataclass
@@ -199,8 +254,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not self.policies:
             raise ValueError("policies must name at least one policy")
-        if self.seeds < 1 or self.episodes < 1 or (self.steps is not None and self.steps < 1):
-            raise ValueError("seeds, episodes and steps must be >= 1")
+        at_least("compare", self, 1, "seeds", "episodes", "steps")
 
 
 #: The static baselines (shaping.baselines), in the order reports list them.
@@ -259,8 +313,7 @@ class BenchmarkConfig:
             raise ValueError(f"static must be members of the yardstick; not in it: {extra}")
         if not self.scenarios and not self.suite:
             raise ValueError("name a suite or list scenarios")
-        if self.seeds < 1 or (self.steps is not None and self.steps < 1):
-            raise ValueError("seeds and steps must be >= 1")
+        at_least("benchmark", self, 1, "seeds", "steps")
         if self.floor <= 0 or self.tie_tolerance < 0:
             raise ValueError(f"floor must be > 0 and tie_tolerance >= 0, got {self.floor}, {self.tie_tolerance}")
         if self.workers < 1 or self.torch_threads < 1:
@@ -285,6 +338,12 @@ class SearchConfig:
     """Rounds of steepest descent on the grid after the optimizer, per CoDel setting."""
     aqm: list[bool] = field(default_factory=lambda: [False, True])
     """CoDel settings of the controlled tenants' leaves searched, one search each."""
+
+    def __post_init__(self) -> None:
+        at_least("search", self, 1, "population", "generations", "seeds", "steps")
+        at_least("search", self, 0, "polish_rounds")
+        if not self.aqm:
+            raise ValueError("search.aqm must list at least one CoDel setting")
 
 
 @dataclass
@@ -330,8 +389,7 @@ class FinalEvalConfig:
     """Scenarios not trained on, evaluated too where they hold the tenant with the same spec (others are skipped)."""
 
     def __post_init__(self) -> None:
-        if self.seeds < 1 or self.steps < 1:
-            raise ValueError("evaluation.seeds and evaluation.steps must be >= 1")
+        at_least("evaluation", self, 1, "seeds", "steps")
 
 
 @dataclass
@@ -356,6 +414,12 @@ class PretrainConfig:
     """The final comparison against static baselines."""
     output_dir: str | None = None
     """Directory of the checkpoints, logs and summary; None: Hydra's run directory."""
+    torch_threads: int = 1
+    """Torch intra-op threads of training and evaluation: fixed, so a busy machine slows the run without
+    changing it (torch's default, one per core, was 15x slower on a loaded host)."""
+
+    def __post_init__(self) -> None:
+        at_least("pretrain", self, 1, "torch_threads")
 
 
 #: (group, schema name, schema) registered by register_configs.
@@ -382,19 +446,13 @@ def register_configs() -> None:
 
 
 def to_compare_config(cfg: DictConfig) -> CompareConfig:
-    """The composed config as a CompareConfig instance (validated)."""
-    obj = OmegaConf.to_object(cfg)
-    if not isinstance(obj, CompareConfig):
-        raise TypeError(f"expected a CompareConfig, got {type(obj).__name__}")
-    return obj
+    """The composed config as a CompareConfig instance (validated: ``to_typed``)."""
+    return to_typed(cfg, CompareConfig)
 
 
 def to_benchmark_config(cfg: DictConfig) -> BenchmarkConfig:
-    """The composed config as a BenchmarkConfig instance (validated)."""
-    obj = OmegaConf.to_object(cfg)
-    if not isinstance(obj, BenchmarkConfig):
-        raise TypeError(f"expected a BenchmarkConfig, got {type(obj).__name__}")
-    return obj
+    """The composed config as a BenchmarkConfig instance (validated: ``to_typed``)."""
+    return to_typed(cfg, BenchmarkConfig)
 
 
 def flat_config(cfg: Any, prefix: str = "") -> dict[str, bool | int | float | str]:

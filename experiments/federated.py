@@ -31,13 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.config import FLConfig, PrivacyConfig, flat_config, register_configs
+from experiments.config import (
+    FLConfig,
+    PrivacyConfig,
+    exits_2_on_config_error,
+    flat_config,
+    register_configs,
+    to_typed,
+)
 from experiments.quiet import log_file, plain_log_files
+from experiments.threads import torch_threads
+from shaping.checks import above, at_least
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,9 @@ class TenantEntry:
     """The scenario's tenant this node controls."""
     num_envs: int = 8
     """Environments per local iteration: the tenant's amount of data."""
+
+    def __post_init__(self) -> None:
+        at_least("tenants[].num_envs", self, 1, "num_envs")
 
 
 @dataclass
@@ -73,6 +84,12 @@ class FedTrainConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     """Widths of the global model's hidden layers."""
 
+    def __post_init__(self) -> None:
+        at_least("train", self, 1, "local_iterations", "num_steps", "update_epochs", "num_minibatches")
+        above("train", self, 0.0, "learning_rate")
+        if not self.hidden_sizes or any(not n >= 1 for n in self.hidden_sizes):
+            raise ValueError(f"train.hidden_sizes must be a non-empty list of sizes >= 1, got {self.hidden_sizes}")
+
 
 @dataclass
 class FedEvalConfig:
@@ -90,6 +107,9 @@ class FedEvalConfig:
     """Static baselines run by each tenant for reference (its plan as the nearest action, with CoDel on its
     leaves for fq_codel)."""
 
+    def __post_init__(self) -> None:
+        at_least("evaluation", self, 1, "envs", "steps")
+
 
 @dataclass
 class SimulationConfig:
@@ -103,6 +123,10 @@ class SimulationConfig:
     """Wall-clock limit of the Flower run; it is stopped and the command fails past it (None: no limit)."""
     arm_workers: int = 2
     """Processes running the local-only and centralized arms and the baselines side by side (1: in-process)."""
+
+    def __post_init__(self) -> None:
+        above("simulation", self, 0.0, "client_num_cpus", "timeout_s")
+        at_least("simulation", self, 1, "ray_num_cpus", "arm_workers")
 
 
 @dataclass
@@ -128,6 +152,9 @@ class FedInitConfig:
     """With weights: the observations the file's normalizer statistics count for, so that a tenant's
     first rollouts shift them gently instead of replacing them (the policy was trained on their scaling)."""
 
+    def __post_init__(self) -> None:
+        above("init", self, 0.0, "norm_count")
+
 
 @dataclass
 class PopulationConfig:
@@ -145,6 +172,10 @@ class PopulationConfig:
     """Network randomization of each variant (shaping.sim.variants.tenant_variant; 1: none)."""
     seed: int = 1
     """Seed of the draws (pretrain_universal's variants use 0 by default: these are other tenants)."""
+
+    def __post_init__(self) -> None:
+        at_least("population", self, 0, "variants")
+        at_least("population", self, 1, "num_envs", "path_scale")
 
 
 @dataclass
@@ -180,6 +211,16 @@ class FederatedConfig:
     output: FedOutputConfig = field(default_factory=FedOutputConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
+    torch_threads: int = 1
+    """Torch intra-op threads of this process (the in-process arms and reports); Ray's client actors and the
+    arm workers run one each, since they already share the cores."""
+
+    def __post_init__(self) -> None:
+        at_least("federated", self, 1, "torch_threads")
+        bad = [i for i in self.attack.tenants if not 0 <= i < len(self.tenants) + self.population.variants]
+        if bad:
+            raise ValueError(f"attack.tenants {bad} are not tenant indices")
+
 
 
 def with_population(cfg: FederatedConfig, out_dir: Path) -> FederatedConfig:
@@ -323,17 +364,16 @@ def register() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="federated")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: compose, validate, run."""
-    conf = OmegaConf.to_object(cfg)
-    if not isinstance(conf, FederatedConfig):
-        raise TypeError(f"expected a FederatedConfig, got {type(conf).__name__}")
+    """Hydra entry point: compose, validate (exit 2 on a bad value), run."""
+    conf = to_typed(cfg, FederatedConfig)
     out_dir = Path(conf.output.dir) if conf.output.dir else Path(HydraConfig.get().runtime.output_dir)
     # Flower installs app dependencies at run time unless told not to (flwr 1.42): never do that offline.
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    torch.set_num_threads(1)  # 2 cores: Ray's client actors use them
     plain_log_files()
-    run_federated(conf, out_dir)
+    with torch_threads(conf.torch_threads):
+        run_federated(conf, out_dir)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.config import FinalEvalConfig, register_configs
+from experiments.config import FinalEvalConfig, exits_2_on_config_error, register_configs, to_typed
+from experiments.threads import torch_threads
+from shaping.checks import at_least
 from shaping.agents.train_multi import MultiAgentPolicy, MultiTrainResult, train_multi
 from shaping.config import PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 from shaping.evaluation import PolicyResult, evaluate_policies
@@ -62,8 +64,11 @@ class MultiAgentConfig:
     """Baselines (every tenant runs each), held-out seeds and steps of the final comparison."""
     output_dir: str | None = None
     """Directory of the results; None: Hydra's run directory."""
+    torch_threads: int = 1
+    """Torch intra-op threads of training and evaluation: fixed, so a busy machine slows the run without changing it."""
 
     def __post_init__(self) -> None:
+        at_least("multiagent", self, 1, "torch_threads")
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes}")
@@ -138,6 +143,8 @@ def plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
 def _train_summary(res: MultiTrainResult) -> dict[str, Any]:
     return {
         "iterations": res.iterations,
+        "planned_iterations": res.planned_iterations,
+        "wall_clock_stopped": res.wall_clock_stopped,
         "env_steps": res.env_steps,
         "wall_s": round(res.wall_s, 2),
         "s_per_iteration": round(res.wall_s / max(res.iterations, 1), 3),
@@ -148,7 +155,16 @@ def _train_summary(res: MultiTrainResult) -> dict[str, Any]:
 
 
 def run_multiagent(cfg: MultiAgentConfig, out_dir: Path) -> dict[str, Any]:
-    """Train the learners of each mode, compare them with the baselines and write the report into out_dir."""
+    """Train the learners of each mode, compare them with the baselines and write the report into out_dir.
+
+    Runs with ``cfg.torch_threads`` torch threads (restored after); ``train.MODE.wall_clock_stopped`` in
+    results.json says whether train.max_wall_s cut a mode's training short.
+    """
+    with torch_threads(cfg.torch_threads):
+        return _run_multiagent(cfg, out_dir)
+
+
+def _run_multiagent(cfg: MultiAgentConfig, out_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     learners: list[Policy] = []
@@ -186,11 +202,10 @@ def register() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="multiagent")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""
-    conf = OmegaConf.to_object(cfg)
-    if not isinstance(conf, MultiAgentConfig):
-        raise TypeError(f"expected a MultiAgentConfig, got {type(conf).__name__}")
+    conf = to_typed(cfg, MultiAgentConfig)
     out_dir = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
     run_multiagent(conf, out_dir)
 

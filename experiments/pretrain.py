@@ -25,9 +25,10 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.config import PretrainConfig, register_configs
+from experiments.config import PretrainConfig, exits_2_on_config_error, register_configs, to_typed
+from experiments.threads import torch_threads
 from shaping.agents.policy import AgentPolicy
 from shaping.agents.train import TrainResult, train_ppo
 from shaping.agents.train_dqn import train_dqn
@@ -128,14 +129,22 @@ def _compare(cfg: PretrainConfig, scenario: ScenarioConfig, agent_ref: str, tena
 def run_pretrain(cfg: PretrainConfig, out_dir: Path) -> dict[str, Any]:
     """Train, evaluate against the baselines (training scenario and held-out ones) and write summary.json.
 
+    Runs with ``cfg.torch_threads`` torch threads (restored after).
+
     Args:
         cfg: the pretraining settings.
         out_dir: directory of train.csv, tensorboard/, best.pt, last.pt and summary.json (created).
     Returns:
         The summary written to summary.json: the training scenario's comparison at the top level
         (policies, vs_best_baseline), each held-out scenario's under heldout.NAME, and the held-out
-        scenarios skipped (with the reason) under heldout_skipped.
+        scenarios skipped (with the reason) under heldout_skipped. ``train.wall_clock_stopped`` says
+        whether train.max_wall_s cut training short of ``train.planned_iterations``.
     """
+    with torch_threads(cfg.torch_threads):
+        return _run_pretrain(cfg, out_dir)
+
+
+def _run_pretrain(cfg: PretrainConfig, out_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     scenarios = [cfg.scenario, *(load_scenario(name) for name in cfg.extra_scenarios)]
     tenant = cfg.tenant if cfg.tenant is not None else cfg.scenario.tenants[0].name
@@ -162,6 +171,9 @@ def run_pretrain(cfg: PretrainConfig, out_dir: Path) -> dict[str, Any]:
         "train": {
             "scenarios": [s.name for s in scenarios],
             "iterations": result.iterations,
+            "planned_iterations": result.planned_iterations,
+            "wall_clock_stopped": result.wall_clock_stopped,
+            "torch_threads": cfg.torch_threads,
             "env_steps": result.env_steps,
             "wall_s": round(train_s, 2),
             "eval_wall_s": round(result.eval_s, 2),
@@ -177,15 +189,18 @@ def run_pretrain(cfg: PretrainConfig, out_dir: Path) -> dict[str, Any]:
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %s in %.1f s", out_dir / "summary.json", summary["wall_s"])
+    if result.wall_clock_stopped:
+        log.warning("WALL-CLOCK STOP: training ran %d of %d planned iterations (train.max_wall_s=%g); the "
+                    "comparison above is of that shorter run", result.iterations, result.planned_iterations,
+                    cfg.train.max_wall_s)  # fmt: skip
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""
-    conf = OmegaConf.to_object(cfg)
-    if not isinstance(conf, PretrainConfig):
-        raise TypeError(f"expected a PretrainConfig, got {type(conf).__name__}")
+    conf = to_typed(cfg, PretrainConfig)
     out_dir = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
     summary = run_pretrain(conf, out_dir)
     brief: dict[str, Any] = {k: summary[k] for k in ("train", "vs_best_baseline") if k in summary}

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from experiments.config import register_configs
+from experiments.config import exits_2_on_config_error, register_configs, to_typed
+from experiments.threads import torch_threads
+from shaping.checks import above, at_least, within
 from experiments.fl_arms import initial_policy, static_baselines
 from experiments.federated import TenantEntry
 from shaping.agents.global_model import make_model, save_weights
@@ -60,6 +61,13 @@ class UniversalTrainConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     """Must equal the federation's train.hidden_sizes."""
 
+    def __post_init__(self) -> None:
+        at_least("train", self, 1, "num_steps", "update_epochs", "num_minibatches")
+        above("train", self, 0.0, "learning_rate")
+        if not self.hidden_sizes or any(not n >= 1 for n in self.hidden_sizes):
+            raise ValueError(f"train.hidden_sizes must be a non-empty list of sizes >= 1, got {self.hidden_sizes}")
+
+
 
 @dataclass
 class ImitationConfig:
@@ -74,6 +82,12 @@ class ImitationConfig:
     """Label smoothing: the share of each action field's target spread over its other choices, so the
     cloned policy still explores when PPO starts (cloned to certainty, PPO barely moves it)."""
 
+    def __post_init__(self) -> None:
+        at_least("imitation", self, 0, "iterations")
+        above("imitation", self, 0.0, "learning_rate")
+        within("imitation", self, 0.0, 1.0, "smoothing")
+
+
 
 @dataclass
 class VariantsConfig:
@@ -87,6 +101,11 @@ class VariantsConfig:
     """Network randomization: each variant's path capacities and base delays are scaled by log-uniform
     factors in [1 / path_scale, path_scale] (1: the slot's network as it is)."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least("variants", self, 0, "count")
+        at_least("variants", self, 1, "num_envs", "path_scale")
+
 
 
 @dataclass
@@ -108,6 +127,11 @@ class UniversalEvalConfig:
     """Seed of the held-out variants' draws (the training variants use variants.seed)."""
     baselines: list[str] = field(default_factory=lambda: ["static_priority", "fair_share", "fifo", "greedy_premium"])
 
+    def __post_init__(self) -> None:
+        at_least("evaluation", self, 1, "every", "envs", "steps")
+        at_least("evaluation", self, 0, "heldout_variants")
+
+
 
 @dataclass
 class UniversalPretrainConfig:
@@ -128,6 +152,15 @@ class UniversalPretrainConfig:
     """Stop at the first evaluation past this many seconds (None: run every iteration)."""
     progress: bool = True
     output_dir: str | None = None
+    torch_threads: int = 1
+    """Torch intra-op threads: fixed, so a busy machine slows the run without changing it."""
+
+    def __post_init__(self) -> None:
+        at_least("pretrain_universal", self, 1, "iterations", "torch_threads")
+        above("pretrain_universal", self, 0.0, "max_wall_s")
+        if not self.tenants and self.variants.count == 0:
+            raise ValueError("tenants is empty and variants.count is 0: nothing to train on")
+
 
 
 def _task(t: TenantEntry) -> TenantTask:
@@ -191,7 +224,16 @@ def _plot(history: list[PretrainEval], path: Path) -> None:
 
 
 def run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[str, Any]:
-    """Pretrain, write the weights, the log, the plot and summary.json; returns the summary."""
+    """Pretrain, write the weights, the log, the plot and summary.json; returns the summary.
+
+    Runs with ``cfg.torch_threads`` torch threads (restored after); ``stopped_early`` in the summary says
+    whether max_wall_s cut training short of ``iterations``.
+    """
+    with torch_threads(cfg.torch_threads):
+        return _run_pretrain_universal(cfg, out_dir)
+
+
+def _run_pretrain_universal(cfg: UniversalPretrainConfig, out_dir: Path) -> dict[str, Any]:
     if not cfg.tenants:
         raise ValueError("tenants is empty: pretraining needs at least one simulated tenant")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -267,13 +309,11 @@ def register() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain_universal")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, print the summary's headline."""
-    conf = OmegaConf.to_object(cfg)
-    if not isinstance(conf, UniversalPretrainConfig):
-        raise TypeError(f"expected a UniversalPretrainConfig, got {type(conf).__name__}")
+    conf = to_typed(cfg, UniversalPretrainConfig)
     out_dir = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
-    torch.set_num_threads(1)  # the simulator and the small MLP gain nothing from a second thread
     summary = run_pretrain_universal(conf, out_dir)
     brief = {k: summary[k] for k in ("weights", "iterations", "env_steps", "wall_s", "stopped_early")}
     brief["best_selection_eval"] = {k: summary["best"][k] for k in ("iteration", "reward", "sla_violation_rate")}

@@ -25,6 +25,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.config import exits_2_on_config_error, to_typed
 from shaping.testbed.report import markdown_report, write_plot
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,10 @@ def register() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="testbed")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, print the JSON."""
-    conf = OmegaConf.to_object(cfg)
-    assert isinstance(conf, TestbedConfig)
+    conf = to_typed(cfg, TestbedConfig)
     out = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
     results = run_testbed(conf, out)
     if "skipped" in results:

@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.config import TuneStaticConfig, register_configs
+from experiments.config import TuneStaticConfig, exits_2_on_config_error, register_configs, to_typed
 from shaping.config import ScenarioConfig
 from shaping.sim.scenarios import load_scenario
 from shaping.tuned import TunedPlan, TuneSettings, cache_key, default_cache_dir, load_or_tune, lookup
@@ -69,11 +69,10 @@ def run_tune_static(cfg: TuneStaticConfig) -> list[TunedPlan]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="tune_static")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""
-    conf = OmegaConf.to_object(cfg)
-    if not isinstance(conf, TuneStaticConfig):
-        raise TypeError(f"expected a TuneStaticConfig, got {type(conf).__name__}")
+    conf = to_typed(cfg, TuneStaticConfig)
     run_tune_static(conf)
 
 

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shaping.checks import above, at_least, within
+
 #: Applications the traffic models know; a class's `app` must be one of them.
 APPS: tuple[str, ...] = ("gaming", "transactions", "video", "bulk", "web")
 #: Entity kinds of a tenant.
 ENTITY_KINDS: tuple[str, ...] = ("vm", "subnet", "security_group")
+
+
+def _check_sizes(section: str, sizes: list[int]) -> None:
+    if not sizes or any(not n >= 1 for n in sizes):
+        raise ValueError(f"{section}.hidden_sizes must be a non-empty list of sizes >= 1, got {sizes}")
 
 
 @dataclass
@@ -237,6 +244,9 @@ class RewardConfig:
     sla_penalty: float = 1.0
     """Penalty per class violating its SLA in a step."""
 
+    def __post_init__(self) -> None:
+        at_least("reward", self, 0.0, "throughput", "latency", "efficiency", "sla_penalty")
+
 
 @dataclass
 class PPOConfig:
@@ -277,6 +287,13 @@ class PPOConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
     """Widths of the hidden layers of the actor and critic MLPs."""
 
+    def __post_init__(self) -> None:
+        at_least("agent", self, 1, "total_timesteps", "num_steps", "num_minibatches", "update_epochs")
+        above("agent", self, 0.0, "learning_rate", "clip_coef", "max_grad_norm", "target_kl")
+        within("agent", self, 0.0, 1.0, "gamma", "gae_lambda")
+        at_least("agent", self, 0.0, "ent_coef", "vf_coef")
+        _check_sizes("agent", self.hidden_sizes)
+
 
 @dataclass
 class DQNConfig:
@@ -312,6 +329,14 @@ class DQNConfig:
     """Use double Q-learning targets."""
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
     """Widths of the hidden layers of the Q network."""
+
+    def __post_init__(self) -> None:
+        at_least("agent", self, 1, "total_timesteps", "buffer_size", "target_network_frequency", "batch_size",
+                 "train_frequency")  # fmt: skip
+        at_least("agent", self, 0, "learning_starts")
+        above("agent", self, 0.0, "learning_rate", "tau", "exploration_fraction")
+        within("agent", self, 0.0, 1.0, "gamma", "tau", "start_e", "end_e", "exploration_fraction")
+        _check_sizes("agent", self.hidden_sizes)
 
 
 @dataclass
@@ -350,3 +375,5 @@ class TrainConfig:
             raise ValueError("train needs num_envs, eval_envs, eval_steps >= 1 and eval_every >= 0")
         if self.episode_steps is not None and self.episode_steps < 1:
             raise ValueError(f"train.episode_steps must be >= 1 or null, got {self.episode_steps}")
+        above("train", self, 0.0, "max_wall_s")
+        at_least("train", self, 0, "seed", "eval_seed")

@@ -16,6 +16,7 @@ from typing import Any
 
 from shaping.agents.ppo import linear_lr
 from shaping.agents.universal import TenantTask, UniversalLayout
+from shaping.checks import check_privacy
 from shaping.config import PPOConfig
 
 Scalar = bool | int | float | str
@@ -76,6 +77,12 @@ class RunSettings:
     attack_scale: float = 1.0
     attack_tenants: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        # The Flower apps also take run configs that never went through the Hydra schema (flwr run
+        # --run-config): the same privacy ranges hold here, so central DP without noise cannot start.
+        check_privacy(self.privacy_mode, self.noise_multiplier, self.clipping_norm, self.delta, self.target_epsilon,
+                      self.dpsgd_noise, self.dpsgd_max_grad_norm)  # fmt: skip
+
     @property
     def client_level_dp(self) -> bool:
         """Whether the run adds client-level DP noise (central, or distributed shares), which the server accounts."""
@@ -119,7 +126,8 @@ class RunSettings:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
         """Read the flat keys (unknown keys are ignored, missing ones take the defaults)."""
-        s, ppo = cls(), {}
+        top: dict[str, Any] = {}
+        ppo: dict[str, Any] = {}
         for key, (attr, decode, _) in KEYS.items():
             if key not in cfg:
                 continue
@@ -127,7 +135,8 @@ class RunSettings:
             if attr.startswith("ppo."):
                 ppo[attr[4:]] = value
             else:
-                s = replace(s, **{attr: value})
+                top[attr] = value
+        s = replace(cls(), **top)  # all at once: __post_init__ checks the settings together, not key by key
         return replace(s, ppo=replace(s.ppo, **ppo)) if ppo else s
 
     def to_config(self) -> dict[str, Scalar]:

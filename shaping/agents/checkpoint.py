@@ -100,13 +100,25 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The raw contents of a checkpoint, unchecked (for inspection)."""
+    """The raw contents of a checkpoint, unchecked (for inspection).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: the file is empty, truncated or not a FedShape checkpoint.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {os.fspath(path)!r} does not exist or is not a file")
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{path} is not a FedShape agent checkpoint (it holds more than tensors and plain values)"
         ) from err
+    except (EOFError, RuntimeError, OSError) as err:
+        # torch 2.x: an empty file ends the unpickler (EOFError), a truncated zip fails in its reader
+        # (RuntimeError "failed finding central directory", or OSError EINVAL).
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise ValueError(f"{path} is not a readable agent checkpoint (empty or truncated?): {detail}") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a FedShape agent checkpoint (format {CHECKPOINT_FORMAT})")
     return payload
@@ -150,15 +162,21 @@ def load_checkpoint(
             envelope is rebuilt from the tenant's own spec and QoS either way.
         device: where the model goes.
     Raises:
+        FileNotFoundError: there is no such file.
         CheckpointMismatchError: the spec version or the tenant fingerprint differs.
+        ValueError: the file is empty, truncated, not a checkpoint, or its model cannot be rebuilt.
     """
     payload = read_checkpoint(path)
     check_compatible(payload, spec, source=f"checkpoint {os.fspath(path)!r}")
     kind = payload["kind"]
     if kind not in MODEL_KINDS:
         raise ValueError(f"checkpoint {os.fspath(path)!r} has model kind {kind!r}; known kinds: {sorted(MODEL_KINDS)}")
-    model = MODEL_KINDS[kind](**payload["model_kwargs"])
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = MODEL_KINDS[kind](**payload["model_kwargs"])
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:  # a damaged or hand-edited payload
+        raise ValueError(f"checkpoint {os.fspath(path)!r}: its {kind} model cannot be rebuilt: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err  # fmt: skip
     model.to(device)
     bounds = envelope or EnvelopeConfig(**payload["envelope"])
     set_envelope = getattr(model, "set_envelope", None)

@@ -9,6 +9,7 @@ on held-out seeds of the pretraining tenants only: the federation's tenants are 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from shaping.agents.local_train import LocalTrainer, evaluate
 from shaping.agents.ppo import ActorCritic, linear_lr, set_lr
 from shaping.agents.universal import PaddedEnv
 from shaping.config import PPOConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,6 +127,10 @@ def pretrain_universal(
             break
         if max_wall_s is not None and record.wall_s >= max_wall_s:
             stopped = True
+            # The iteration count is what makes the run reproducible: a wall-clock stop must be seen.
+            log.warning("WALL-CLOCK STOP: universal pretraining ran %d of its %d planned iterations: max_wall_s=%g s "
+                        "elapsed (%.0f s); the result is not the budget's", trainer.iterations, iterations,
+                        max_wall_s, record.wall_s)  # fmt: skip
             break
         if cfg.anneal_lr:
             # One learning rate per chunk: the schedule's value at the chunk's first iteration.

@@ -15,6 +15,7 @@ the same spec (observation and action layout), which is checked up front.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ from shaping.agents.ppo import ActorCritic, Rollout, collect_rollout, linear_lr,
 from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 from shaping.sim.vector_env import ShapingVectorEnv
 from shaping.spec import TenantSpec
+
+log = logging.getLogger(__name__)
 
 #: Columns of the CSV log, one row per iteration (evaluation columns are empty between evaluations).
 CSV_FIELDS: tuple[str, ...] = (
@@ -129,6 +132,10 @@ class TrainResult:
     """Wall-clock time spent in the periodic evaluations (part of wall_s), seconds."""
     stopped: bool = False
     """Training ended early because the stop function returned True."""
+    planned_iterations: int = 0
+    """Iterations the step budget (total_timesteps) asked for."""
+    wall_clock_stopped: bool = False
+    """train.max_wall_s ended training before the planned iterations: the result is not the budget's."""
 
 
 @torch.no_grad()
@@ -231,6 +238,28 @@ def reset_envs(envs: Sequence[ShapingVectorEnv], train: TrainConfig) -> list[tor
     return next_obs
 
 
+def wall_clock_spent(train: TrainConfig, wall_s: float, iteration: int, planned: int, what: str = "training") -> bool:
+    """Whether ``train.max_wall_s`` has elapsed; a stop before the planned iterations is logged as a warning.
+
+    The step budget is what makes a run reproducible: a wall-clock stop depends on the machine's load,
+    so it must never pass unnoticed (a busy host once cut a run to a fifteenth of its steps).
+
+    Args:
+        train: the training settings (max_wall_s None: no limit).
+        wall_s: seconds since training started.
+        iteration: the iteration just finished (1-based).
+        planned: the iterations the step budget asks for.
+        what: what is stopped, for the message.
+    """
+    if train.max_wall_s is None or wall_s < train.max_wall_s:
+        return False
+    if iteration < planned:
+        log.warning("WALL-CLOCK STOP: %s ran %d of its %d planned iterations: train.max_wall_s=%g s elapsed "
+                    "(%.0f s); the result is not the step budget's", what, iteration, planned, train.max_wall_s,
+                    wall_s)  # fmt: skip
+    return True
+
+
 class TrainRun:
     """The bookkeeping train_ppo and train_dqn share: progress bar, log, periodic evaluation, checkpoints.
 
@@ -259,6 +288,8 @@ class TrainRun:
         self.best_path = out_dir / "best.pt" if out_dir is not None else None
         self.eval_s = 0.0
         self.stopped = False
+        self.wall_clock_stopped = False
+        self.kind = kind
         self.start = time.perf_counter()
         self.bar = tqdm(total=num_iterations, disable=not train.progress, unit="it", desc=f"{kind}/{spec.name}")
 
@@ -277,7 +308,8 @@ class TrainRun:
             postfix: progress bar fields shown before the evaluation's.
         """
         train = self.train
-        over_budget = train.max_wall_s is not None and row["wall_s"] >= train.max_wall_s
+        over_budget = wall_clock_spent(train, row["wall_s"], iteration, self.num_iterations, f"{self.kind} training")
+        self.wall_clock_stopped = over_budget and iteration < self.num_iterations
         last = iteration == self.num_iterations or over_budget
         if (train.eval_every and iteration % train.eval_every == 0) or last:
             self.agent.eval()
@@ -315,6 +347,8 @@ class TrainRun:
             history=self.logger.rows,
             eval_s=self.eval_s,
             stopped=self.stopped,
+            planned_iterations=self.num_iterations,
+            wall_clock_stopped=self.wall_clock_stopped,
         )
 
 

@@ -23,7 +23,7 @@ from shaping.agents.checkpoint import save_checkpoint
 from shaping.agents.multi import LearnerGroup, MultiTenantVectorEnv, collect_joint, make_groups
 from shaping.agents.policy import TrainedPolicyBase, baseline_plans, write_actions
 from shaping.agents.ppo import linear_lr, make_optimizer, ppo_update, set_lr
-from shaping.agents.train import ReturnScaler, TrainLogger
+from shaping.agents.train import ReturnScaler, TrainLogger, wall_clock_spent
 from shaping.config import PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 from shaping.policies import PolicyInput
 from shaping.sim.layout import ScenarioTensors
@@ -66,6 +66,10 @@ class MultiTrainResult:
     """One dict per iteration, the CSV rows."""
     checkpoints: dict[str, Path] = field(default_factory=dict)
     """Independent learners: per tenant the checkpoint of its learner at the best evaluation."""
+    planned_iterations: int = 0
+    """Iterations the step budget (total_timesteps) asked for."""
+    wall_clock_stopped: bool = False
+    """train.max_wall_s ended training before the planned iterations: the result is not the budget's."""
 
 
 @torch.no_grad()
@@ -164,7 +168,7 @@ def train_multi(
             row.update(_mean_stats(stats))
             row["rollout_total_reward"] = sum(row[f"rollout_reward_{n}"] for n in names)
             row["wall_s"] = time.perf_counter() - start
-            over_budget = train.max_wall_s is not None and row["wall_s"] >= train.max_wall_s
+            over_budget = wall_clock_spent(train, row["wall_s"], iteration, num_iterations, "multi-agent training")
             if (train.eval_every and iteration % train.eval_every == 0) or iteration == num_iterations or over_budget:
                 for g in groups:
                     g.agent.eval()
@@ -189,7 +193,8 @@ def train_multi(
         g.agent.eval()
     return MultiTrainResult(groups=groups, tenants=names, shared=shared, iterations=iteration,
                             env_steps=iteration * batch, wall_s=time.perf_counter() - start, best_eval=best,
-                            history=logger.rows, checkpoints=checkpoints)  # fmt: skip
+                            history=logger.rows, checkpoints=checkpoints, planned_iterations=num_iterations,
+                            wall_clock_stopped=iteration < num_iterations)  # fmt: skip
 
 
 def save_groups(

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from shaping.agents.envelope import EnvelopeConfig
 from shaping.baselines import get_baseline
+from shaping.checks import one_line
 from shaping.config import ScenarioConfig
 from shaping.control.experience import ExperienceStore
 from shaping.control.heuristic import HeuristicControlPolicy
@@ -209,6 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     records: list[StepRecord] = []
     previous = {s: signal.signal(s, lambda *_: loop.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        # The static rules are the floor every fallback returns to: a plan the kernel cannot carry (a rate
+        # too small for HTB, say) is a configuration error now, not ten failed intervals later.
+        enforcer.plan(loop.guard.clamp(rules).plan)
         LOG.info("tenant %s: %s on %s (netns %s), interval %.0f ms%s", spec.name, policy.name, ",".join(args.iface),
                  args.netns or "-", interval * 1e3, " [dry run]" if args.dry_run else "")  # fmt: skip
         loop.run(args.steps, on_step=records.append)
@@ -226,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run(args)
     except (ValueError, FileNotFoundError, LookupError, PermissionError) as err:
-        print(f"fedshape-agent: error: {err}", file=sys.stderr)
+        print(f"fedshape-agent: error: {one_line(err)}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0

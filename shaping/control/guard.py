@@ -122,7 +122,8 @@ class Guard:
         """The plan moved into the envelope; the result always passes ``plan.validate(spec)``.
 
         Raises:
-            SpecError: the plan is for another tenant or has the wrong number of classes.
+            SpecError: the plan is for another tenant, has the wrong number of classes or carries a
+                non-finite number (nan, inf).
         """
         spec = self.spec
         if plan.tenant != spec.name or len(plan.classes) != len(spec.classes):
@@ -130,6 +131,9 @@ class Guard:
                 f"guard of tenant {spec.name!r} ({len(spec.classes)} classes) got a plan for "
                 f"{plan.tenant!r} with {len(plan.classes)} classes"
             )
+        # nan would pass through _clip (it compares false with both bounds): refuse it by name instead
+        # of guessing a value; the loop falls back to the static rules.
+        plan.check_finite(spec)
         changes: list[str] = []
         classes = tuple(self._clamp_class(c, cs, changes) for c, cs in enumerate(plan.classes))
         root = _clip(plan.root_mbps, self.root_floor(), spec.cap_mbps)

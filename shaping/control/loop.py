@@ -7,8 +7,10 @@ Every interval (``step``):
    complete the previous transition, which goes to the experience store;
 3. the policy is called in a worker thread with a deadline (PolicyRunner);
 4. the watchdog picks the mode: the policy's plan (adaptive) or the static rules (fallback) when
-   the policy raised, stalled or the SLA degraded past the threshold, in this same interval;
-5. the guard clamps the plan into the safety envelope and ``backend.apply`` enforces it.
+   the policy raised, stalled, returned a plan with a non-finite number (nan, inf) or the SLA
+   degraded past the threshold, in this same interval;
+5. the guard clamps the plan into the safety envelope and ``backend.apply`` enforces it; when the
+   guard raises or the backend refuses the plan, the static rules are applied instead (fallback).
 
 ``run`` repeats ``step`` paced to the control interval (or as fast as possible with a simulator).
 """
@@ -21,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -29,12 +31,12 @@ from shaping.agents.envelope import EnvelopeConfig
 from shaping.config import RewardConfig
 from shaping.control.backend import Backend, Observed
 from shaping.control.experience import MODE_EXPLORE, MODE_FALLBACK, MODE_POLICY, ExperienceStore, Transition
-from shaping.control.guard import Guard
+from shaping.control.guard import Guard, GuardResult
 from shaping.control.metrics import ControlMetrics
 from shaping.control.policy import ControlPolicy, Decision, StaticPolicy
-from shaping.control.runner import PolicyRunner
+from shaping.control.runner import CallResult, PolicyRunner
 from shaping.control.watchdog import Mode, Outcome, Watchdog, WatchdogConfig
-from shaping.spec import QoSTensors, ShapingPlan, compute_reward, qos_tensors, sla_violations
+from shaping.spec import QoSTensors, ShapingPlan, SpecError, compute_reward, qos_tensors, sla_violations
 from shaping.spec.action import ActionLayout
 
 LOG = logging.getLogger("fedshape.control")
@@ -195,6 +197,39 @@ class ControlLoop:
         self._apply_failures = 0
         return None
 
+    def _check_finite(self, call: CallResult) -> CallResult:
+        """A decision whose plan carries nan or inf counts as a policy error, in adaptive and in shadow.
+
+        As an error the watchdog falls back and, while the policy keeps producing such plans in
+        shadow, never counts it healthy again; clamping would instead hide a diverged model.
+        """
+        if call.decision is None:
+            return call
+        try:
+            call.decision.plan.check_finite(self.spec)
+        except SpecError as err:
+            return replace(call, outcome=Outcome.ERROR, decision=None, detail=f"non-finite plan: {err}")
+        return call
+
+    def _safe(self) -> GuardResult:
+        """The static rules, guarded; unguarded when the guard fails on them too (they were validated)."""
+        try:
+            return self.guard.clamp(self.fallback.plan)
+        except Exception as err:  # a broken guard must not end the loop: the rules passed validate
+            self.log.error("tenant %s: the guard failed on the static rules (%s: %s); applying them unguarded",
+                           self.spec.name, type(err).__name__, err)  # fmt: skip
+            return GuardResult(self.fallback.plan, ())
+
+    def _guarded(self, decision: Decision, code: int, observed: Observed) -> tuple[Decision, int, GuardResult]:
+        """The decision's plan clamped by the guard; the static rules (fallback) when the guard raises."""
+        try:
+            return decision, code, self.guard.clamp(decision.plan)
+        except Exception as err:  # any guard failure is a fallback, never the loop's end
+            self.log.error("tenant %s: the guard failed (%s: %s); applying the static rules",
+                           self.spec.name, type(err).__name__, err)  # fmt: skip
+            self._note(self.watchdog.report_failure(f"guard error: {type(err).__name__}: {err}"))
+        return self.fallback.decide(observed), MODE_FALLBACK, self._safe()
+
     def _apply(self, plan: ShapingPlan) -> ShapingPlan:
         """Apply the plan; when the backend refuses it, fall back and apply the static rules instead.
 
@@ -204,7 +239,7 @@ class ControlLoop:
         err = self._try_apply(plan)
         if err is None:
             return plan
-        safe = self.guard.clamp(self.fallback.plan).plan
+        safe = self._safe().plan
         if plan != safe:
             self.log.error("tenant %s: applying the plan failed (%s: %s); applying the static rules",
                            self.spec.name, type(err).__name__, err)  # fmt: skip
@@ -242,7 +277,7 @@ class ControlLoop:
         observed = self.backend.observe()
         reward, sla_rate = self._score(observed)
         self._record(observed, reward)
-        call = self.runner.call(self.policy, observed, self.config.deadline)
+        call = self._check_finite(self.runner.call(self.policy, observed, self.config.deadline))
         mx.policy_outcomes.labels(t, call.outcome.value).inc()
         mx.policy_seconds.labels(t).observe(call.seconds)
         verdict = self.watchdog.update(call.outcome, sla_rate, call.detail)
@@ -251,7 +286,7 @@ class ControlLoop:
             decision, code = call.decision, MODE_EXPLORE if call.decision.explored else MODE_POLICY
         else:
             decision, code = self.fallback.decide(observed), MODE_FALLBACK
-        guarded = self.guard.clamp(decision.plan)
+        decision, code, guarded = self._guarded(decision, code, observed)
         plan = self._apply(guarded.plan)
         if plan is not guarded.plan:
             code = MODE_FALLBACK

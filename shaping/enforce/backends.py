@@ -11,6 +11,7 @@ from shaping.enforce.kinds import KINDS, NetlinkContext
 from shaping.enforce.nftcli import NftCli
 from shaping.enforce.ops import KernelState, Operation
 from shaping.enforce.target import EnforceTarget
+from shaping.spec.tenant import SpecError
 
 
 class Backend(Protocol):
@@ -36,6 +37,24 @@ def _check_scope(target: EnforceTarget, ops: Sequence[Operation]) -> None:
         iface = getattr(op, "interface", None)
         if iface is not None:
             target.check_interface(iface)
+
+
+#: IFF_LOOPBACK of include/uapi/linux/if.h.
+IFF_LOOPBACK = 0x8
+
+
+def check_not_loopback(ipr: Any, target: EnforceTarget) -> None:
+    """Raise SpecError when a target interface that exists is a loopback device (by its flag, whatever its name).
+
+    Args:
+        ipr: a pyroute2 IPRoute in the target's namespace.
+        target: the interfaces to check; one that does not exist yet is left to the first apply.
+    """
+    for name in target.interfaces:
+        for idx in ipr.link_lookup(ifname=name):
+            links = ipr.get_links(idx)
+            if links and int(links[0]["flags"]) & IFF_LOOPBACK:
+                raise SpecError(f"interface {name!r} is a loopback device, not a provider path")
 
 
 class RecordingBackend:
@@ -65,7 +84,8 @@ class NetlinkBackend:
     """The kernel: pyroute2 netlink for HTB and routing, nft's JSON interface for the nftables table.
 
     Args:
-        target: what may be touched (operations on other interfaces raise PermissionError).
+        target: what may be touched (operations on other interfaces raise PermissionError; a loopback
+            device among them raises SpecError here).
         ipr: a pyroute2 IPRoute in the target's namespace; None: open one (closed by ``close``).
         nft: an nft runner; None: ``NftCli(target.netns)``.
         kinds: the kinds read back (``Capabilities.kinds``: a missing feature is not read); None: all.
@@ -82,6 +102,12 @@ class NetlinkBackend:
 
             # flags=0: never create the namespace as a side effect (pyroute2's default is O_CREAT).
             ipr = IPRoute(netns=target.netns, flags=0) if target.netns else IPRoute()
+        try:
+            check_not_loopback(ipr, target)
+        except BaseException:
+            if self._own_ipr:
+                ipr.close()
+            raise
         self.ipr = ipr
         self.ctx = NetlinkContext(ipr, nft or NftCli(target.netns), target)
         self.ops_applied = 0

@@ -12,6 +12,7 @@ from shaping.enforce.capabilities import Capabilities, probe_capabilities
 from shaping.enforce.fastpath import HtbFastPath
 from shaping.enforce.kinds import KINDS, HtbClass
 from shaping.enforce.ops import KernelState, Operation
+from shaping.enforce.overlaps import check_disjoint_classes
 from shaping.enforce.planner import plan_operations, teardown_operations
 from shaping.enforce.target import EnforceTarget
 from shaping.spec.plan import ShapingPlan
@@ -51,6 +52,8 @@ class KernelEnforcer:
         dry_run: record operations instead of applying them.
         fast_path: batch pure HTB rate changes on a raw netlink socket (netlink backend only).
         clock: time source for ``ApplyResult.elapsed_s``.
+    Raises:
+        SpecError: two classes of the spec could match the same packet.
     """
 
     def __init__(
@@ -63,6 +66,8 @@ class KernelEnforcer:
         fast_path: bool = True,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        # Refused here whatever kinds the host supports: an overlap is a configuration error, not a kernel one.
+        check_disjoint_classes(spec)
         self.spec = spec
         self.target = target
         if capabilities is None and backend is None and not dry_run:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
 
+from shaping.enforce.overlaps import check_disjoint_classes
 from shaping.enforce.target import EnforceTarget
 from shaping.spec.plan import ClassShaping, ShapingPlan
 from shaping.spec.tenant import TenantSpec
@@ -130,7 +131,11 @@ def classify_rules(spec: TenantSpec, plan: ShapingPlan, target: EnforceTarget) -
     addresses (`dst_cidrs`), arriving DSCP and ports. The first class (in spec order) that matches a
     packet wins. Ports match either direction, since an entity may be the client or the server of
     its application.
+
+    Raises:
+        SpecError: two classes could match the same packet (``check_disjoint_classes``).
     """
+    check_disjoint_classes(spec)
     out: list[RuleSpec] = []
     for i, (tc, cs) in enumerate(zip(spec.classes, plan.classes, strict=True)):
         destinations = _prefixes(tc.dst_cidrs)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-Verb = Literal["add", "change", "replace", "delete"]
+#: insert: a rule placed before another by handle (nftables); the other kinds use add, change, replace, delete.
+Verb = Literal["add", "insert", "change", "replace", "delete"]
 
 
 @dataclass(frozen=True)

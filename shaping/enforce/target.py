@@ -12,6 +12,11 @@ _IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 #: Routing tables the kernel reserves: unspec, default, main, local.
 _RESERVED_TABLES = (0, 253, 254, 255)
 _NFT_NAME = re.compile(r"[^A-Za-z0-9_]")
+#: The loopback device's name in every network namespace (net/core/dev.c, loopback_net_init); one
+#: renamed is caught by its IFF_LOOPBACK flag when the netlink backend opens (backends.check_not_loopback).
+LOOPBACK = "lo"
+#: Priorities HTB serves (TC_HTB_NUMPRIO in include/uapi/linux/pkt_sched.h).
+HTB_PRIORITIES = 8
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ class EnforceTarget:
         for p in self.paths:
             if not _IFNAME.match(p.interface) or p.interface in (".", ".."):
                 raise SpecError(f"path {p.name!r}: {p.interface!r} is not a valid interface name")
+            if p.interface == LOOPBACK:
+                raise SpecError(f"path {p.name!r}: {p.interface!r} is the loopback interface, not a provider path "
+                                "(shaping it would shape the host's own local traffic)")  # fmt: skip
             if p.table is not None and (p.table in _RESERVED_TABLES or not 0 < p.table < 2**32):
                 raise SpecError(f"path {p.name!r}: routing table {p.table} is reserved or out of range")
         if self.fwmark_base & 0xFF:
@@ -125,7 +133,8 @@ def target_from_spec(spec: TenantSpec, cfg: EnforceConfig | None = None) -> Enfo
     """Build the enforcement target of a tenant from its spec and the deployment config.
 
     Raises:
-        SpecError: when the config's interfaces do not match the spec's paths.
+        SpecError: when the config's interfaces do not match the spec's paths, or the spec has more
+            classes or priority levels than the kernel objects can carry.
     """
     cfg = cfg or EnforceConfig()
     names = cfg.interfaces or spec.paths
@@ -136,6 +145,10 @@ def target_from_spec(spec: TenantSpec, cfg: EnforceConfig | None = None) -> Enfo
         )
     if len(spec.classes) > 255:
         raise SpecError(f"tenant {spec.name!r}: at most 255 classes can be marked, got {len(spec.classes)}")
+    if spec.priority_levels > HTB_PRIORITIES:
+        # The guard keeps plans within the spec's levels; beyond HTB's, every plan using them would be refused.
+        raise SpecError(f"tenant {spec.name!r}: priority_levels {spec.priority_levels} above the "
+                        f"{HTB_PRIORITIES} HTB serves")  # fmt: skip
     gws = list(cfg.gateways) + [None] * (len(names) - len(cfg.gateways))
     paths = tuple(
         PathRoute(

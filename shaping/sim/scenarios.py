@@ -11,9 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, cast
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from shaping.config import ScenarioConfig
+
+class ScenarioFileError(ValueError):
+    """A scenario file that is not YAML, or whose content does not fit the ScenarioConfig schema."""
+
 
 #: Environment variable naming a conf/ directory to use instead of the repository's.
 CONF_ENV = "FEDSHAPE_CONF"
@@ -42,11 +48,27 @@ def scenario_from_dict(data: dict[str, Any]) -> ScenarioConfig:
 
 
 def load_scenario(name: str = "default") -> ScenarioConfig:
-    """Load a scenario by name (conf/scenario/NAME.yaml) or by path to a YAML file."""
+    """Load a scenario by name (conf/scenario/NAME.yaml) or by path to a YAML file.
+
+    Raises:
+        FileNotFoundError: no such scenario or file.
+        ScenarioFileError: the file is not YAML or does not fit the schema (a one-line message).
+    """
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = conf_dir() / "scenario" / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"unknown scenario {name!r}; available: {available_scenarios()}")
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return scenario_from_dict(cast(dict[str, Any], data))
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        return scenario_from_dict(cast(dict[str, Any], data))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ScenarioFileError(f"scenario file {path} is not valid YAML: {problem}{where}") from None
+    except OmegaConfBaseException as err:
+        # OmegaConf's messages run over several lines (full_key, object_type): keep the first and the key.
+        key = getattr(err, "full_key", None)
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ScenarioFileError(f"scenario file {path}: {first}" + (f" (key {key})" if key else "")) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -43,8 +44,24 @@ class ShapingPlan:
     root_mbps: float
     """Aggregate rate of the tenant's HTB root (at most its cap)."""
 
+    def check_finite(self, spec: TenantSpec) -> None:
+        """Raise SpecError naming the first nan or infinite rate, ceil, drop probability or root rate.
+
+        Done before any range check: nan compares false with every bound, so ``rate <= 0`` and
+        ``ceil < rate`` alone let a nan plan through to the guard and the kernel.
+        """
+        if not math.isfinite(self.root_mbps):
+            raise SpecError(f"tenant {spec.name!r}: root rate {self.root_mbps} is not finite")
+        for i, c in enumerate(self.classes):
+            name = spec.classes[i].name if i < len(spec.classes) else f"#{i}"
+            for field in ("rate_mbps", "ceil_mbps", "drop_prob"):
+                value = getattr(c, field)
+                if not math.isfinite(value):
+                    raise SpecError(f"class {name!r}: {field} {value} is not finite")
+
     def validate(self, spec: TenantSpec) -> None:
-        """Raise SpecError when the plan does not fit the tenant's spec."""
+        """Raise SpecError when the plan does not fit the tenant's spec or carries a non-finite number."""
+        self.check_finite(spec)
         if not 0 < self.root_mbps <= spec.cap_mbps * (1 + 1e-6):
             raise SpecError(f"tenant {spec.name!r}: root rate {self.root_mbps} outside (0, cap {spec.cap_mbps}]")
         if len(self.classes) != len(spec.classes):
@@ -58,6 +75,10 @@ class ShapingPlan:
                 raise SpecError(f"class {tc.name!r}: path {c.path} outside 0..{len(spec.paths) - 1}")
             if c.rate_mbps <= 0 or c.ceil_mbps < c.rate_mbps:
                 raise SpecError(f"class {tc.name!r}: need 0 < rate <= ceil, got {c.rate_mbps}, {c.ceil_mbps}")
+            if c.burst_bytes <= 0:
+                raise SpecError(f"class {tc.name!r}: burst_bytes must be > 0, got {c.burst_bytes}")
+            if c.priority < 0:
+                raise SpecError(f"class {tc.name!r}: priority must be >= 0, got {c.priority}")
             if c.ceil_mbps > spec.cap_mbps * (1 + 1e-6):
                 raise SpecError(f"class {tc.name!r}: ceil {c.ceil_mbps} above tenant cap {spec.cap_mbps}")
 

@@ -95,3 +95,23 @@ def test_a_foreign_file_is_refused(tmp_path, specs):
     torch.save({"weights": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="not a FedShape agent checkpoint"):
         load_checkpoint(path, specs[0])
+
+
+@pytest.mark.parametrize("keep", [0, 0.5])
+def test_an_empty_or_truncated_file_is_a_value_error(tmp_path, specs, keep):
+    whole = save_checkpoint(tmp_path / "whole.pt", _agent(specs[0]), specs[0]).read_bytes()
+    path = tmp_path / "cut.pt"
+    path.write_bytes(whole[: int(len(whole) * keep)])
+    with pytest.raises(ValueError, match="not a readable agent checkpoint"):
+        load_checkpoint(path, specs[0])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_damaged_state_dict_is_a_value_error(tmp_path, specs):
+    path = save_checkpoint(tmp_path / "a.pt", _agent(specs[0]), specs[0])
+    payload = read_checkpoint(path)
+    payload["state_dict"] = {k: v for k, v in list(payload["state_dict"].items())[1:]}
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="cannot be rebuilt: RuntimeError"):
+        load_checkpoint(path, specs[0])

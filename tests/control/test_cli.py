@@ -44,6 +44,45 @@ def test_configuration_errors_exit_2(tenant_file, capsys):
     assert "unknown class 'nope'" in capsys.readouterr().err
 
 
+def _save(scenario, path):
+    OmegaConf.save(OmegaConf.structured(scenario), path)
+    return str(path)
+
+
+def _bad_inputs(tmp_path, tenant_file) -> dict[str, tuple[list[str], str]]:
+    """Arguments (after --tenant acme --dry-run) and the message each must exit 2 with."""
+    ok = ["--tenant-config", str(tenant_file)]
+    two = ["--iface", "a", "--iface", "b"]
+    unreadable = "not a readable agent checkpoint"
+    (tmp_path / "broken.yaml").write_text("name: x\ntenants: [ {name: a\n  paths: ]\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 40)  # the start of a zip, cut short
+    overlap = small_scenario()
+    overlap.tenants[0].entities[1].cidrs = ["10.200.30.0/24"]  # now holds web-vm's address
+    overlap.tenants[0].classes[1].ports = [443]  # backup: tcp 443 like site
+    tiny = small_scenario()
+    tiny.tenants[0].cap_mbps = 1e-9
+    return {
+        "yaml": (["--tenant-config", str(tmp_path / "broken.yaml"), *two], "is not valid YAML: expected"),
+        "empty checkpoint": ([*ok, *two, "--checkpoint", str(tmp_path / "empty.pt")], unreadable),
+        "cut checkpoint": ([*ok, *two, "--checkpoint", str(tmp_path / "cut.pt")], unreadable),
+        "loopback": ([*ok, "--iface", "lo", "--iface", "b"], "'lo' is the loopback interface"),
+        "overlap": (["--tenant-config", _save(overlap, tmp_path / "overlap.yaml"), *two],
+                    "classes 'backup' and 'site' overlap"),
+        "tiny rate": (["--tenant-config", _save(tiny, tmp_path / "tiny.yaml"), *two], "too small for HTB"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case", ["yaml", "empty checkpoint", "cut checkpoint", "loopback", "overlap", "tiny rate"]
+)
+def test_bad_inputs_exit_2_with_one_line(tenant_file, tmp_path, capsys, case):
+    args, message = _bad_inputs(tmp_path, tenant_file)[case]
+    assert main([*args, "--tenant", "acme", "--dry-run", "--steps", "1", "--interval-ms", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedshape-agent: error: ") and message in err[0], err
+
+
 def test_module_entry_point_runs(tenant_file):
     out = subprocess.run(
         [sys.executable, "-m", "shaping.control", "--tenant-config", str(tenant_file), "--tenant", "acme",

@@ -73,3 +73,13 @@ def test_guard_errors_name_the_problem():
         Guard(SPEC, static_entities=["net"])
     with pytest.raises(SpecError, match="got a plan for"):
         Guard(SPEC).clamp(replace(static_priority_plan(SPEC), tenant="other"))
+
+
+@pytest.mark.parametrize("field", ["rate_mbps", "ceil_mbps", "drop_prob"])
+def test_non_finite_values_are_refused_by_name_not_clamped(field):
+    rules = static_priority_plan(SPEC)
+    bad = replace(rules, classes=(*rules.classes[:2], replace(rules.classes[2], **{field: float("nan")})))
+    with pytest.raises(SpecError, match=rf"class 'site': {field} nan is not finite"):
+        Guard(SPEC, CFG).clamp(bad)
+    with pytest.raises(SpecError, match="root rate inf is not finite"):
+        Guard(SPEC, CFG).clamp(replace(rules, root_mbps=float("inf")))

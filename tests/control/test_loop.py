@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from shaping.control import (
     MODE_FALLBACK,
     ControlLoop,
     ControlMetrics,
+    Decision,
     ExperienceStore,
     Guard,
     LoopConfig,
@@ -292,3 +294,53 @@ def test_rules_that_cannot_be_applied_are_retried_then_raised(spec):
     loop.step()
     with pytest.raises(OSError, match="kernel said no"):
         loop.step()
+
+
+class _PlanPolicy:
+    """A policy returning whatever plan the test hands it (a policy gone numerically wrong)."""
+
+    def __init__(self, spec, plan) -> None:
+        self.plan, self.layout = plan, ActionLayout(spec)
+
+    @property
+    def name(self) -> str:
+        return "planned"
+
+    def decide(self, observed):
+        return Decision(self.plan, np.zeros(len(self.layout.nvec), dtype=np.int64))
+
+
+@pytest.mark.parametrize("field", ["rate_mbps", "ceil_mbps"])
+def test_a_non_finite_plan_falls_back_to_the_rules_instead_of_crashing(spec, caplog, field):
+    backend = FakeBackend(spec)
+    rules = static_priority_plan(spec)
+    nan = replace(rules, classes=(replace(rules.classes[0], **{field: math.nan}), *rules.classes[1:]))
+    loop = ControlLoop(backend, _PlanPolicy(spec, nan), rules,
+                       config=LoopConfig(realtime=False, deadline_s=2.0, watchdog=WatchdogConfig(recover_intervals=2)))
+    with caplog.at_level(logging.WARNING, logger="fedshape.control"):
+        recs = [loop.step() for _ in range(5)]
+    safe = Guard(spec, rules=rules).clamp(rules).plan
+    assert backend.applied == [safe] * 5
+    assert all(r.mode is Mode.FALLBACK and r.outcome is Outcome.ERROR for r in recs)
+    assert "not finite" in recs[0].reason and field in recs[0].reason
+    # still broken in shadow: the watchdog never counts it healthy, so it never goes back to adaptive
+    assert loop.metrics.value("fedshape_agent_recoveries_total", tenant=spec.name) in (None, 0)
+    assert any("FALLBACK" in m and "not finite" in m for m in caplog.messages)
+
+
+def test_a_guard_that_raises_falls_back_to_the_rules(spec, caplog):
+    backend = FakeBackend(spec)
+    rules = static_priority_plan(spec)
+
+    class Picky(Guard):
+        def clamp(self, plan):
+            if plan != rules:
+                raise ValueError("guard broke")
+            return super().clamp(plan)
+
+    loop = ControlLoop(backend, _constant(spec, 2), rules, guard=Picky(spec, rules=rules), config=FAST)
+    with caplog.at_level(logging.WARNING, logger="fedshape.control"):
+        rec = loop.step()
+    assert rec.mode is Mode.FALLBACK and "guard" in rec.reason and "guard broke" in rec.reason
+    assert backend.applied == [Guard(spec, rules=rules).clamp(rules).plan]
+    assert any("FALLBACK" in m for m in caplog.messages)

@@ -22,6 +22,7 @@ from shaping.enforce import (
     teardown_operations,
 )
 from shaping.enforce.kinds import NftChain
+from shaping.enforce.kinds.nft import nft_commands
 from shaping.spec import ShapingPlan, SpecError, TenantSpec
 from tests.enforce.conftest import make_plan, make_spec, with_class
 
@@ -84,16 +85,64 @@ def test_dscp_change_replaces_only_that_class_rules(spec: TenantSpec, target: En
     assert {o.rule.key for o in ops if isinstance(o, NftRule)} == {"c1.ip.dport", "c1.ip.sport"}
 
 
-def test_drop_change_rebuilds_egress_then_replaces(spec: TenantSpec, target: EnforceTarget) -> None:
+def _egress(enf: KernelEnforcer) -> list[tuple[str, int]]:
+    return [(r.key, r.handle) for r in enf.state.nft_rules if r.chain == "egress"]
+
+
+def test_drop_changes_insert_replace_or_delete_one_rule_by_handle(spec: TenantSpec, target: EnforceTarget) -> None:
     enf = recorded(spec, target)
-    plan = with_class(make_plan(spec), 2, drop_prob=0.1)
     enf.apply(make_plan(spec))
+    before = dict(_egress(enf))
+    assert list(before) == ["p0", "p1", "p2"]
+    plan = with_class(make_plan(spec), 2, drop_prob=0.1)
     ops = enf.apply(plan).ops
-    # A new drop rule sits between two existing rules: the chain is flushed and refilled in one transaction.
-    assert isinstance(ops[0], NftChain) and ops[0].verb == "change"
-    assert all(isinstance(o, NftRule) and o.rule.chain == "egress" for o in ops[1:])
+    # The new drop rule goes before class 2's priority rule, by that rule's handle; nothing else is touched.
+    assert [(o.verb, o.rule.key, o.handle) for o in ops if isinstance(o, NftRule)] == [("insert", "d2", before["p2"])]
+    assert len(ops) == 1
+    (cmd,) = nft_commands(ops[0])
+    rule = cmd["insert"]["rule"]
+    assert (rule["chain"], rule["handle"], rule["comment"].split("|")[0]) == ("egress", before["p2"], "d2")
+    assert {"drop": None} in rule["expr"]
+    assert [k for k, _ in _egress(enf)] == ["p0", "p1", "d2", "p2"]
+    assert dict(_egress(enf))["p2"] == before["p2"]  # the neighbours keep their handles
+
     ops = enf.apply(with_class(plan, 2, drop_prob=0.25)).ops
     assert [(type(o).__name__, o.verb) for o in ops] == [("NftRule", "replace")]
+
+    d2 = dict(_egress(enf))["d2"]
+    ops = enf.apply(make_plan(spec)).ops
+    assert [(o.verb, o.handle) for o in ops if isinstance(o, NftRule)] == [("delete", d2)] and len(ops) == 1
+    assert nft_commands(ops[0]) == [
+        {"delete": {"rule": {"family": "inet", "table": target.nft_table, "chain": "egress", "handle": d2}}}
+    ]
+    assert _egress(enf) == list(before.items())
+    assert plan_operations(spec, make_plan(spec), target, enf.backend.read_state()) == []
+
+
+def test_several_drop_rules_appear_in_chain_order(spec: TenantSpec, target: EnforceTarget) -> None:
+    enf = recorded(spec, target)
+    enf.apply(make_plan(spec))
+    handles = dict(_egress(enf))
+    plan = with_class(with_class(make_plan(spec), 0, drop_prob=0.1), 2, drop_prob=0.2)
+    ops = enf.apply(plan).ops
+    assert [(o.verb, o.rule.key, o.handle) for o in ops if isinstance(o, NftRule)] == [
+        ("insert", "d0", handles["p0"]), ("insert", "d2", handles["p2"])]  # fmt: skip
+    assert [k for k, _ in _egress(enf)] == ["d0", "p0", "p1", "d2", "p2"]
+    assert plan_operations(spec, plan, target, enf.backend.read_state()) == []
+
+
+def test_a_chain_with_a_foreign_rule_is_rebuilt(spec: TenantSpec, target: EnforceTarget) -> None:
+    from shaping.enforce.ops import NftRuleState
+
+    enf = recorded(spec, target)
+    enf.apply(make_plan(spec))
+    state = enf.backend.read_state()
+    state.nft_rules.append(NftRuleState("egress", "", "", 999))  # someone else's rule, without our comment
+    ops = plan_operations(spec, with_class(make_plan(spec), 2, drop_prob=0.1), target, state)
+    egress = [o for o in ops if (isinstance(o, NftChain) and o.chain.name == "egress")
+              or (isinstance(o, NftRule) and o.rule.chain == "egress")]  # fmt: skip
+    assert isinstance(egress[0], NftChain) and egress[0].verb == "change" and egress[0].chain.name == "egress"
+    assert [o.rule.key for o in egress[1:] if isinstance(o, NftRule)] == ["p0", "p1", "d2", "p2"]
 
 
 def test_path_change_moves_one_rule(spec: TenantSpec, target: EnforceTarget) -> None:
@@ -186,6 +235,7 @@ def test_destination_match_rejects_a_bad_address() -> None:
         (EnforceConfig(interfaces=("a", "b"), table_base=253), "reserved"),
         (EnforceConfig(interfaces=("a", "b"), fwmark_base=0x4601), "low byte"),
         (EnforceConfig(interfaces=("a", "b"), handle_major=0), "handle_major"),
+        (EnforceConfig(interfaces=("a", "lo")), "'lo' is the loopback interface"),
     ],
 )
 def test_target_validation(spec: TenantSpec, cfg: EnforceConfig, match: str) -> None:

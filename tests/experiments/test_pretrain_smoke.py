@@ -77,3 +77,20 @@ def test_pretrain_entry_point_then_compare(tmp_path):
     results = run_compare(cfg, tmp_path / "compare")
     assert list(results) == ["static_priority", f"ppo:{out / 'best.pt'}"]
     assert json.loads((tmp_path / "compare" / "results.json").read_text())
+
+
+def test_pretrain_runs_on_a_fixed_thread_count_without_a_wall_clock_cap(tmp_path, monkeypatch):
+    import torch
+
+    import experiments.pretrain as pretrain
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        conf = OmegaConf.to_object(compose("pretrain", overrides=["torch_threads=3"]))
+    assert isinstance(conf, PretrainConfig)
+    assert conf.train.max_wall_s is None  # the step budget decides, not the machine's load
+    seen: list[int] = []
+    monkeypatch.setattr(pretrain, "_run_pretrain", lambda cfg, out: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    pretrain.run_pretrain(conf, tmp_path)
+    assert seen == [3] and torch.get_num_threads() == before

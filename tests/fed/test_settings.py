@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from experiments.federated import FederatedConfig, run_config
 from shaping.agents.universal import TenantTask
 from shaping.fed_settings import KEYS, RunSettings
@@ -61,3 +63,12 @@ def test_round_ppo_anneals_the_learning_rate_over_the_rounds_only_when_asked():
     assert s.round_ppo(0) == s.ppo  # a round the server did not number
     assert RunSettings(rounds=4).round_ppo(3) == RunSettings().ppo
     assert s.round_ppo(2).num_steps == s.ppo.num_steps
+
+
+def test_central_dp_without_noise_cannot_start_from_a_flat_run_config():
+    # flwr run --run-config bypasses the Hydra schema: the settings check the same privacy ranges.
+    with pytest.raises(ValueError, match=r"privacy\.mode=central needs noise_multiplier > 0"):
+        RunSettings.from_config({"privacy.mode": "central", "privacy.noise_multiplier": 0.0})
+    with pytest.raises(ValueError, match=r"privacy\.target_epsilon must be > 0"):
+        RunSettings.from_config({"privacy.target_epsilon": 0.0})
+    assert RunSettings.from_config({"privacy.mode": "central", "privacy.noise_multiplier": 1.0}).noise_multiplier == 1

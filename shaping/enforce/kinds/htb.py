@@ -11,14 +11,16 @@ from pyroute2.netlink.rtnl.tcmsg.common import calc_xmittime
 
 from shaping.enforce.kinds.base import NetlinkContext
 from shaping.enforce.ops import HtbClassState, HtbQdiscState, KernelState, Operation
-from shaping.enforce.target import EnforceTarget
+from shaping.enforce.target import HTB_PRIORITIES, EnforceTarget
 from shaping.spec.plan import ShapingPlan, burst_bytes
-from shaping.spec.tenant import TenantSpec
+from shaping.spec.tenant import SpecError, TenantSpec
 
 #: HTB serves priorities 0..7 (TC_HTB_NUMPRIO 8 in include/uapi/linux/pkt_sched.h).
-MAX_PRIO = 7
+MAX_PRIO = HTB_PRIORITIES - 1
 #: Burst of the default class (the smallest a plan gives).
 MIN_BURST = burst_bytes(0.0)
+#: tc_htb_opt carries buffer and cbuffer (burst as transmission time in psched ticks) as __u32.
+_U32 = 2**32 - 1
 
 
 def mbps_to_bytes(mbps: float) -> int:
@@ -71,14 +73,48 @@ class HtbClass(Operation):
         )
 
 
+def check_limits(what: str, rate_mbps: float, burst: int, prio: int = 0) -> None:
+    """Raise SpecError, naming ``what`` and the field, when HTB cannot carry a class's values.
+
+    Checked in the pure planner so that no netlink request is built: pyroute2 packs the values
+    into tc_htb_opt's unsigned 32-bit fields and fails with a bare struct.error mid-apply.
+
+    Args:
+        what: the class, for the message ("class 'game'", "root").
+        rate_mbps: the rate whose token bucket holds ``burst``.
+        burst: bucket depth in bytes.
+        prio: HTB priority.
+    """
+    if not 0 <= prio <= MAX_PRIO:
+        raise SpecError(f"{what}: priority {prio} outside HTB's 0..{MAX_PRIO}")
+    if not 0 < burst <= _U32:
+        raise SpecError(f"{what}: burst {burst} bytes outside 1..{_U32}")
+    ticks = buffer_ticks(mbps_to_bytes(rate_mbps), burst)
+    if ticks > _U32:
+        # The bucket's depth is stored as the time to send the burst at the rate: too slow a rate overflows it.
+        least = burst * 8 / 1e6 / (_U32 / buffer_ticks(1, 1))
+        raise SpecError(f"{what}: rate {rate_mbps:.6g} Mbit/s is too small for HTB with a {burst}-byte burst "
+                        f"(at least {least:.3g} Mbit/s)")  # fmt: skip
+
+
 def desired_classes(spec: TenantSpec, plan: ShapingPlan, target: EnforceTarget) -> list[HtbClass]:
-    """Every class the plan needs on every shaped interface, parents before children (verb add)."""
+    """Every class the plan needs on every shaped interface, parents before children (verb add).
+
+    Raises:
+        SpecError: a rate, burst or priority HTB cannot carry (``check_limits``), named.
+    """
+    dflt_mbps = min(target.default_rate_mbps, plan.root_mbps)
+    check_limits(f"tenant {spec.name!r}: root", plan.root_mbps, burst_bytes(plan.root_mbps))
+    check_limits(f"tenant {spec.name!r}: default class", dflt_mbps, MIN_BURST)
+    for tc, cs in zip(spec.classes, plan.classes, strict=True):
+        check_limits(f"class {tc.name!r}", cs.rate_mbps, cs.burst_bytes, cs.priority)
+        check_limits(f"class {tc.name!r}: ceil", cs.ceil_mbps, burst_bytes(cs.ceil_mbps))
     root = mbps_to_bytes(plan.root_mbps)
     root_burst = burst_bytes(plan.root_mbps)
     out: list[HtbClass] = []
     for iface in target.interfaces:
         out.append(HtbClass("add", iface, target.root_classid, target.qdisc_handle, root, root, root_burst, root_burst))
-        dflt = mbps_to_bytes(min(target.default_rate_mbps, plan.root_mbps))
+        dflt = mbps_to_bytes(dflt_mbps)
         out.append(
             HtbClass(
                 "add", iface, target.default_classid, target.root_classid, dflt, root, MIN_BURST, root_burst, MAX_PRIO
@@ -95,7 +131,7 @@ def desired_classes(spec: TenantSpec, plan: ShapingPlan, target: EnforceTarget) 
                     mbps_to_bytes(cs.ceil_mbps),
                     cs.burst_bytes,
                     burst_bytes(cs.ceil_mbps),
-                    min(max(cs.priority, 0), MAX_PRIO),
+                    cs.priority,
                 )
             )
     return out
