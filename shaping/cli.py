@@ -47,7 +47,9 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
     # collector's reach. A full collection otherwise walks them all (110 ms measured here), a pause that
     # every call in flight waits out.
     gc.freeze()
-    pool = {k: v for k, v in (("active_calls", args.workers), ("max_watches", args.max_watches)) if v is not None}
+    pool = {k: v for k, v in (("active_calls", args.workers), ("max_watches", args.max_watches),
+                              ("max_watches_per_caller", args.max_watches_per_caller),
+                              ("max_calls_per_caller", args.max_calls_per_caller)) if v is not None}
     config = ServiceConfig(scenario=_scenario(args.scenario), **pool)
     server = RulesServer(store, config, address=args.listen, tls=tls, insecure_loopback=args.insecure_loopback,
                          metrics_address=metrics).start()
@@ -146,6 +148,10 @@ def parser() -> argparse.ArgumentParser:
                        " contend for the GIL)")
     serve.add_argument("--max-watches", type=int, help="streaming watches at once, each on a thread of its own"
                        " while it waits (default 256)")
+    serve.add_argument("--max-watches-per-caller", type=int, help="streaming watches one tenant (or the provider)"
+                       " may hold open (default 16); more get RESOURCE_EXHAUSTED")
+    serve.add_argument("--max-calls-per-caller", type=int, help="unary calls of one caller running at once"
+                       " (default 32)")
     _tenant_parser(sub)
     _provider_parser(sub)
     return p

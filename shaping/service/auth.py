@@ -86,6 +86,20 @@ def require_provider(ident: Identity) -> None:
         raise CallError(grpc.StatusCode.PERMISSION_DENIED, "the Provider API needs a provider certificate")
 
 
+def still_wanted(context: grpc.ServicerContext, margin_s: float = 0.0) -> None:
+    """CallError(DEADLINE_EXCEEDED or CANCELLED) when the caller has given up on the call, or will within `margin_s`.
+
+    A write checks this just before it commits, so that a caller told DEADLINE_EXCEEDED finds nothing
+    written when it retries.
+    """
+    remaining = context.time_remaining()  # None: the caller set no deadline
+    if remaining is not None and remaining <= margin_s:
+        raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "the call's deadline passed before the write; nothing written")
+    if not context.is_active():
+        raise CallError(grpc.StatusCode.CANCELLED, "the caller cancelled before the write; nothing written")
+
+
 def abort(context: grpc.ServicerContext, err: BaseException) -> NoReturn:
     """Abort the call with the status code that fits the error (INTERNAL hides details)."""
     if isinstance(err, CallError):

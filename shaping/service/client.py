@@ -17,7 +17,7 @@ from shaping.rules.model import RuleSet
 from shaping.rules.validate import RulesError
 from shaping.service._proto.fedshape.v1 import client_pb2, client_pb2_grpc
 from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
-from shaping.service.auth import Authenticator, CallError, rpc, scope, stream_rpc
+from shaping.service.auth import Authenticator, CallError, rpc, scope, still_wanted, stream_rpc
 from shaping.service.config import ServiceConfig
 from shaping.service.executor import Blocking
 from shaping.service.convert import class_from_pb, class_to_pb, entity_from_pb, entity_to_pb, mode_from_pb, \
@@ -136,11 +136,14 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
             raise _unregistered(tenant)
         return rules
 
-    def _write(self, tenant: str, change: Callable[[RuleSet], RuleSet], what: str,
+    def _write(self, context: grpc.ServicerContext, tenant: str, change: Callable[[RuleSet], RuleSet], what: str,
                expect_revision: int = 0) -> pb.RuleSet:
         def checked(old: RuleSet) -> RuleSet:
             new = change(old)
             validate_rules(new, self.config.scenario, self.config.limits)
+            # Last thing before the commit: a write queued behind others may run after its caller gave up,
+            # who would then retry (or not) believing that nothing was written.
+            still_wanted(context)
             return new
 
         try:
@@ -166,7 +169,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
     def PutRules(self, request: client_pb2.PutRulesRequest, context: grpc.ServicerContext) -> pb.RuleSet:
         tenant = self._tenant(context, request.rules.tenant)
         given = rules_from_pb(request.rules)
-        return self._write(tenant, lambda old: replace(old, entities=given.entities, classes=given.classes),
+        return self._write(context, tenant, lambda old: replace(old, entities=given.entities, classes=given.classes),
                            "put rules", request.expect_revision)
 
     @rpc
@@ -177,7 +180,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, entities=_added(old.entities, entity, "entity"))
 
-        return self._write(tenant, change, f"create entity {entity.name[:64]}", request.expect_revision)
+        return self._write(context, tenant, change, f"create entity {entity.name[:64]}", request.expect_revision)
 
     @rpc
     def GetEntity(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.Entity:
@@ -192,7 +195,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, entities=_replaced(old.entities, entity, "entity"))
 
-        return self._write(tenant, change, f"update entity {entity.name[:64]}", request.expect_revision)
+        return self._write(context, tenant, change, f"update entity {entity.name[:64]}", request.expect_revision)
 
     @rpc
     def DeleteEntity(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -206,7 +209,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
                                 f"entity {_short(request.name)} still has classes {users}; delete them first")
             return replace(old, entities=_removed(old.entities, request.name, "entity"))
 
-        return self._write(tenant, change, f"delete entity {request.name[:64]}")
+        return self._write(context, tenant, change, f"delete entity {request.name[:64]}")
 
     @rpc
     def CreateClass(self, request: client_pb2.ClassRequest, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -216,7 +219,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, classes=_added(old.classes, klass, "class"))
 
-        return self._write(tenant, change, f"create class {klass.name[:64]}", request.expect_revision)
+        return self._write(context, tenant, change, f"create class {klass.name[:64]}", request.expect_revision)
 
     @rpc
     def GetClass(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.TrafficClass:
@@ -231,7 +234,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, classes=_replaced(old.classes, klass, "class"))
 
-        return self._write(tenant, change, f"update class {klass.name[:64]}", request.expect_revision)
+        return self._write(context, tenant, change, f"update class {klass.name[:64]}", request.expect_revision)
 
     @rpc
     def DeleteClass(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -240,7 +243,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, classes=_removed(old.classes, request.name, "class"))
 
-        return self._write(tenant, change, f"delete class {request.name[:64]}")
+        return self._write(context, tenant, change, f"delete class {request.name[:64]}")
 
     @rpc
     def SetMode(self, request: client_pb2.SetModeRequest, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -255,7 +258,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
             return replace(old, entities=tuple(replace(e, mode=mode) if request.entity in ("", e.name) else e
                                                for e in old.entities))
 
-        return self._write(tenant, change, f"set mode {mode} on {request.entity[:64] or 'every entity'}")
+        return self._write(context, tenant, change, f"set mode {mode} on {request.entity[:64] or 'every entity'}")
 
     @rpc
     def SetQoS(self, request: client_pb2.SetQoSRequest, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -266,7 +269,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
             klass = _find(old.classes, request.class_name, "class")
             return replace(old, classes=_replaced(old.classes, replace(klass, qos=qos), "class"))
 
-        return self._write(tenant, change, f"set qos of {request.class_name[:64]}")
+        return self._write(context, tenant, change, f"set qos of {request.class_name[:64]}")
 
     # the agent's side and monitoring
 

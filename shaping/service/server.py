@@ -19,6 +19,7 @@ from shaping.service.client import ClientServicer
 from shaping.service.config import ServiceConfig
 from shaping.service.executor import Blocking, CallExecutor, blocking_stream
 from shaping.service.exposition import service_registry
+from shaping.service.limits import CallLimiter, CallLimits, LimitInterceptor
 from shaping.service.notify import Notifier
 from shaping.service.provider import ProviderServicer
 from shaping.store import RulesStore
@@ -105,8 +106,13 @@ class RulesServer:
         self.client = ClientServicer(store, cfg, auth, self.notifier, clock, self.executor.blocking)
         self.provider = ProviderServicer(store, cfg, auth, self.notifier, clock, self.executor.blocking)
         self.health = _Health(self.executor.blocking)
+        # Streams beyond max_watches would hold the threads that run calls: the limiter refuses them, and
+        # caps each caller's share, before a call holds anything.
+        self.limiter = CallLimiter(CallLimits(cfg.max_watches, cfg.max_watches_per_caller, cfg.max_calls_per_caller),
+                                   auth)
         # Calls beyond this get RESOURCE_EXHAUSTED instead of queueing without bound.
-        self._server = grpc.server(self.executor, maximum_concurrent_rpcs=cfg.max_watches + 64 * cfg.active_calls)
+        self._server = grpc.server(self.executor, interceptors=[LimitInterceptor(self.limiter)],
+                                   maximum_concurrent_rpcs=cfg.max_watches + 64 * cfg.active_calls)
         client_pb2_grpc.add_ClientServiceServicer_to_server(self.client, self._server)
         provider_pb2_grpc.add_ProviderServiceServicer_to_server(self.provider, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
