@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from shaping.rules.compile import validate_rules
 from shaping.rules.model import RuleSet
-from shaping.rules.validate import RulesError
+from shaping.rules.validate import RulesError, check_disjoint_tenants, normalized
 from shaping.service._proto.fedshape.v1 import client_pb2, client_pb2_grpc
 from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
 from shaping.service.auth import Authenticator, CallError, rpc, scope, still_wanted, stream_rpc
@@ -139,8 +139,10 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
     def _write(self, context: grpc.ServicerContext, tenant: str, change: Callable[[RuleSet], RuleSet], what: str,
                expect_revision: int = 0) -> pb.RuleSet:
         def checked(old: RuleSet) -> RuleSet:
-            new = change(old)
+            new = normalized(change(old))
             validate_rules(new, self.config.scenario, self.config.limits)
+            # Inside the write transaction: two tenants claiming one range at once are serialized here.
+            check_disjoint_tenants(new, self.store.tenants())
             # Last thing before the commit: a write queued behind others may run after its caller gave up,
             # who would then retry (or not) believing that nothing was written.
             still_wanted(context)

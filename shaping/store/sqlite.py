@@ -185,8 +185,15 @@ class RulesStore:
 
     def tenants(self) -> list[RuleSet]:
         """Every tenant's rules, by name."""
-        rows = self._conn().execute("SELECT rules FROM tenants ORDER BY name").fetchall()
-        return [rules_from_dict(json.loads(r[0])) for r in rows]
+        rows = self._conn().execute("SELECT name, revision, rules FROM tenants ORDER BY name").fetchall()
+        out = []
+        for name, revision, text in rows:
+            # Every rules write checks its addresses against all tenants: parse only what changed.
+            cached = self._cache.get(name)
+            if cached is None or cached.revision != revision:
+                cached = self._cache[name] = rules_from_dict(json.loads(text))
+            out.append(cached)
+        return out
 
     def update(self, tenant: str, change: Callable[[RuleSet], RuleSet], *, actor: str, what: str,
                expect_revision: int | None = None) -> RuleSet:
