@@ -30,7 +30,7 @@ def _scenario(path: Path | None) -> ScenarioConfig:
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
-    from shaping.pki import read_credentials
+    from shaping.pki import check_validity, read_credentials
     from shaping.service import RulesServer, ServerTLS, ServiceConfig
     from shaping.store import RulesStore
 
@@ -38,6 +38,8 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
     if args.pki is not None:
         creds = read_credentials(args.pki, args.server_name)
         tls = ServerTLS(creds.cert_pem, creds.key_pem, (args.pki / "ca.pem").read_bytes())
+        check_validity(tls.cert_pem, str(args.pki / f"{args.server_name}.pem"))
+        check_validity(tls.ca_pem, str(args.pki / "ca.pem"))
     metrics = None
     if args.metrics:
         host, _, port = args.metrics.rpartition(":")
@@ -66,14 +68,18 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    from shaping.pki import read_credentials
+    from shaping.pki import check_validity, read_credentials
     from shaping.service.channel import ClientTLS, connect
 
     if args.pki is None:
         return connect(args.target, identity=args.identity)
     role, _, name = args.identity.partition("/")
     creds = read_credentials(args.pki, f"{role}-{name}")
-    return connect(args.target, tls=ClientTLS((args.pki / "ca.pem").read_bytes(), creds.cert_pem, creds.key_pem,
+    ca_pem = (args.pki / "ca.pem").read_bytes()
+    # An expired certificate fails the TLS handshake, which gRPC reports as "Socket closed": say it first.
+    check_validity(creds.cert_pem, str(args.pki / f"{role}-{name}.pem"))
+    check_validity(ca_pem, str(args.pki / "ca.pem"))
+    return connect(args.target, tls=ClientTLS(ca_pem, creds.cert_pem, creds.key_pem,
                                               server_name=args.server_name_override))
 
 
@@ -179,7 +185,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 provider_command(provider_stub(channel), args, out)
     except grpc.RpcError as err:
         code = err.code()
-        hint = f" (is the service running at {args.target}?)" if code == grpc.StatusCode.UNAVAILABLE else ""
+        hint = ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            # A refused TLS handshake (a certificate the service does not trust) looks the same from here.
+            trust = ", and does it trust your certificate" if args.pki is not None else ""
+            hint = f" (is the service running at {args.target}{trust}?)"
         print(f"fedshape: error: {code.name}: {err.details()}{hint}", file=sys.stderr)
         return 1
     except (RulesError, PKIError, OSError, ValueError) as err:

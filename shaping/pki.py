@@ -305,6 +305,27 @@ def write_node_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Pa
     return key_path, pub_path
 
 
+def check_validity(cert: bytes, what: str, *, now: dt.datetime | None = None) -> None:
+    """PKIError, in one line, when a certificate is expired or not valid yet.
+
+    A TLS peer that refuses an expired certificate just closes the connection, and gRPC then reports
+    "Socket closed" as if the service were down; checking our own certificates first says what is wrong.
+
+    Args:
+        cert: the certificate, PEM or DER.
+        what: how to name it in the message (its file, say).
+        now: the clock (defaults to the current UTC time).
+    """
+    parsed = load_certificate(cert)
+    at = _now(now)
+    if at > parsed.not_valid_after_utc:
+        raise PKIError(f"certificate {what} expired on {parsed.not_valid_after_utc:%Y-%m-%d %H:%M} UTC;"
+                       " ask for a new one (fedshape-pki tenant|provider|server DIR NAME)")
+    if at < parsed.not_valid_before_utc:
+        raise PKIError(f"certificate {what} is not valid before {parsed.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+                       " (is this machine's clock right?)")
+
+
 def read_credentials(directory: str | os.PathLike[str], name: str) -> Credentials:
     """Read ``<name>.pem`` and ``<name>.key`` written by :func:`write_credentials`."""
     d = Path(directory)

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import yaml
 
 from shaping.rules.codec import rules_from_dict, rules_to_dict
+from shaping.rules.validate import RulesError
 from shaping.service._proto.fedshape.v1 import client_pb2 as cpb
 from shaping.service._proto.fedshape.v1 import provider_pb2 as ppb
 from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
@@ -38,8 +39,8 @@ def show_rules(rules: pb.RuleSet, out: TextIO) -> None:
     rows = []
     for c in r.classes:
         m, a, q = c.match, c.action, c.qos
-        sla = " ".join(f"{k}={_num(v)}" for k, v in (("p99<=", q.max_p99_ms), ("mbps>=", q.min_mbps),
-                                                       ("loss<=", q.max_loss), ("app>=", q.app_floor)) if v is not None)
+        sla = " ".join(f"{k}{_num(v)}" for k, v in (("p99<=", q.max_p99_ms), ("mbps>=", q.min_mbps),
+                                                      ("loss<=", q.max_loss), ("app>=", q.app_floor)) if v is not None)
         rows.append((c.name, c.entity, c.app, f"{m.protocol}/{','.join(map(str, m.ports)) or '*'}",
                      f"{a.rate_mbps:g}/{a.ceil_mbps:g}", a.priority, a.dscp, f"{a.drop_prob:g}", a.path or "-",
                      sla or "-"))
@@ -59,8 +60,17 @@ def show_status(s: pb.AgentStatus, out: TextIO) -> None:
 
 
 def load_rules_file(path: Path, tenant: str) -> pb.RuleSet:
-    """Rules from a YAML or JSON file (the `fedshape tenant rules --json` layout; tenant defaults to ours)."""
-    data = yaml.safe_load(path.read_text())
+    """Rules from a YAML or JSON file (the `fedshape tenant rules --json` layout; tenant defaults to ours).
+
+    Raises RulesError, in one line with the file's name and the place, when the file is not valid YAML.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise RulesError(f"{path}:{where}: not valid YAML or JSON: {problem}") from None
     if isinstance(data, dict):
         data.setdefault("tenant", tenant)
     return rules_to_pb(rules_from_dict(data))

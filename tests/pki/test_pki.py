@@ -186,3 +186,19 @@ def test_module_entry_point(tmp_path):
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert bad.returncode == 1 and "fedshape-pki init" in bad.stderr
+
+
+def test_check_validity_names_an_expired_or_future_certificate():
+    import datetime as dt
+
+    from shaping.pki import PKIError, check_validity, issue_client, new_ca
+
+    now = dt.datetime.now(dt.UTC)
+    ca = new_ca()
+    check_validity(issue_client(ca, "tenant", "acme", days=1).cert_pem, "fresh.pem")
+    expired = issue_client(ca, "tenant", "acme", days=1, now=now - dt.timedelta(days=3)).cert_pem
+    with pytest.raises(PKIError, match=r"certificate old\.pem expired on \d{4}-\d\d-\d\d"):
+        check_validity(expired, "old.pem")
+    future = issue_client(ca, "tenant", "acme", days=1, now=now + dt.timedelta(days=3)).cert_pem
+    with pytest.raises(PKIError, match="not valid before"):
+        check_validity(future, "new.pem")
