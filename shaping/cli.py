@@ -54,7 +54,7 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
                               ("max_calls_per_caller", args.max_calls_per_caller)) if v is not None}
     config = ServiceConfig(scenario=_scenario(args.scenario), **pool)
     server = RulesServer(store, config, address=args.listen, tls=tls, insecure_loopback=args.insecure_loopback,
-                         metrics_address=metrics).start()
+                         metrics_address=metrics, metrics_remote=args.metrics_remote).start()
     host = args.listen.rsplit(":", 1)[0]
     print(f"fedshape: serving on {host}:{server.port} ({'mTLS' if tls else 'plaintext loopback'})"
           + (f", metrics on :{server.metrics_port}" if metrics else ""), file=out, flush=True)
@@ -147,7 +147,10 @@ def parser() -> argparse.ArgumentParser:
     # SUPPRESS: given after `serve` it sets --pki, absent it leaves the global option (or FEDSHAPE_PKI) alone.
     serve.add_argument("--pki", type=Path, default=argparse.SUPPRESS, help="mTLS: DIR/ca.pem, DIR/server.pem/.key")
     serve.add_argument("--server-name", default="server", help="stem of the server certificate in --pki")
-    serve.add_argument("--metrics", help="host:port of the Prometheus endpoint")
+    serve.add_argument("--metrics", help="[host]:port of the Prometheus endpoint (host defaults to 127.0.0.1)")
+    serve.add_argument("--metrics-remote", action="store_true",
+                       help="allow --metrics on a non-loopback address (it has no authentication and shows every"
+                       " tenant's data)")
     serve.add_argument("--scenario", type=Path, help="scenario YAML with the provider paths and action levels")
     # Defaults live in ServiceConfig (not imported here: it pulls in torch, which slows every command).
     serve.add_argument("--workers", type=int, help="threads that run calls at once (default 4; more threads only"

@@ -157,6 +157,9 @@ def provider_command(stub: Any, args: Any, out: TextIO) -> None:
         f = stub.GetFederationStatus(ppb.GetFederationStatusRequest())
         row = (f.round, f"{f.epsilon_spent:g}", f"{f.delta:g}", f"{f.target_epsilon:g}", f.clients, f.strategy or "-")
         print(table([row], ("ROUND", "EPSILON_SPENT", "DELTA", "TARGET_EPSILON", "CLIENTS", "STRATEGY")), file=out)
+        if f.tenants:
+            print(table([(t.tenant, f"{t.epsilon_spent:g}", f"{t.delta:g}") for t in f.tenants],
+                        ("TENANT", "EPSILON_SPENT", "DELTA")), file=out)
     elif cmd == "health":
         h = stub.GetHealth(ppb.HealthRequest())
         print(table([("yes" if h.serving else "no", h.tenants, h.agents_reporting, h.agents_stale,

@@ -84,10 +84,26 @@ class ProviderServicer(ServicerBase, provider_pb2_grpc.ProviderServiceServicer):
             raise RulesError("federation status needs round, clients >= 0 and finite epsilon, delta >= 0")
         if request.delta > 1 or len(request.strategy) > 200:
             raise RulesError("federation delta must be in [0, 1] and strategy at most 200 characters")
+        self._check_tenant_privacy(request)
         report = json_format.MessageToDict(request, preserving_proto_field_name=True)
         report.pop("updated_at", None)
         self.store.put_federation(report)
         return pb.Ack(revision=request.round)
+
+    def _check_tenant_privacy(self, request: ppb.FederationStatus) -> None:
+        """RulesError or NOT_FOUND unless each per-tenant entry names a distinct registered tenant with sane values."""
+        seen: set[str] = set()
+        for entry in request.tenants:
+            check_name("federation tenants[].tenant", entry.tenant, self.config.limits)
+            if entry.tenant in seen:
+                raise RulesError(f"federation tenants: {entry.tenant!r} appears twice")
+            seen.add(entry.tenant)
+            if not (math.isfinite(entry.epsilon_spent) and entry.epsilon_spent >= 0 and 0 <= entry.delta <= 1):
+                raise RulesError(f"federation tenants[{entry.tenant!r}]: epsilon_spent must be finite and >= 0,"
+                                 " delta in [0, 1]")
+            if self.store.get(entry.tenant) is None:
+                raise CallError(grpc.StatusCode.NOT_FOUND,
+                                f"federation tenants: tenant {entry.tenant!r} does not exist")
 
     @rpc
     def GetHealth(self, request: ppb.HealthRequest, context: grpc.ServicerContext) -> ppb.Health:

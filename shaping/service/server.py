@@ -24,6 +24,7 @@ from shaping.service.exposition import service_registry
 from shaping.service.limits import CallLimiter, CallLimits, LimitInterceptor
 from shaping.service.notify import Notifier
 from shaping.service.provider import ProviderServicer
+from shaping.service.telemetry import CallMetrics, MetricsInterceptor
 from shaping.store import RulesStore
 
 SERVICE_NAMES = (
@@ -116,12 +117,16 @@ class RulesServer:
 
     def __init__(self, store: RulesStore, config: ServiceConfig | None = None, *, address: str = "127.0.0.1:0",
                  tls: ServerTLS | None = None, insecure_loopback: bool = False,
-                 metrics_address: tuple[str, int] | None = None, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 metrics_address: tuple[str, int] | None = None, metrics_remote: bool = False,
+                 registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time) -> None:
         host = address.rsplit(":", 1)[0]
         if tls is None and not (insecure_loopback and is_loopback(host)):
             raise ValueError(f"plaintext on {address!r} refused: pass TLS credentials, or insecure_loopback=True"
                              " with a loopback address (127.0.0.1, ::1, localhost)")
+        if metrics_address is not None and not (metrics_remote or is_loopback(metrics_address[0])):
+            # /metrics has no authentication and shows every tenant's data: the provider's eyes only.
+            raise ValueError(f"metrics on {metrics_address[0]!r} refused: /metrics has no authentication; serve it on"
+                             " loopback (and scrape through an authenticating proxy), or pass metrics_remote=True")
         self.store = store
         self.config = config or ServiceConfig()
         self.address = address
@@ -140,7 +145,10 @@ class RulesServer:
         # Calls beyond this get RESOURCE_EXHAUSTED instead of queueing without bound.
         # gRPC sets SO_REUSEPORT on Linux by default: a second server on a port in use then binds as well and
         # the kernel splits connections between the two. Off, a taken port fails the bind below.
-        self._server = grpc.server(self.executor, interceptors=[LimitInterceptor(self.limiter)],
+        self.registry = service_registry(store, self.config, registry, clock)
+        # Outermost first: calls the limiter refuses are counted too.
+        interceptors = [MetricsInterceptor(CallMetrics(self.registry)), LimitInterceptor(self.limiter)]
+        self._server = grpc.server(self.executor, interceptors=interceptors,
                                    options=[("grpc.so_reuseport", 0)],
                                    maximum_concurrent_rpcs=cfg.max_watches + 64 * cfg.active_calls)
         client_pb2_grpc.add_ClientServiceServicer_to_server(self.client, self._server)
@@ -150,7 +158,6 @@ class RulesServer:
             _Reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.executor.blocking),
             self._server)
         self.port = self._bind(address, tls)
-        self.registry = service_registry(store, self.config, registry, clock)
         self.metrics_address = metrics_address
         self._metrics: Any = None
         self.metrics_port: int | None = None

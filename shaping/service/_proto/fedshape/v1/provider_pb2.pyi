@@ -66,8 +66,18 @@ class TenantMetrics(_message.Message):
     app_metrics: _containers.RepeatedCompositeFieldContainer[AppMetric]
     def __init__(self, agent: _Optional[_Union[_rules_pb2.AgentStatus, _Mapping]] = ..., app_metrics: _Optional[_Iterable[_Union[AppMetric, _Mapping]]] = ...) -> None: ...
 
+class TenantPrivacy(_message.Message):
+    __slots__ = ("tenant", "epsilon_spent", "delta")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    epsilon_spent: float
+    delta: float
+    def __init__(self, tenant: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+
 class FederationStatus(_message.Message):
-    __slots__ = ("round", "epsilon_spent", "delta", "target_epsilon", "clients", "strategy", "updated_at")
+    __slots__ = ("round", "epsilon_spent", "delta", "target_epsilon", "clients", "strategy", "updated_at", "tenants")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +85,7 @@ class FederationStatus(_message.Message):
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     round: int
     epsilon_spent: float
     delta: float
@@ -82,7 +93,8 @@ class FederationStatus(_message.Message):
     clients: int
     strategy: str
     updated_at: float
-    def __init__(self, round: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., delta: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., clients: _Optional[int] = ..., strategy: _Optional[str] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantPrivacy]
+    def __init__(self, round: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., delta: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., clients: _Optional[int] = ..., strategy: _Optional[str] = ..., updated_at: _Optional[float] = ..., tenants: _Optional[_Iterable[_Union[TenantPrivacy, _Mapping]]] = ...) -> None: ...
 
 class GetFederationStatusRequest(_message.Message):
     __slots__ = ()
