@@ -125,6 +125,12 @@ def _provider_parser(sub: argparse._SubParsersAction) -> None:
     for name, help_ in (("delete", "remove a tenant and its rules"), ("metrics", "a tenant's agent and app metrics")):
         psub.add_parser(name, help=help_).add_argument("name")
     psub.add_parser("federation", help="federated round and privacy spent")
+    revoke = psub.add_parser("revoke", help="refuse a client certificate from now on (by serial or by its file)")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("serial", nargs="?", help="serial number in hex (as `openssl x509 -noout -serial` prints it)")
+    which.add_argument("--cert", type=Path, help="the certificate's PEM file (its serial is read from it)")
+    revoke.add_argument("--reason", default="", help="why (kept with the serial)")
+    psub.add_parser("revoked", help="list revoked certificate serials")
     psub.add_parser("health", help="service health")
 
 

@@ -130,6 +130,17 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
     def _tenant(self, context: grpc.ServicerContext, tenant: str) -> str:
         return scope(self.auth.identity(context), tenant)
 
+    def _watching(self, context: grpc.ServicerContext) -> bool:
+        """Whether a watch goes on: its client is there, the service runs, and the certificate is still good.
+
+        Identity is read again (cached parse, one set lookup) so that a revoked certificate's open watches
+        end within one poll interval; the RevokedError ends the stream with UNAUTHENTICATED.
+        """
+        if not context.is_active() or self.notifier.closed:
+            return False
+        self.auth.identity(context)
+        return True
+
     def _rules(self, tenant: str) -> RuleSet:
         rules = self.store.get(tenant)
         if rules is None:
@@ -282,7 +293,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         seen = self.notifier.counter(key)
         if after > self._rules(tenant).revision:
             after = 0  # the watcher saw a history this store does not have (restored backup): resend
-        while context.is_active() and not self.notifier.closed:
+        while self._watching(context):
             rules = self._rules(tenant)
             if rules.revision > after:
                 after = rules.revision
@@ -312,7 +323,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         self._rules(tenant)
         key = f"status/{tenant}"
         seen, last = self.notifier.counter(key), None
-        while context.is_active() and not self.notifier.closed:
+        while self._watching(context):
             status = agent_status(self.store, tenant, self.config, self.clock())
             if status != last:
                 last = status
@@ -348,7 +359,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         key = f"app/{tenant}"
         seen = self.notifier.counter(key)
         sent: dict[tuple[str, str], float] = {}  # (class, name) -> push time of the value last sent
-        while context.is_active() and not self.notifier.closed:
+        while self._watching(context):
             now = self.clock()
             for klass, named in self.store.app_metrics(tenant).items():
                 for name, (value, at) in named.items():

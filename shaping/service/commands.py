@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from shaping.pki import certificate_serial, serial_hex
 from shaping.rules.codec import rules_from_dict, rules_to_dict
 from shaping.rules.validate import RulesError
 from shaping.service._proto.fedshape.v1 import client_pb2 as cpb
@@ -160,6 +161,14 @@ def provider_command(stub: Any, args: Any, out: TextIO) -> None:
         if f.tenants:
             print(table([(t.tenant, f"{t.epsilon_spent:g}", f"{t.delta:g}") for t in f.tenants],
                         ("TENANT", "EPSILON_SPENT", "DELTA")), file=out)
+    elif cmd == "revoke":
+        serial = certificate_serial(args.cert.read_bytes()) if args.cert is not None else serial_hex(args.serial)
+        stub.RevokeCertificate(ppb.RevokeCertificateRequest(serial=serial, reason=args.reason))
+        print(f"revoked certificate serial {serial}", file=out)
+    elif cmd == "revoked":
+        revoked = [(c.serial, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.revoked_at)), c.actor,
+                    c.reason or "-") for c in stub.ListRevoked(ppb.ListRevokedRequest()).certificates]
+        print(table(revoked, ("SERIAL", "REVOKED_UTC", "BY", "REASON")), file=out)
     elif cmd == "health":
         h = stub.GetHealth(ppb.HealthRequest())
         print(table([("yes" if h.serving else "no", h.tenants, h.agents_reporting, h.agents_stale,

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from shaping.service.auth import Authenticator, CallError
+from shaping.service.auth import Authenticator, CallError, RevokedError
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ class CallLimiter:
         """Who a call counts against: its FedShape identity, else (health checks, bad certificates) its address."""
         try:
             ident = self.auth.identity(context)
+        except RevokedError:
+            raise  # refused outright, whatever the call
         except CallError:
             return f"peer {_peer_address(context)}"
         return f"{ident.role}/{ident.name}"
@@ -140,7 +142,7 @@ class LimitInterceptor(grpc.ServerInterceptor):
 
     def _admit(self, context: grpc.ServicerContext, *, stream: bool) -> _Slot:
         try:
-            return self.limiter.admit(self.limiter.caller(context), stream=stream)
+            return self.limiter.admit(self.limiter.caller(context), stream=stream)  # a revoked caller: refused
         except CallError as err:
             context.abort(err.code, err.message)
             raise  # context.abort raises; this keeps the type checker honest

@@ -7,6 +7,7 @@ import math
 import grpc
 from google.protobuf import json_format
 
+from shaping.pki import PKIError, serial_hex
 from shaping.rules.validate import RulesError, check_name
 from shaping.service._proto.fedshape.v1 import provider_pb2 as ppb
 from shaping.service._proto.fedshape.v1 import provider_pb2_grpc
@@ -104,6 +105,26 @@ class ProviderServicer(ServicerBase, provider_pb2_grpc.ProviderServiceServicer):
             if self.store.get(entry.tenant) is None:
                 raise CallError(grpc.StatusCode.NOT_FOUND,
                                 f"federation tenants: tenant {entry.tenant!r} does not exist")
+
+    @rpc
+    def RevokeCertificate(self, request: ppb.RevokeCertificateRequest, context: grpc.ServicerContext) -> pb.Ack:
+        actor = self._provider(context)
+        try:
+            serial = serial_hex(request.serial)
+        except PKIError as err:
+            raise RulesError(str(err)) from None
+        if len(request.reason) > 200:
+            raise RulesError("reason must be at most 200 characters")
+        self.store.revoke(serial, request.reason, actor=actor)
+        return pb.Ack()
+
+    @rpc
+    def ListRevoked(self, request: ppb.ListRevokedRequest,
+                    context: grpc.ServicerContext) -> ppb.ListRevokedResponse:
+        self._provider(context)
+        return ppb.ListRevokedResponse(certificates=[
+            ppb.RevokedCertificate(serial=serial, reason=reason, actor=actor, revoked_at=at)
+            for serial, reason, actor, at in self.store.revoked()])
 
     @rpc
     def GetHealth(self, request: ppb.HealthRequest, context: grpc.ServicerContext) -> ppb.Health:

@@ -131,7 +131,7 @@ class RulesServer:
         self.config = config or ServiceConfig()
         self.address = address
         self.notifier = Notifier()
-        auth = Authenticator(insecure_identity=tls is None)
+        auth = Authenticator(insecure_identity=tls is None, revoked=store.revoked_serials)
         cfg = self.config
         # A few threads run calls; each watch gets one of its own while it waits (shaping.service.executor).
         self.executor = CallExecutor(cfg.active_calls, cfg.max_watches, name="fedshape-rpc")

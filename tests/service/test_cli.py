@@ -108,3 +108,20 @@ def test_expired_certificate_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1
     assert f"certificate {tmp_path / 'tenant-acme.pem'} expired on" in err and "Socket closed" not in err
+
+
+def test_provider_revokes_a_certificate_by_file_or_serial(running, tmp_path, capsys):
+    from shaping import pki
+
+    cert = pki.issue_client(pki.new_ca(), "tenant", "acme").cert_pem
+    (tmp_path / "acme.pem").write_bytes(cert)
+    serial = pki.certificate_serial(cert)
+    rc, text = run(running, "--as", "provider/ops", "provider", "revoke", "--cert", str(tmp_path / "acme.pem"),
+                   "--reason", "laptop stolen")
+    assert rc == 0 and text.strip() == f"revoked certificate serial {serial}"
+    assert run(running, "--as", "provider/ops", "provider", "revoke", "0A:1B")[0] == 0
+    rc, text = run(running, "--as", "provider/ops", "provider", "revoked")
+    rows = [line.split()[0] for line in text.splitlines()[2:]]
+    assert rc == 0 and sorted(rows) == sorted([serial, "a1b"]) and "laptop stolen" in text
+    rc, _ = run(running, "--as", "provider/ops", "provider", "revoke", "nothex")
+    assert rc == 1 and "is not 1..40 hex digits" in capsys.readouterr().err

@@ -119,3 +119,33 @@ class Health(_message.Message):
     agents_in_fallback: int
     schema_version: int
     def __init__(self, serving: _Optional[bool] = ..., tenants: _Optional[int] = ..., agents_reporting: _Optional[int] = ..., agents_stale: _Optional[int] = ..., agents_in_fallback: _Optional[int] = ..., schema_version: _Optional[int] = ...) -> None: ...
+
+class RevokeCertificateRequest(_message.Message):
+    __slots__ = ("serial", "reason")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    reason: str
+    def __init__(self, serial: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokedCertificate(_message.Message):
+    __slots__ = ("serial", "reason", "actor", "revoked_at")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    reason: str
+    actor: str
+    revoked_at: float
+    def __init__(self, serial: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., revoked_at: _Optional[float] = ...) -> None: ...
+
+class ListRevokedRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRevokedResponse(_message.Message):
+    __slots__ = ("certificates",)
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedCompositeFieldContainer[RevokedCertificate]
+    def __init__(self, certificates: _Optional[_Iterable[_Union[RevokedCertificate, _Mapping]]] = ...) -> None: ...
