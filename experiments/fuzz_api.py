@@ -155,6 +155,7 @@ def valid_requests() -> dict[str, tuple[str, Message]]:
         "GetHealth": ("provider", ppb.HealthRequest()),
         "RevokeCertificate": ("provider", ppb.RevokeCertificateRequest(serial="1f", reason="fuzz")),
         "ListRevoked": ("provider", ppb.ListRevokedRequest()),
+        "SetAddressSpace": ("provider", ppb.SetAddressSpaceRequest(tenant="acme", address_space=["10.0.0.0/16"])),
     }
 
 

@@ -122,6 +122,11 @@ def _provider_parser(sub: argparse._SubParsersAction) -> None:
     create = psub.add_parser("create", help="register a tenant")
     create.add_argument("name")
     create.add_argument("--cap", type=float, required=True, help="paid egress rate, Mbit/s")
+    create.add_argument("--space", action="append", default=[], metavar="CIDR",
+                        help="network the tenant's entities must lie in (repeat; default: no bound)")
+    space = psub.add_parser("space", help="set the networks a tenant's entities must lie in (none: no bound)")
+    space.add_argument("name")
+    space.add_argument("cidrs", nargs="*", metavar="CIDR")
     for name, help_ in (("delete", "remove a tenant and its rules"), ("metrics", "a tenant's agent and app metrics")):
         psub.add_parser(name, help=help_).add_argument("name")
     psub.add_parser("federation", help="federated round and privacy spent")

@@ -97,7 +97,23 @@ def normalized(rules: RuleSet) -> RuleSet:
     entities = tuple(replace(e, cidrs=_normalized_cidrs(e.cidrs)) for e in rules.entities)
     classes = tuple(replace(c, match=replace(c.match, dst_cidrs=_normalized_cidrs(c.match.dst_cidrs)))
                     for c in rules.classes)
-    return replace(rules, entities=entities, classes=classes)
+    return replace(rules, entities=entities, classes=classes, address_space=_normalized_cidrs(rules.address_space))
+
+
+def check_address_space(rules: RuleSet, limits: Limits) -> None:
+    """RulesError unless the address space is well formed and every entity address lies inside it."""
+    if not rules.address_space:
+        return
+    if len(rules.address_space) > limits.max_cidrs:
+        raise RulesError(f"address_space: at most {limits.max_cidrs} networks, got {len(rules.address_space)}")
+    _routable(rules.address_space, "address_space", source=True)
+    spaces = [_network(n, "address_space") for n in rules.address_space]
+    for e in rules.entities:
+        for cidr in e.cidrs:
+            net = _network(cidr, f"entity {e.name!r}")
+            if not any(net.version == sp.version and net.subnet_of(sp) for sp in spaces):  # type: ignore[arg-type]
+                raise RulesError(f"entity {e.name!r}: address {cidr!r} is outside the tenant's address space"
+                                 f" {list(rules.address_space)} (set by the provider)")
 
 
 def _overlap(a: list[tuple[int, int, int]], b: list[tuple[int, int, int]]) -> bool:
@@ -226,6 +242,7 @@ def check_structure(rules: RuleSet, limits: Limits, paths: Sequence[PathConfig])
         check_entity(e, limits)
     for c in rules.classes:
         check_class(c, limits, paths)
+    check_address_space(rules, limits)
     for c in rules.classes:
         if c.qos.min_mbps is not None and c.qos.min_mbps > rules.cap_mbps:
             raise RulesError(f"class {c.name!r}: qos.min_mbps {c.qos.min_mbps:g} is above the tenant's cap"
@@ -256,21 +273,23 @@ def _union(ranges: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
 
 
 def check_disjoint_tenants(rules: RuleSet, others: Iterable[RuleSet]) -> None:
-    """RulesError when an entity of `rules` claims an address that another tenant's entity has.
+    """RulesError when an entity or the address space of `rules` touches another tenant's entity or address space.
 
     The message names neither the other tenant nor its entity: a tenant learns only that the range is taken.
     Each address is looked up by bisection in the union of the others' ranges (64 entities of 32 addresses
     against thousands of tenants stays in milliseconds).
     """
     theirs = _union([r for other in others if other.tenant != rules.tenant
-                     for e in other.entities for r in _ranges(e.cidrs, e.name)])
+                     for cidrs in (other.address_space, *(e.cidrs for e in other.entities))
+                     for r in _ranges(cidrs, other.tenant)])
     if not theirs:
         return
-    for e in rules.entities:
-        for cidr in e.cidrs:
-            (v, first, last), = _ranges((cidr,), f"entity {e.name!r}")
+    mine = [("address_space", rules.address_space), *((f"entity {e.name!r}", e.cidrs) for e in rules.entities)]
+    for what, cidrs in mine:
+        for cidr in cidrs:
+            (v, first, last), = _ranges((cidr,), what)
             # The last of their ranges that starts at or before our last address is the only candidate.
             k = bisect.bisect_left(theirs, (v, last + 1, 0)) - 1
             if k >= 0 and theirs[k][0] == v and theirs[k][2] >= first:
-                raise RulesError(f"entity {e.name!r}: address {cidr!r} overlaps another tenant's addresses;"
+                raise RulesError(f"{what}: address {cidr!r} overlaps another tenant's addresses;"
                                  " ask the provider which ranges are yours")

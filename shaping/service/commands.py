@@ -34,7 +34,8 @@ def _num(v: float | None) -> str:
 def show_rules(rules: pb.RuleSet, out: TextIO) -> None:
     """Print a tenant's entities and classes."""
     r = rules_from_pb(rules)
-    print(f"tenant {r.tenant}  cap {r.cap_mbps:g} Mbit/s  revision {r.revision}", file=out)
+    space = f"  address space {','.join(r.address_space)}" if r.address_space else ""
+    print(f"tenant {r.tenant}  cap {r.cap_mbps:g} Mbit/s  revision {r.revision}{space}", file=out)
     print(table([(e.name, e.kind, e.mode, ",".join(e.cidrs)) for e in r.entities],
                 ("ENTITY", "KIND", "MODE", "CIDRS")), file=out)
     rows = []
@@ -144,8 +145,12 @@ def provider_command(stub: Any, args: Any, out: TextIO) -> None:
         print(table(rows, ("TENANT", "CAP_MBPS", "REV", "ENTITIES", "CLASSES", "ADAPTIVE", "AGENT", "FALLBACK",
                            "REWARD")), file=out)
     elif cmd == "create":
-        t = stub.CreateTenant(ppb.CreateTenantRequest(name=args.name, cap_mbps=args.cap))
+        t = stub.CreateTenant(ppb.CreateTenantRequest(name=args.name, cap_mbps=args.cap, address_space=args.space))
         print(f"created tenant {t.name} (cap {t.cap_mbps:g} Mbit/s)", file=out)
+    elif cmd == "space":
+        rules = stub.SetAddressSpace(ppb.SetAddressSpaceRequest(tenant=args.name, address_space=args.cidrs))
+        print(f"tenant {rules.tenant} address space {', '.join(rules.address_space) or 'unbounded'}"
+              f" (revision {rules.revision})", file=out)
     elif cmd == "delete":
         stub.DeleteTenant(pb.TenantRef(tenant=args.name))
         print(f"deleted tenant {args.name}", file=out)

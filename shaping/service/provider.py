@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import grpc
 from google.protobuf import json_format
 
 from shaping.pki import PKIError, serial_hex
-from shaping.rules.validate import RulesError, check_name
+from shaping.rules.model import RuleSet
+from shaping.rules.validate import RulesError, check_address_space, check_disjoint_tenants, check_name, normalized
 from shaping.service._proto.fedshape.v1 import provider_pb2 as ppb
 from shaping.service._proto.fedshape.v1 import provider_pb2_grpc
 from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
-from shaping.service.auth import CallError, require_provider, rpc
+from shaping.service.auth import CallError, require_provider, rpc, still_wanted
 from shaping.service.client import ServicerBase, agent_status
+from shaping.service.convert import rules_to_pb
+from shaping.store import NotFoundError
 
 
 class ProviderServicer(ServicerBase, provider_pb2_grpc.ProviderServiceServicer):
@@ -31,10 +35,36 @@ class ProviderServicer(ServicerBase, provider_pb2_grpc.ProviderServiceServicer):
         capacity = max(p.capacity_mbps for p in self.config.scenario.paths)
         if not (math.isfinite(request.cap_mbps) and 0 < request.cap_mbps <= capacity):
             raise RulesError(f"cap_mbps {request.cap_mbps} must be in (0, {capacity}] (the largest provider link)")
-        rules = self.store.create_tenant(request.name, request.cap_mbps, actor=actor)
+        space = normalized(RuleSet(tenant=request.name, cap_mbps=request.cap_mbps,
+                                   address_space=tuple(request.address_space))).address_space
+        rules = self.store.create_tenant(request.name, request.cap_mbps, actor=actor, address_space=space,
+                                         check=self._check_space)
         self.notifier.bump(f"rules/{request.name}")
         return ppb.TenantSummary(name=rules.tenant, cap_mbps=rules.cap_mbps, revision=rules.revision,
                                  agent=agent_status(self.store, rules.tenant, self.config, self.clock()))
+
+    def _check_space(self, rules: RuleSet) -> None:
+        """Inside the write: the address space is well formed, holds the entities, and is nobody else's."""
+        check_address_space(rules, self.config.limits)
+        check_disjoint_tenants(rules, self.store.tenants())
+
+    @rpc
+    def SetAddressSpace(self, request: ppb.SetAddressSpaceRequest, context: grpc.ServicerContext) -> pb.RuleSet:
+        actor = self._provider(context)
+
+        def change(old: RuleSet) -> RuleSet:
+            new = normalized(replace(old, address_space=tuple(request.address_space)))
+            self._check_space(new)
+            still_wanted(context)
+            return new
+
+        try:
+            rules = self.store.update(request.tenant, change, actor=actor,
+                                      what=f"set address space {list(request.address_space)[:4]}")
+        except NotFoundError:
+            raise CallError(grpc.StatusCode.NOT_FOUND, f"tenant {request.tenant[:64]!r} does not exist") from None
+        self.notifier.bump(f"rules/{request.tenant}")
+        return rules_to_pb(rules)
 
     @rpc
     def DeleteTenant(self, request: pb.TenantRef, context: grpc.ServicerContext) -> pb.Ack:

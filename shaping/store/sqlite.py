@@ -142,13 +142,19 @@ class RulesStore:
 
     # tenants and rules
 
-    def create_tenant(self, name: str, cap_mbps: float, actor: str = "provider") -> RuleSet:
-        """Add a tenant with no rules; AlreadyExistsError if it exists."""
-        rules = RuleSet(tenant=name, cap_mbps=cap_mbps, revision=1)
+    def create_tenant(self, name: str, cap_mbps: float, actor: str = "provider", *,
+                      address_space: tuple[str, ...] = (), check: Callable[[RuleSet], None] | None = None) -> RuleSet:
+        """Add a tenant with no rules; AlreadyExistsError if it exists.
+
+        `check` runs inside the write transaction on the new tenant's rules and may raise: then nothing is written.
+        """
+        rules = RuleSet(tenant=name, cap_mbps=cap_mbps, revision=1, address_space=address_space)
 
         def body(conn: sqlite3.Connection) -> RuleSet:
             if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
                 raise AlreadyExistsError(f"tenant {_q(name)} exists already")
+            if check is not None:
+                check(rules)
             conn.execute("INSERT INTO tenants VALUES (?, ?, ?, ?, ?)",
                          (name, cap_mbps, 1, json.dumps(rules_to_dict(rules)), self.clock()))
             self._cache.pop(name, None)

@@ -175,3 +175,24 @@ def test_tenants_may_not_claim_each_others_addresses():
         with pytest.raises(RulesError, match="overlaps another tenant's addresses") as err:
             check_disjoint_tenants(tenant("beta", "192.0.2.0/24", claim), others)
         assert "acme" not in str(err.value) and "zeta" not in str(err.value)
+
+
+def test_entities_must_lie_in_the_address_space(rules, scenario):
+    spaced = replace(rules, address_space=("10.0.0.0/23",))
+    validate_rules(spaced, scenario)  # acme's 10.0.0.10/32 and 10.0.1.0/24 lie inside
+    with pytest.raises(RulesError, match=r"entity 'net': address '10.0.1.0/24' is outside the tenant's address"):
+        validate_rules(replace(rules, address_space=("10.0.0.0/24", "fd00::/64")), scenario)
+    with pytest.raises(RulesError, match=r"address_space: address '0\.0\.0\.0/0' is every address"):
+        validate_rules(replace(rules, address_space=("0.0.0.0/0",)), scenario)
+
+
+def test_address_spaces_are_exclusive():
+    from shaping.rules.validate import check_disjoint_tenants
+
+    acme = RuleSet(tenant="acme", cap_mbps=10.0, address_space=("10.0.0.0/16",))
+    beta_inside = RuleSet(tenant="beta", cap_mbps=10.0, entities=(EntityRule(name="e", cidrs=("10.0.9.0/24",)),))
+    with pytest.raises(RulesError, match=r"entity 'e': address '10\.0\.9\.0/24' overlaps another tenant's"):
+        check_disjoint_tenants(beta_inside, [acme])
+    with pytest.raises(RulesError, match=r"address_space: address '10\.0\.0\.0/8' overlaps"):
+        check_disjoint_tenants(RuleSet(tenant="beta", cap_mbps=10.0, address_space=("10.0.0.0/8",)), [acme])
+    check_disjoint_tenants(RuleSet(tenant="beta", cap_mbps=10.0, address_space=("10.1.0.0/16",)), [acme])

@@ -116,6 +116,7 @@ def test_provider_api_needs_the_provider_role(tls_service):
         "GetFederationStatus": ppb.GetFederationStatusRequest(), "ReportFederationStatus": ppb.FederationStatus(),
         "GetHealth": ppb.HealthRequest(), "RevokeCertificate": ppb.RevokeCertificateRequest(serial="1f"),
         "ListRevoked": ppb.ListRevokedRequest(),
+        "SetAddressSpace": ppb.SetAddressSpaceRequest(tenant="beta", address_space=["10.7.0.0/16"]),
     }
     assert set(requests) == set(ppb.DESCRIPTOR.services_by_name["ProviderService"].methods_by_name)
     before = store.snapshot()

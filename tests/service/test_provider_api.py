@@ -162,3 +162,33 @@ def test_plaintext_off_loopback_is_refused(tmp_path):
             RulesServer(store, config(), address="127.0.0.1:0")
     finally:
         store.close()
+
+
+def test_the_provider_assigns_address_spaces(with_acme):
+    from shaping.service._proto.fedshape.v1 import client_pb2 as cpb
+
+    ops = with_acme.provider()
+    # acme's entities (10.0.0.10/32, 10.0.1.0/24) must fit the space it is given.
+    with pytest.raises(grpc.RpcError) as err:
+        ops.SetAddressSpace(ppb.SetAddressSpaceRequest(tenant="acme", address_space=["10.0.0.0/24"]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside the tenant's address space" in \
+        err.value.details()
+    rules = ops.SetAddressSpace(ppb.SetAddressSpaceRequest(tenant="acme", address_space=["10.0.0.7/16"]))
+    assert list(rules.address_space) == ["10.0.0.0/16"]
+    acme = with_acme.tenant()
+    assert list(acme.GetRules(pb.TenantRef()).address_space) == ["10.0.0.0/16"]
+    with pytest.raises(grpc.RpcError) as err:
+        acme.CreateEntity(cpb.EntityRequest(entity=pb.Entity(name="far", cidrs=["192.0.2.1/32"])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside" in err.value.details()
+    # A tenant's space is nobody else's: neither another space nor another tenant's entities may touch it.
+    with pytest.raises(grpc.RpcError) as err:
+        ops.CreateTenant(ppb.CreateTenantRequest(name="beta", cap_mbps=10.0, address_space=["10.0.128.0/17"]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "overlaps another tenant's" in err.value.details()
+    assert "beta" not in {t.name for t in ops.ListTenants(ppb.ListTenantsRequest()).tenants}  # nothing written
+    ops.CreateTenant(ppb.CreateTenantRequest(name="beta", cap_mbps=10.0))
+    with pytest.raises(grpc.RpcError) as err:
+        with_acme.tenant("beta").CreateEntity(cpb.EntityRequest(entity=pb.Entity(name="vm", cidrs=["10.0.200.1/32"])))
+    assert "overlaps another tenant's" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        ops.SetAddressSpace(ppb.SetAddressSpaceRequest(tenant="ghost", address_space=["10.9.0.0/16"]))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -11,12 +11,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("name", "cap_mbps")
+    __slots__ = ("name", "cap_mbps", "address_space")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CAP_MBPS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_SPACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     cap_mbps: float
-    def __init__(self, name: _Optional[str] = ..., cap_mbps: _Optional[float] = ...) -> None: ...
+    address_space: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., cap_mbps: _Optional[float] = ..., address_space: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetAddressSpaceRequest(_message.Message):
+    __slots__ = ("tenant", "address_space")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_SPACE_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    address_space: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant: _Optional[str] = ..., address_space: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TenantSummary(_message.Message):
     __slots__ = ("name", "cap_mbps", "revision", "entities", "classes", "adaptive_entities", "agent")

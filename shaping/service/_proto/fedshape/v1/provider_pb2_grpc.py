@@ -48,6 +48,11 @@ class ProviderServiceStub:
                 request_serializer=fedshape_dot_v1_dot_rules__pb2.TenantRef.SerializeToString,
                 response_deserializer=fedshape_dot_v1_dot_rules__pb2.Ack.FromString,
                 _registered_method=True)
+        self.SetAddressSpace = channel.unary_unary(
+                '/fedshape.v1.ProviderService/SetAddressSpace',
+                request_serializer=fedshape_dot_v1_dot_provider__pb2.SetAddressSpaceRequest.SerializeToString,
+                response_deserializer=fedshape_dot_v1_dot_rules__pb2.RuleSet.FromString,
+                _registered_method=True)
         self.ListTenants = channel.unary_unary(
                 '/fedshape.v1.ProviderService/ListTenants',
                 request_serializer=fedshape_dot_v1_dot_provider__pb2.ListTenantsRequest.SerializeToString,
@@ -96,6 +101,13 @@ class ProviderServiceServicer:
 
     def DeleteTenant(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAddressSpace(self, request, context):
+        """Change the networks a tenant's entities must lie in; refused while an entity lies outside them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -156,6 +168,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.DeleteTenant,
                     request_deserializer=fedshape_dot_v1_dot_rules__pb2.TenantRef.FromString,
                     response_serializer=fedshape_dot_v1_dot_rules__pb2.Ack.SerializeToString,
+            ),
+            'SetAddressSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAddressSpace,
+                    request_deserializer=fedshape_dot_v1_dot_provider__pb2.SetAddressSpaceRequest.FromString,
+                    response_serializer=fedshape_dot_v1_dot_rules__pb2.RuleSet.SerializeToString,
             ),
             'ListTenants': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTenants,
@@ -247,6 +264,33 @@ class ProviderService:
             '/fedshape.v1.ProviderService/DeleteTenant',
             fedshape_dot_v1_dot_rules__pb2.TenantRef.SerializeToString,
             fedshape_dot_v1_dot_rules__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAddressSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedshape.v1.ProviderService/SetAddressSpace',
+            fedshape_dot_v1_dot_provider__pb2.SetAddressSpaceRequest.SerializeToString,
+            fedshape_dot_v1_dot_rules__pb2.RuleSet.FromString,
             options,
             channel_credentials,
             insecure,
