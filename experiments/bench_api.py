@@ -49,10 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"reads_per_s": 1000.0, "writes_per_s": 200.0, "p99_ms": 50.0}
 
 
-def bench_rules(tenant: str) -> RuleSet:
-    """Two entities, four classes: a typical small tenant."""
-    ents = (EntityRule(name="vm", cidrs=("10.0.0.10/32",), mode="adaptive"),
-            EntityRule(name="net", kind="subnet", cidrs=("10.0.1.0/24",)))
+def bench_rules(tenant: str, index: int = 0) -> RuleSet:
+    """Two entities, four classes: a typical small tenant (addresses in 10.<index>.0.0/16: tenants may not share)."""
+    ents = (EntityRule(name="vm", cidrs=(f"10.{index}.0.10/32",), mode="adaptive"),
+            EntityRule(name="net", kind="subnet", cidrs=(f"10.{index}.1.0/24",)))
     classes = tuple(ClassRule(name=f"c{i}", entity=("vm", "net")[i % 2], match=Match(ports=(1000 + i,)),
                               action=StaticAction(rate_mbps=5, ceil_mbps=50, priority=i % 4, dscp=10 * i))
                     for i in range(4))
@@ -175,10 +175,10 @@ async def _setup(svc: Service, tenants: list[str]) -> None:
         for t in tenants:
             await stub.CreateTenant(ppb.CreateTenantRequest(name=t, cap_mbps=100.0),
                                     metadata=svc.metadata("provider/bench"), timeout=10)
-    for t in tenants:
+    for i, t in enumerate(tenants):
         async with svc.channel(f"tenant/{t}") as ch:
             await client_pb2_grpc.ClientServiceStub(ch).PutRules(
-                cpb.PutRulesRequest(rules=rules_to_pb(bench_rules(t))), metadata=svc.metadata(f"tenant/{t}"),
+                cpb.PutRulesRequest(rules=rules_to_pb(bench_rules(t, i))), metadata=svc.metadata(f"tenant/{t}"),
                 timeout=10)
 
 

@@ -153,6 +153,9 @@ def valid_requests() -> dict[str, tuple[str, Message]]:
         "GetFederationStatus": ("provider", ppb.GetFederationStatusRequest()),
         "ReportFederationStatus": ("provider", ppb.FederationStatus(round=3, epsilon_spent=1.0, delta=1e-5)),
         "GetHealth": ("provider", ppb.HealthRequest()),
+        "RevokeCertificate": ("provider", ppb.RevokeCertificateRequest(serial="1f", reason="fuzz")),
+        "ListRevoked": ("provider", ppb.ListRevokedRequest()),
+        "SetAddressSpace": ("provider", ppb.SetAddressSpaceRequest(tenant="acme", address_space=["10.0.0.0/16"])),
     }
 
 

@@ -30,7 +30,7 @@ def _scenario(path: Path | None) -> ScenarioConfig:
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
-    from shaping.pki import read_credentials
+    from shaping.pki import check_validity, read_credentials
     from shaping.service import RulesServer, ServerTLS, ServiceConfig
     from shaping.store import RulesStore
 
@@ -38,6 +38,8 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
     if args.pki is not None:
         creds = read_credentials(args.pki, args.server_name)
         tls = ServerTLS(creds.cert_pem, creds.key_pem, (args.pki / "ca.pem").read_bytes())
+        check_validity(tls.cert_pem, str(args.pki / f"{args.server_name}.pem"))
+        check_validity(tls.ca_pem, str(args.pki / "ca.pem"))
     metrics = None
     if args.metrics:
         host, _, port = args.metrics.rpartition(":")
@@ -47,10 +49,12 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
     # collector's reach. A full collection otherwise walks them all (110 ms measured here), a pause that
     # every call in flight waits out.
     gc.freeze()
-    pool = {k: v for k, v in (("active_calls", args.workers), ("max_watches", args.max_watches)) if v is not None}
+    pool = {k: v for k, v in (("active_calls", args.workers), ("max_watches", args.max_watches),
+                              ("max_watches_per_caller", args.max_watches_per_caller),
+                              ("max_calls_per_caller", args.max_calls_per_caller)) if v is not None}
     config = ServiceConfig(scenario=_scenario(args.scenario), **pool)
     server = RulesServer(store, config, address=args.listen, tls=tls, insecure_loopback=args.insecure_loopback,
-                         metrics_address=metrics).start()
+                         metrics_address=metrics, metrics_remote=args.metrics_remote).start()
     host = args.listen.rsplit(":", 1)[0]
     print(f"fedshape: serving on {host}:{server.port} ({'mTLS' if tls else 'plaintext loopback'})"
           + (f", metrics on :{server.metrics_port}" if metrics else ""), file=out, flush=True)
@@ -64,14 +68,18 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    from shaping.pki import read_credentials
+    from shaping.pki import check_validity, read_credentials
     from shaping.service.channel import ClientTLS, connect
 
     if args.pki is None:
         return connect(args.target, identity=args.identity)
     role, _, name = args.identity.partition("/")
     creds = read_credentials(args.pki, f"{role}-{name}")
-    return connect(args.target, tls=ClientTLS((args.pki / "ca.pem").read_bytes(), creds.cert_pem, creds.key_pem,
+    ca_pem = (args.pki / "ca.pem").read_bytes()
+    # An expired certificate fails the TLS handshake, which gRPC reports as "Socket closed": say it first.
+    check_validity(creds.cert_pem, str(args.pki / f"{role}-{name}.pem"))
+    check_validity(ca_pem, str(args.pki / "ca.pem"))
+    return connect(args.target, tls=ClientTLS(ca_pem, creds.cert_pem, creds.key_pem,
                                               server_name=args.server_name_override))
 
 
@@ -114,9 +122,20 @@ def _provider_parser(sub: argparse._SubParsersAction) -> None:
     create = psub.add_parser("create", help="register a tenant")
     create.add_argument("name")
     create.add_argument("--cap", type=float, required=True, help="paid egress rate, Mbit/s")
+    create.add_argument("--space", action="append", default=[], metavar="CIDR",
+                        help="network the tenant's entities must lie in (repeat; default: no bound)")
+    space = psub.add_parser("space", help="set the networks a tenant's entities must lie in (none: no bound)")
+    space.add_argument("name")
+    space.add_argument("cidrs", nargs="*", metavar="CIDR")
     for name, help_ in (("delete", "remove a tenant and its rules"), ("metrics", "a tenant's agent and app metrics")):
         psub.add_parser(name, help=help_).add_argument("name")
     psub.add_parser("federation", help="federated round and privacy spent")
+    revoke = psub.add_parser("revoke", help="refuse a client certificate from now on (by serial or by its file)")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("serial", nargs="?", help="serial number in hex (as `openssl x509 -noout -serial` prints it)")
+    which.add_argument("--cert", type=Path, help="the certificate's PEM file (its serial is read from it)")
+    revoke.add_argument("--reason", default="", help="why (kept with the serial)")
+    psub.add_parser("revoked", help="list revoked certificate serials")
     psub.add_parser("health", help="service health")
 
 
@@ -139,13 +158,20 @@ def parser() -> argparse.ArgumentParser:
     # SUPPRESS: given after `serve` it sets --pki, absent it leaves the global option (or FEDSHAPE_PKI) alone.
     serve.add_argument("--pki", type=Path, default=argparse.SUPPRESS, help="mTLS: DIR/ca.pem, DIR/server.pem/.key")
     serve.add_argument("--server-name", default="server", help="stem of the server certificate in --pki")
-    serve.add_argument("--metrics", help="host:port of the Prometheus endpoint")
+    serve.add_argument("--metrics", help="[host]:port of the Prometheus endpoint (host defaults to 127.0.0.1)")
+    serve.add_argument("--metrics-remote", action="store_true",
+                       help="allow --metrics on a non-loopback address (it has no authentication and shows every"
+                       " tenant's data)")
     serve.add_argument("--scenario", type=Path, help="scenario YAML with the provider paths and action levels")
     # Defaults live in ServiceConfig (not imported here: it pulls in torch, which slows every command).
     serve.add_argument("--workers", type=int, help="threads that run calls at once (default 4; more threads only"
                        " contend for the GIL)")
     serve.add_argument("--max-watches", type=int, help="streaming watches at once, each on a thread of its own"
                        " while it waits (default 256)")
+    serve.add_argument("--max-watches-per-caller", type=int, help="streaming watches one tenant (or the provider)"
+                       " may hold open (default 16); more get RESOURCE_EXHAUSTED")
+    serve.add_argument("--max-calls-per-caller", type=int, help="unary calls of one caller running at once"
+                       " (default 32)")
     _tenant_parser(sub)
     _provider_parser(sub)
     return p
@@ -173,7 +199,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 provider_command(provider_stub(channel), args, out)
     except grpc.RpcError as err:
         code = err.code()
-        hint = f" (is the service running at {args.target}?)" if code == grpc.StatusCode.UNAVAILABLE else ""
+        hint = ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            # A refused TLS handshake (a certificate the service does not trust) looks the same from here.
+            trust = ", and does it trust your certificate" if args.pki is not None else ""
+            hint = f" (is the service running at {args.target}{trust}?)"
         print(f"fedshape: error: {code.name}: {err.details()}{hint}", file=sys.stderr)
         return 1
     except (RulesError, PKIError, OSError, ValueError) as err:

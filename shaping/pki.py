@@ -25,6 +25,9 @@ ROLES: tuple[str, ...] = get_args(Role)
 URI_SCHEME = "fedshape"
 # Certificates start a little in the past so that peers with a slightly late clock accept them.
 _BACKDATE = dt.timedelta(minutes=5)
+#: Default validity of a server or client certificate, days: a stolen key is good for at most this long even
+#: if nobody revokes it (the CA's own default stays ten years; its key is kept offline).
+LEAF_DAYS = 90
 
 
 class PKIError(ValueError):
@@ -162,7 +165,7 @@ def _host_name(host: str) -> x509.GeneralName:
 
 
 def issue_server(
-    ca: Credentials, hosts: Sequence[str], days: int = 825, *, now: dt.datetime | None = None
+    ca: Credentials, hosts: Sequence[str], days: int = LEAF_DAYS, *, now: dt.datetime | None = None
 ) -> Credentials:
     """Issue a TLS server certificate (serverAuth) for ``hosts`` (DNS names or IP addresses, in the SAN).
 
@@ -179,7 +182,7 @@ def issue_server(
 
 
 def issue_client(
-    ca: Credentials, role: Role, name: str, days: int = 825, *, now: dt.datetime | None = None
+    ca: Credentials, role: Role, name: str, days: int = LEAF_DAYS, *, now: dt.datetime | None = None
 ) -> Credentials:
     """Issue a client certificate (clientAuth): CN=name, O=role, SAN URI ``fedshape://<role>/<name>``.
 
@@ -208,6 +211,28 @@ def load_certificate(cert: bytes) -> x509.Certificate:
         return x509.load_der_x509_certificate(cert)
     except ValueError as err:
         raise PKIError(f"not an X.509 certificate: {err}") from err
+
+
+def serial_hex(serial: int | str) -> str:
+    """A certificate serial as the service stores it: hex, lower case, no `0x`, colons or leading zeros.
+
+    Accepts an int or text as `openssl x509 -serial` (`serial=0A1B...`) or browsers (`0a:1b:...`) print it.
+    """
+    if isinstance(serial, int):
+        value = serial
+    else:
+        text = serial.strip().lower().removeprefix("serial=").removeprefix("0x").replace(":", "")
+        if not 0 < len(text) <= 40 or any(ch not in "0123456789abcdef" for ch in text):
+            raise PKIError(f"serial {serial[:60]!r} is not 1..40 hex digits (as `openssl x509 -serial` prints it)")
+        value = int(text, 16)
+    if value <= 0:
+        raise PKIError(f"serial must be positive, got {value}")
+    return f"{value:x}"
+
+
+def certificate_serial(cert: bytes) -> str:
+    """The serial of a certificate (PEM or DER), as serial_hex writes it."""
+    return serial_hex(load_certificate(cert).serial_number)
 
 
 def _identity_from_uri(uri: str) -> Identity | None:
@@ -305,6 +330,27 @@ def write_node_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Pa
     return key_path, pub_path
 
 
+def check_validity(cert: bytes, what: str, *, now: dt.datetime | None = None) -> None:
+    """PKIError, in one line, when a certificate is expired or not valid yet.
+
+    A TLS peer that refuses an expired certificate just closes the connection, and gRPC then reports
+    "Socket closed" as if the service were down; checking our own certificates first says what is wrong.
+
+    Args:
+        cert: the certificate, PEM or DER.
+        what: how to name it in the message (its file, say).
+        now: the clock (defaults to the current UTC time).
+    """
+    parsed = load_certificate(cert)
+    at = _now(now)
+    if at > parsed.not_valid_after_utc:
+        raise PKIError(f"certificate {what} expired on {parsed.not_valid_after_utc:%Y-%m-%d %H:%M} UTC;"
+                       " ask for a new one (fedshape-pki tenant|provider|server DIR NAME)")
+    if at < parsed.not_valid_before_utc:
+        raise PKIError(f"certificate {what} is not valid before {parsed.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+                       " (is this machine's clock right?)")
+
+
 def read_credentials(directory: str | os.PathLike[str], name: str) -> Credentials:
     """Read ``<name>.pem`` and ``<name>.key`` written by :func:`write_credentials`."""
     d = Path(directory)
@@ -340,7 +386,7 @@ def _parser() -> argparse.ArgumentParser:
     node_key.add_argument("dir", type=Path)
     node_key.add_argument("name")
     for sp in (server, *(sub.choices[r] for r in ROLES)):
-        sp.add_argument("--days", type=int, default=825, help="validity in days (default: 825)")
+        sp.add_argument("--days", type=int, default=LEAF_DAYS, help=f"validity in days (default: {LEAF_DAYS})")
     init.add_argument("--days", type=int, default=3650, help="validity in days (default: 3650)")
     return p
 

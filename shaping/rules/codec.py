@@ -17,6 +17,8 @@ def rules_to_dict(rules: RuleSet) -> dict[str, Any]:
         "revision": rules.revision,
         "entities": [entity_to_dict(e) for e in rules.entities],
         "classes": [class_to_dict(c) for c in rules.classes],
+        # Only when set: documents of tenants without one stay as they were.
+        **({"address_space": list(rules.address_space)} if rules.address_space else {}),
     }
 
 
@@ -87,11 +89,12 @@ def class_from_dict(d: Any) -> ClassRule:
 
 def rules_from_dict(d: Any) -> RuleSet:
     """Rules from a dict (as rules_to_dict writes them)."""
-    d = _pick(d, "rules", {"tenant", "cap_mbps", "revision", "entities", "classes"})
+    d = _pick(d, "rules", {"tenant", "cap_mbps", "revision", "entities", "classes", "address_space"})
     try:
         return RuleSet(tenant=str(d["tenant"]), cap_mbps=float(d.get("cap_mbps", 0.0)),
                        revision=int(d.get("revision", 0)),
                        entities=tuple(entity_from_dict(e) for e in d.get("entities", [])),
-                       classes=tuple(class_from_dict(c) for c in d.get("classes", [])))
+                       classes=tuple(class_from_dict(c) for c in d.get("classes", [])),
+                       address_space=tuple(str(n) for n in d.get("address_space", [])))
     except (KeyError, TypeError, ValueError) as err:
         raise RulesError(f"rules: bad or missing field: {err}") from None

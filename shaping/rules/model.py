@@ -77,6 +77,9 @@ class RuleSet:
     entities: tuple[EntityRule, ...] = ()
     classes: tuple[ClassRule, ...] = ()
     revision: int = 0
+    address_space: tuple[str, ...] = ()
+    """Networks the provider gave the tenant: every entity address must lie inside one (empty: no bound,
+    beyond not touching another tenant's addresses). Set by the provider, like the cap."""
 
     def entity(self, name: str) -> EntityRule | None:
         """The entity of that name, or None."""

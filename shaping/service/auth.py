@@ -9,7 +9,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from shaping.pki import Identity, PKIError, peer_identity
+from shaping.pki import Identity, PKIError, certificate_serial, peer_identity
 from shaping.rules.validate import RulesError
 from shaping.service.executor import blocking_stream
 from shaping.spec.tenant import SpecError
@@ -32,6 +32,10 @@ class CallError(Exception):
         self.message = message
 
 
+class RevokedError(CallError):
+    """The caller's certificate has been revoked: every call is refused, the health check included."""
+
+
 class Authenticator:
     """Maps a call to an Identity.
 
@@ -40,10 +44,12 @@ class Authenticator:
     tests and local trials, only when asked for) reads it from the `fedshape-identity` header instead.
     """
 
-    def __init__(self, *, insecure_identity: bool = False) -> None:
+    def __init__(self, *, insecure_identity: bool = False,
+                 revoked: Callable[[], frozenset[str]] = frozenset) -> None:
         self.insecure_identity = insecure_identity
+        self.revoked = revoked
         # Parsing a certificate costs ~100 us; a connection presents the same one on every call.
-        self._from_pem = functools.lru_cache(maxsize=4096)(peer_identity)
+        self._from_pem = functools.lru_cache(maxsize=4096)(_identity_and_serial)
 
     def identity(self, context: grpc.ServicerContext) -> Identity:
         """The caller's identity; CallError(UNAUTHENTICATED) when there is none."""
@@ -53,9 +59,13 @@ class Authenticator:
         if not certs:
             raise CallError(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required (mTLS)")
         try:
-            ident: Identity = self._from_pem(bytes(certs[0]))
+            ident, serial = self._from_pem(bytes(certs[0]))
         except PKIError as err:
             raise CallError(grpc.StatusCode.UNAUTHENTICATED, f"client certificate carries no identity: {err}") from None
+        # Checked on every call, not cached with the certificate: a revocation applies to open connections too.
+        if serial in self.revoked():
+            raise RevokedError(grpc.StatusCode.UNAUTHENTICATED,
+                               f"client certificate serial {serial} has been revoked; ask the provider for a new one")
         return ident
 
     @staticmethod
@@ -66,6 +76,10 @@ class Authenticator:
             raise CallError(grpc.StatusCode.UNAUTHENTICATED,
                             f"insecure loopback server: send metadata {IDENTITY_HEADER}: tenant/NAME or provider/NAME")
         return Identity(role, name)  # type: ignore[arg-type]  # role checked above
+
+
+def _identity_and_serial(cert: bytes) -> tuple[Identity, str]:
+    return peer_identity(cert), certificate_serial(cert)
 
 
 def scope(ident: Identity, tenant: str) -> str:
@@ -84,6 +98,20 @@ def require_provider(ident: Identity) -> None:
     """PERMISSION_DENIED unless the caller has the provider role."""
     if ident.role != "provider":
         raise CallError(grpc.StatusCode.PERMISSION_DENIED, "the Provider API needs a provider certificate")
+
+
+def still_wanted(context: grpc.ServicerContext, margin_s: float = 0.0) -> None:
+    """CallError(DEADLINE_EXCEEDED or CANCELLED) when the caller has given up on the call, or will within `margin_s`.
+
+    A write checks this just before it commits, so that a caller told DEADLINE_EXCEEDED finds nothing
+    written when it retries.
+    """
+    remaining = context.time_remaining()  # None: the caller set no deadline
+    if remaining is not None and remaining <= margin_s:
+        raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "the call's deadline passed before the write; nothing written")
+    if not context.is_active():
+        raise CallError(grpc.StatusCode.CANCELLED, "the caller cancelled before the write; nothing written")
 
 
 def abort(context: grpc.ServicerContext, err: BaseException) -> NoReturn:

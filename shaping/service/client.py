@@ -14,10 +14,10 @@ from google.protobuf import json_format
 
 from shaping.rules.compile import validate_rules
 from shaping.rules.model import RuleSet
-from shaping.rules.validate import RulesError
+from shaping.rules.validate import RulesError, check_disjoint_tenants, normalized
 from shaping.service._proto.fedshape.v1 import client_pb2, client_pb2_grpc
 from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
-from shaping.service.auth import Authenticator, CallError, rpc, scope, stream_rpc
+from shaping.service.auth import Authenticator, CallError, rpc, scope, still_wanted, stream_rpc
 from shaping.service.config import ServiceConfig
 from shaping.service.executor import Blocking
 from shaping.service.convert import class_from_pb, class_to_pb, entity_from_pb, entity_to_pb, mode_from_pb, \
@@ -130,17 +130,33 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
     def _tenant(self, context: grpc.ServicerContext, tenant: str) -> str:
         return scope(self.auth.identity(context), tenant)
 
+    def _watching(self, context: grpc.ServicerContext) -> bool:
+        """Whether a watch goes on: its client is there, the service runs, and the certificate is still good.
+
+        Identity is read again (cached parse, one set lookup) so that a revoked certificate's open watches
+        end within one poll interval; the RevokedError ends the stream with UNAUTHENTICATED.
+        """
+        if not context.is_active() or self.notifier.closed:
+            return False
+        self.auth.identity(context)
+        return True
+
     def _rules(self, tenant: str) -> RuleSet:
         rules = self.store.get(tenant)
         if rules is None:
             raise _unregistered(tenant)
         return rules
 
-    def _write(self, tenant: str, change: Callable[[RuleSet], RuleSet], what: str,
+    def _write(self, context: grpc.ServicerContext, tenant: str, change: Callable[[RuleSet], RuleSet], what: str,
                expect_revision: int = 0) -> pb.RuleSet:
         def checked(old: RuleSet) -> RuleSet:
-            new = change(old)
+            new = normalized(change(old))
             validate_rules(new, self.config.scenario, self.config.limits)
+            # Inside the write transaction: two tenants claiming one range at once are serialized here.
+            check_disjoint_tenants(new, self.store.tenants())
+            # Last thing before the commit: a write queued behind others may run after its caller gave up,
+            # who would then retry (or not) believing that nothing was written.
+            still_wanted(context)
             return new
 
         try:
@@ -166,7 +182,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
     def PutRules(self, request: client_pb2.PutRulesRequest, context: grpc.ServicerContext) -> pb.RuleSet:
         tenant = self._tenant(context, request.rules.tenant)
         given = rules_from_pb(request.rules)
-        return self._write(tenant, lambda old: replace(old, entities=given.entities, classes=given.classes),
+        return self._write(context, tenant, lambda old: replace(old, entities=given.entities, classes=given.classes),
                            "put rules", request.expect_revision)
 
     @rpc
@@ -177,7 +193,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, entities=_added(old.entities, entity, "entity"))
 
-        return self._write(tenant, change, f"create entity {entity.name[:64]}", request.expect_revision)
+        return self._write(context, tenant, change, f"create entity {entity.name[:64]}", request.expect_revision)
 
     @rpc
     def GetEntity(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.Entity:
@@ -192,7 +208,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, entities=_replaced(old.entities, entity, "entity"))
 
-        return self._write(tenant, change, f"update entity {entity.name[:64]}", request.expect_revision)
+        return self._write(context, tenant, change, f"update entity {entity.name[:64]}", request.expect_revision)
 
     @rpc
     def DeleteEntity(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -206,7 +222,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
                                 f"entity {_short(request.name)} still has classes {users}; delete them first")
             return replace(old, entities=_removed(old.entities, request.name, "entity"))
 
-        return self._write(tenant, change, f"delete entity {request.name[:64]}")
+        return self._write(context, tenant, change, f"delete entity {request.name[:64]}")
 
     @rpc
     def CreateClass(self, request: client_pb2.ClassRequest, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -216,7 +232,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, classes=_added(old.classes, klass, "class"))
 
-        return self._write(tenant, change, f"create class {klass.name[:64]}", request.expect_revision)
+        return self._write(context, tenant, change, f"create class {klass.name[:64]}", request.expect_revision)
 
     @rpc
     def GetClass(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.TrafficClass:
@@ -231,7 +247,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, classes=_replaced(old.classes, klass, "class"))
 
-        return self._write(tenant, change, f"update class {klass.name[:64]}", request.expect_revision)
+        return self._write(context, tenant, change, f"update class {klass.name[:64]}", request.expect_revision)
 
     @rpc
     def DeleteClass(self, request: pb.NameRef, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -240,7 +256,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         def change(old: RuleSet) -> RuleSet:
             return replace(old, classes=_removed(old.classes, request.name, "class"))
 
-        return self._write(tenant, change, f"delete class {request.name[:64]}")
+        return self._write(context, tenant, change, f"delete class {request.name[:64]}")
 
     @rpc
     def SetMode(self, request: client_pb2.SetModeRequest, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -255,7 +271,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
             return replace(old, entities=tuple(replace(e, mode=mode) if request.entity in ("", e.name) else e
                                                for e in old.entities))
 
-        return self._write(tenant, change, f"set mode {mode} on {request.entity[:64] or 'every entity'}")
+        return self._write(context, tenant, change, f"set mode {mode} on {request.entity[:64] or 'every entity'}")
 
     @rpc
     def SetQoS(self, request: client_pb2.SetQoSRequest, context: grpc.ServicerContext) -> pb.RuleSet:
@@ -266,7 +282,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
             klass = _find(old.classes, request.class_name, "class")
             return replace(old, classes=_replaced(old.classes, replace(klass, qos=qos), "class"))
 
-        return self._write(tenant, change, f"set qos of {request.class_name[:64]}")
+        return self._write(context, tenant, change, f"set qos of {request.class_name[:64]}")
 
     # the agent's side and monitoring
 
@@ -277,7 +293,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         seen = self.notifier.counter(key)
         if after > self._rules(tenant).revision:
             after = 0  # the watcher saw a history this store does not have (restored backup): resend
-        while context.is_active() and not self.notifier.closed:
+        while self._watching(context):
             rules = self._rules(tenant)
             if rules.revision > after:
                 after = rules.revision
@@ -307,7 +323,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         self._rules(tenant)
         key = f"status/{tenant}"
         seen, last = self.notifier.counter(key), None
-        while context.is_active() and not self.notifier.closed:
+        while self._watching(context):
             status = agent_status(self.store, tenant, self.config, self.clock())
             if status != last:
                 last = status
@@ -343,7 +359,7 @@ class ClientServicer(ServicerBase, client_pb2_grpc.ClientServiceServicer):
         key = f"app/{tenant}"
         seen = self.notifier.counter(key)
         sent: dict[tuple[str, str], float] = {}  # (class, name) -> push time of the value last sent
-        while context.is_active() and not self.notifier.closed:
+        while self._watching(context):
             now = self.clock()
             for klass, named in self.store.app_metrics(tenant).items():
                 for name, (value, at) in named.items():

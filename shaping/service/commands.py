@@ -10,7 +10,9 @@ from typing import Any, TextIO
 
 import yaml
 
+from shaping.pki import certificate_serial, serial_hex
 from shaping.rules.codec import rules_from_dict, rules_to_dict
+from shaping.rules.validate import RulesError
 from shaping.service._proto.fedshape.v1 import client_pb2 as cpb
 from shaping.service._proto.fedshape.v1 import provider_pb2 as ppb
 from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
@@ -32,14 +34,15 @@ def _num(v: float | None) -> str:
 def show_rules(rules: pb.RuleSet, out: TextIO) -> None:
     """Print a tenant's entities and classes."""
     r = rules_from_pb(rules)
-    print(f"tenant {r.tenant}  cap {r.cap_mbps:g} Mbit/s  revision {r.revision}", file=out)
+    space = f"  address space {','.join(r.address_space)}" if r.address_space else ""
+    print(f"tenant {r.tenant}  cap {r.cap_mbps:g} Mbit/s  revision {r.revision}{space}", file=out)
     print(table([(e.name, e.kind, e.mode, ",".join(e.cidrs)) for e in r.entities],
                 ("ENTITY", "KIND", "MODE", "CIDRS")), file=out)
     rows = []
     for c in r.classes:
         m, a, q = c.match, c.action, c.qos
-        sla = " ".join(f"{k}={_num(v)}" for k, v in (("p99<=", q.max_p99_ms), ("mbps>=", q.min_mbps),
-                                                       ("loss<=", q.max_loss), ("app>=", q.app_floor)) if v is not None)
+        sla = " ".join(f"{k}{_num(v)}" for k, v in (("p99<=", q.max_p99_ms), ("mbps>=", q.min_mbps),
+                                                      ("loss<=", q.max_loss), ("app>=", q.app_floor)) if v is not None)
         rows.append((c.name, c.entity, c.app, f"{m.protocol}/{','.join(map(str, m.ports)) or '*'}",
                      f"{a.rate_mbps:g}/{a.ceil_mbps:g}", a.priority, a.dscp, f"{a.drop_prob:g}", a.path or "-",
                      sla or "-"))
@@ -59,8 +62,17 @@ def show_status(s: pb.AgentStatus, out: TextIO) -> None:
 
 
 def load_rules_file(path: Path, tenant: str) -> pb.RuleSet:
-    """Rules from a YAML or JSON file (the `fedshape tenant rules --json` layout; tenant defaults to ours)."""
-    data = yaml.safe_load(path.read_text())
+    """Rules from a YAML or JSON file (the `fedshape tenant rules --json` layout; tenant defaults to ours).
+
+    Raises RulesError, in one line with the file's name and the place, when the file is not valid YAML.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise RulesError(f"{path}:{where}: not valid YAML or JSON: {problem}") from None
     if isinstance(data, dict):
         data.setdefault("tenant", tenant)
     return rules_to_pb(rules_from_dict(data))
@@ -133,8 +145,12 @@ def provider_command(stub: Any, args: Any, out: TextIO) -> None:
         print(table(rows, ("TENANT", "CAP_MBPS", "REV", "ENTITIES", "CLASSES", "ADAPTIVE", "AGENT", "FALLBACK",
                            "REWARD")), file=out)
     elif cmd == "create":
-        t = stub.CreateTenant(ppb.CreateTenantRequest(name=args.name, cap_mbps=args.cap))
+        t = stub.CreateTenant(ppb.CreateTenantRequest(name=args.name, cap_mbps=args.cap, address_space=args.space))
         print(f"created tenant {t.name} (cap {t.cap_mbps:g} Mbit/s)", file=out)
+    elif cmd == "space":
+        rules = stub.SetAddressSpace(ppb.SetAddressSpaceRequest(tenant=args.name, address_space=args.cidrs))
+        print(f"tenant {rules.tenant} address space {', '.join(rules.address_space) or 'unbounded'}"
+              f" (revision {rules.revision})", file=out)
     elif cmd == "delete":
         stub.DeleteTenant(pb.TenantRef(tenant=args.name))
         print(f"deleted tenant {args.name}", file=out)
@@ -147,6 +163,17 @@ def provider_command(stub: Any, args: Any, out: TextIO) -> None:
         f = stub.GetFederationStatus(ppb.GetFederationStatusRequest())
         row = (f.round, f"{f.epsilon_spent:g}", f"{f.delta:g}", f"{f.target_epsilon:g}", f.clients, f.strategy or "-")
         print(table([row], ("ROUND", "EPSILON_SPENT", "DELTA", "TARGET_EPSILON", "CLIENTS", "STRATEGY")), file=out)
+        if f.tenants:
+            print(table([(t.tenant, f"{t.epsilon_spent:g}", f"{t.delta:g}") for t in f.tenants],
+                        ("TENANT", "EPSILON_SPENT", "DELTA")), file=out)
+    elif cmd == "revoke":
+        serial = certificate_serial(args.cert.read_bytes()) if args.cert is not None else serial_hex(args.serial)
+        stub.RevokeCertificate(ppb.RevokeCertificateRequest(serial=serial, reason=args.reason))
+        print(f"revoked certificate serial {serial}", file=out)
+    elif cmd == "revoked":
+        revoked = [(c.serial, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.revoked_at)), c.actor,
+                    c.reason or "-") for c in stub.ListRevoked(ppb.ListRevokedRequest()).certificates]
+        print(table(revoked, ("SERIAL", "REVOKED_UTC", "BY", "REASON")), file=out)
     elif cmd == "health":
         h = stub.GetHealth(ppb.HealthRequest())
         print(table([("yes" if h.serving else "no", h.tenants, h.agents_reporting, h.agents_stale,

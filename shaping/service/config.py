@@ -24,4 +24,10 @@ class ServiceConfig:
     """Threads that run calls at once (shaping.service.executor.CallExecutor); the GIL serializes their
     Python code anyway, and fewer runnable threads switch less."""
     max_watches: int = 256
-    """Streaming watches served at once, each on a thread of its own next to the `active_calls` threads."""
+    """Streaming watches served at once, all callers together, each on a thread of its own next to the
+    `active_calls` threads; one more is refused with RESOURCE_EXHAUSTED (shaping.service.limits)."""
+    max_watches_per_caller: int = 16
+    """Streaming watches one identity (a tenant, the provider; a peer address when there is none) may hold
+    open; an agent needs three. Keeps one tenant from taking every watch thread."""
+    max_calls_per_caller: int = 32
+    """Unary calls of one identity running at once; more are refused with RESOURCE_EXHAUSTED."""

@@ -74,11 +74,12 @@ def class_to_pb(c: ClassRule) -> pb.TrafficClass:
 def rules_to_pb(r: RuleSet) -> pb.RuleSet:
     """RuleSet message of a tenant's rules."""
     return pb.RuleSet(tenant=r.tenant, cap_mbps=r.cap_mbps, revision=r.revision,
-                      entities=[entity_to_pb(e) for e in r.entities], classes=[class_to_pb(c) for c in r.classes])
+                      entities=[entity_to_pb(e) for e in r.entities], classes=[class_to_pb(c) for c in r.classes],
+                      address_space=list(r.address_space))
 
 
 def rules_from_pb(r: pb.RuleSet) -> RuleSet:
     """Tenant's rules from a RuleSet message."""
     return RuleSet(tenant=r.tenant, cap_mbps=r.cap_mbps, revision=r.revision,
                    entities=tuple(entity_from_pb(e) for e in r.entities),
-                   classes=tuple(class_from_pb(c) for c in r.classes))
+                   classes=tuple(class_from_pb(c) for c in r.classes), address_space=tuple(r.address_space))

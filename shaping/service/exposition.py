@@ -13,6 +13,9 @@ from shaping.service.client import agent_status
 from shaping.service.config import ServiceConfig
 from shaping.store import RulesStore
 
+#: Mbit/s (what the API and the agents speak) to bytes per second (Prometheus's base unit).
+BYTES_PER_S_PER_MBPS = 1e6 / 8
+
 
 class ServiceCollector(Collector):
     """Reads the store at scrape time, so the metrics never disagree with the API."""
@@ -23,10 +26,11 @@ class ServiceCollector(Collector):
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        """One family per metric, labelled by tenant (and class, and metric name)."""
+        """One family per metric, labelled by tenant (and class, and metric name), in base units."""
         t = ["tenant"]
         fam = {
-            "cap": GaugeMetricFamily("fedshape_tenant_cap_mbps", "Tenant's paid egress rate, Mbit/s", labels=t),
+            "cap": GaugeMetricFamily("fedshape_tenant_cap_bytes_per_second", "Tenant's paid egress rate",
+                                     labels=t),
             "rev": GaugeMetricFamily("fedshape_rules_revision", "Revision of the tenant's rules", labels=t),
             "adaptive": GaugeMetricFamily("fedshape_adaptive_entities", "Entities in Adaptive Shaping mode", labels=t),
             "applied": GaugeMetricFamily("fedshape_agent_applied_revision", "Rules revision the agent enforces",
@@ -35,21 +39,23 @@ class ServiceCollector(Collector):
             "fallback": GaugeMetricFamily("fedshape_agent_fallback", "1 while the agent enforces its fallback plan",
                                           labels=t),
             "stale": GaugeMetricFamily("fedshape_agent_stale", "1 when the agent has not reported recently", labels=t),
-            "sla": GaugeMetricFamily("fedshape_agent_sla_ok_fraction", "Fraction of classes meeting their SLA",
+            "sla": GaugeMetricFamily("fedshape_agent_sla_ok_ratio", "Fraction of classes meeting their SLA",
                                      labels=t),
-            "delivered": GaugeMetricFamily("fedshape_class_delivered_mbps", "Delivered rate, Mbit/s",
+            "delivered": GaugeMetricFamily("fedshape_class_delivered_bytes_per_second", "Delivered rate",
                                            labels=[*t, "class"]),
-            "p99": GaugeMetricFamily("fedshape_class_delay_p99_ms", "p99 delay, ms", labels=[*t, "class"]),
-            "loss": GaugeMetricFamily("fedshape_class_loss", "Loss fraction", labels=[*t, "class"]),
+            "p99": GaugeMetricFamily("fedshape_class_delay_p99_seconds", "p99 delay", labels=[*t, "class"]),
+            "loss": GaugeMetricFamily("fedshape_class_loss_ratio", "Fraction of packets lost", labels=[*t, "class"]),
             "class_sla": GaugeMetricFamily("fedshape_class_sla_ok", "1 when the class meets its SLA",
                                            labels=[*t, "class"]),
             "app": GaugeMetricFamily("fedshape_app_metric", "Application metric pushed by the tenant",
                                      labels=[*t, "class", "name"]),
+            "epsilon": GaugeMetricFamily("fedshape_tenant_privacy_epsilon",
+                                         "Privacy budget spent on the tenant's data (epsilon)", labels=t),
         }
         now = self.clock()
         for r in self.store.tenants():
             n = r.tenant
-            fam["cap"].add_metric([n], r.cap_mbps)
+            fam["cap"].add_metric([n], r.cap_mbps * BYTES_PER_S_PER_MBPS)
             fam["rev"].add_metric([n], r.revision)
             fam["adaptive"].add_metric([n], sum(e.mode == "adaptive" for e in r.entities))
             a = agent_status(self.store, n, self.config, now)
@@ -60,19 +66,22 @@ class ServiceCollector(Collector):
                 fam["fallback"].add_metric([n], float(a.fallback))
                 fam["sla"].add_metric([n], a.sla_ok_fraction)
                 for c in a.classes:
-                    fam["delivered"].add_metric([n, c.name], c.delivered_mbps)
-                    fam["p99"].add_metric([n, c.name], c.delay_p99_ms)
+                    fam["delivered"].add_metric([n, c.name], c.delivered_mbps * BYTES_PER_S_PER_MBPS)
+                    fam["p99"].add_metric([n, c.name], c.delay_p99_ms / 1000.0)
                     fam["loss"].add_metric([n, c.name], c.loss)
                     fam["class_sla"].add_metric([n, c.name], float(c.sla_ok))
             for klass, named in self.store.app_metrics(n).items():
                 for name, (value, _) in named.items():
                     fam["app"].add_metric([n, klass, name], value)
-        yield from fam.values()
         fed = self.store.federation()
+        if fed is not None:
+            for entry in fed[0].get("tenants", []):
+                fam["epsilon"].add_metric([str(entry.get("tenant", ""))], float(entry.get("epsilon_spent", 0.0)))
+        yield from fam.values()
         if fed is not None:
             yield GaugeMetricFamily("fedshape_federation_round", "Latest federated round",
                                     value=float(fed[0].get("round", 0)))
-            yield GaugeMetricFamily("fedshape_federation_epsilon_spent", "Privacy budget spent (epsilon)",
+            yield GaugeMetricFamily("fedshape_federation_epsilon", "Privacy budget spent by the global model (epsilon)",
                                     value=float(fed[0].get("epsilon_spent", 0.0)))
 
 

@@ -47,6 +47,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX changes_tenant ON changes (tenant, revision);
     """,
+    # 3: client certificates the provider revoked, by serial number (hex), refused on every call.
+    """
+    CREATE TABLE revoked (
+        serial TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -65,6 +65,8 @@ class RulesStore:
         self._conns: list[sqlite3.Connection] = []
         # Parsed rules by tenant, valid while the stored revision matches: reads then cost one indexed lookup.
         self._cache: dict[str, RuleSet] = {}
+        # Revoked serials, checked on every call; None until read, dropped by each revocation in this process.
+        self._revoked: frozenset[str] | None = None
         self.schema_version = migrate(self._conn())
 
     def _conn(self) -> sqlite3.Connection:
@@ -140,13 +142,19 @@ class RulesStore:
 
     # tenants and rules
 
-    def create_tenant(self, name: str, cap_mbps: float, actor: str = "provider") -> RuleSet:
-        """Add a tenant with no rules; AlreadyExistsError if it exists."""
-        rules = RuleSet(tenant=name, cap_mbps=cap_mbps, revision=1)
+    def create_tenant(self, name: str, cap_mbps: float, actor: str = "provider", *,
+                      address_space: tuple[str, ...] = (), check: Callable[[RuleSet], None] | None = None) -> RuleSet:
+        """Add a tenant with no rules; AlreadyExistsError if it exists.
+
+        `check` runs inside the write transaction on the new tenant's rules and may raise: then nothing is written.
+        """
+        rules = RuleSet(tenant=name, cap_mbps=cap_mbps, revision=1, address_space=address_space)
 
         def body(conn: sqlite3.Connection) -> RuleSet:
             if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
                 raise AlreadyExistsError(f"tenant {_q(name)} exists already")
+            if check is not None:
+                check(rules)
             conn.execute("INSERT INTO tenants VALUES (?, ?, ?, ?, ?)",
                          (name, cap_mbps, 1, json.dumps(rules_to_dict(rules)), self.clock()))
             self._cache.pop(name, None)
@@ -185,8 +193,15 @@ class RulesStore:
 
     def tenants(self) -> list[RuleSet]:
         """Every tenant's rules, by name."""
-        rows = self._conn().execute("SELECT rules FROM tenants ORDER BY name").fetchall()
-        return [rules_from_dict(json.loads(r[0])) for r in rows]
+        rows = self._conn().execute("SELECT name, revision, rules FROM tenants ORDER BY name").fetchall()
+        out = []
+        for name, revision, text in rows:
+            # Every rules write checks its addresses against all tenants: parse only what changed.
+            cached = self._cache.get(name)
+            if cached is None or cached.revision != revision:
+                cached = self._cache[name] = rules_from_dict(json.loads(text))
+            out.append(cached)
+        return out
 
     def update(self, tenant: str, change: Callable[[RuleSet], RuleSet], *, actor: str, what: str,
                expect_revision: int | None = None) -> RuleSet:
@@ -273,6 +288,33 @@ class RulesStore:
         row = self._conn().execute("SELECT status, updated_at FROM federation WHERE id = 1").fetchone()
         return None if row is None else (json.loads(row[0]), float(row[1]))
 
+    # revoked client certificates
+
+    def revoke(self, serial: str, reason: str, actor: str = "provider") -> bool:
+        """Record a revoked certificate serial (hex); False when it was revoked already (the first record stays)."""
+
+        def body(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("INSERT OR IGNORE INTO revoked VALUES (?, ?, ?, ?)",
+                               (serial, reason[:200], actor, self.clock()))
+            return cur.rowcount == 1
+
+        added: bool = self._write(body)
+        self._revoked = None
+        return added
+
+    def revoked(self) -> list[tuple[str, str, str, float]]:
+        """Every revoked serial: (serial, reason, actor, time), oldest first."""
+        rows = self._conn().execute("SELECT serial, reason, actor, at FROM revoked ORDER BY at, serial").fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+    def revoked_serials(self) -> frozenset[str]:
+        """The revoked serials, from memory after the first read (only this process writes the store)."""
+        found = self._revoked
+        if found is None:
+            found = frozenset(r[0] for r in self._conn().execute("SELECT serial FROM revoked"))
+            self._revoked = found
+        return found
+
     def integrity_check(self) -> str:
         """SQLite's `PRAGMA integrity_check` answer ('ok' when the file is sound)."""
         return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
@@ -281,7 +323,7 @@ class RulesStore:
         """Every row of every table (tests compare snapshots to prove nothing was written)."""
         conn = self._conn()
         return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
-                for t in ("tenants", "agent_status", "app_metrics", "federation", "changes")}
+                for t in ("tenants", "agent_status", "app_metrics", "federation", "changes", "revoked")}
 
 
 __all__ = ["AlreadyExistsError", "ConflictError", "NotFoundError", "RulesStore", "StoreError"]

@@ -186,3 +186,38 @@ def test_module_entry_point(tmp_path):
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert bad.returncode == 1 and "fedshape-pki init" in bad.stderr
+
+
+def test_check_validity_names_an_expired_or_future_certificate():
+    import datetime as dt
+
+    from shaping.pki import PKIError, check_validity, issue_client, new_ca
+
+    now = dt.datetime.now(dt.UTC)
+    ca = new_ca()
+    check_validity(issue_client(ca, "tenant", "acme", days=1).cert_pem, "fresh.pem")
+    expired = issue_client(ca, "tenant", "acme", days=1, now=now - dt.timedelta(days=3)).cert_pem
+    with pytest.raises(PKIError, match=r"certificate old\.pem expired on \d{4}-\d\d-\d\d"):
+        check_validity(expired, "old.pem")
+    future = issue_client(ca, "tenant", "acme", days=1, now=now + dt.timedelta(days=3)).cert_pem
+    with pytest.raises(PKIError, match="not valid before"):
+        check_validity(future, "new.pem")
+
+
+def test_leaf_certificates_last_90_days_and_serials_read_every_way():
+    import datetime as dt
+
+    from shaping.pki import LEAF_DAYS, PKIError, certificate_serial, issue_client, load_certificate, new_ca, serial_hex
+
+    ca = new_ca()
+    cert = issue_client(ca, "tenant", "acme").cert_pem
+    parsed = load_certificate(cert)
+    assert LEAF_DAYS == 90
+    assert parsed.not_valid_after_utc - parsed.not_valid_before_utc == dt.timedelta(days=90)
+    serial = certificate_serial(cert)
+    assert serial == f"{parsed.serial_number:x}"
+    assert serial_hex(f"serial={serial.upper()}") == serial_hex("0x" + serial) == serial
+    assert serial_hex("0a:1b") == "a1b" and serial_hex(0xA1B) == "a1b"
+    for bad in ("", "xyz", "0", "1" * 41):
+        with pytest.raises(PKIError):
+            serial_hex(bad)

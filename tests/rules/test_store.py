@@ -74,3 +74,20 @@ def test_wal_and_full_sync(tmp_path):
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         store.close()
+
+
+def test_revoked_serials(tmp_path):
+    store = RulesStore(tmp_path / "r.db", clock=lambda: 5.0)
+    try:
+        assert store.revoked_serials() == frozenset()
+        assert store.revoke("a1b", "key leaked", actor="provider/ops")
+        assert not store.revoke("a1b", "again")  # the first record stays
+        assert store.revoked_serials() == frozenset({"a1b"})
+        assert store.revoked() == [("a1b", "key leaked", "provider/ops", 5.0)]
+    finally:
+        store.close()
+    reopened = RulesStore(tmp_path / "r.db")
+    try:
+        assert reopened.revoked_serials() == frozenset({"a1b"})
+    finally:
+        reopened.close()

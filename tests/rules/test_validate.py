@@ -55,6 +55,23 @@ CASES = [
     ("flows", lambda r: with_class(r, 0, flows=0), "flows must be in 1..100000"),
     ("long app", lambda r: with_class(r, 0, app="x" * 3000), "app 'xxxxxxxx"),
     ("negative p99", lambda r: with_class(r, 0, qos={"max_p99_ms": -1.0}), "max_p99_ms must be > 0"),
+    ("default route", lambda r: with_entity(r, 0, cidrs=("0.0.0.0/0",)), "'0.0.0.0/0' is every address"),
+    ("v6 default route", lambda r: with_entity(r, 1, cidrs=("::/0",)), "'::/0' is every address"),
+    ("dst default route", lambda r: with_class(r, 0, match={"dst_cidrs": ("::/0",)}),
+     "leave match.dst_cidrs empty to match any"),
+    ("scoped", lambda r: with_entity(r, 0, cidrs=("fe80::1%eth0/128",)), "has a scope"),
+    ("dst scoped", lambda r: with_class(r, 0, match={"dst_cidrs": ("fe80::1%eth0/128",)}), "has a scope"),
+    ("link-local", lambda r: with_entity(r, 0, cidrs=("fe80::1/128",)), "'fe80::1/128' is link-local"),
+    ("v4 link-local", lambda r: with_entity(r, 0, cidrs=("169.254.0.0/16",)), "is link-local"),
+    ("loopback", lambda r: with_entity(r, 0, cidrs=("127.0.0.1/32",)), "is loopback"),
+    ("multicast", lambda r: with_entity(r, 0, cidrs=("224.0.0.0/4",)), "is multicast"),
+    ("denormal rate", lambda r: with_class(r, 0, action={"rate_mbps": 1e-320}),
+     "class 'game': action.rate_mbps must be at least 0.001 Mbit/s"),
+    ("tiny ceil", lambda r: with_class(r, 2, action={"rate_mbps": 1e-9, "ceil_mbps": 1e-9}), "action.rate_mbps"),
+    ("tiny load", lambda r: with_class(r, 0, mbps=1e-12), "class 'game': mbps must be at least 0.001"),
+    ("tiny p99", lambda r: with_class(r, 0, qos={"max_p99_ms": 1e-300}), "qos.max_p99_ms must be at least"),
+    ("min above cap", lambda r: with_class(r, 1, qos={"min_mbps": 1e9}),
+     "class 'backup': qos.min_mbps 1e+09 is above the tenant's cap 100"),
 ]
 
 
@@ -132,3 +149,50 @@ def test_overlap_check_is_fast_at_the_limits(scenario):
     t0 = time.perf_counter()
     validate_rules(rules, scenario)
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_addresses_are_stored_as_their_networks():
+    from shaping.rules.validate import normalized
+
+    rules = RuleSet(tenant="t", cap_mbps=10.0,
+                    entities=(EntityRule(name="a", cidrs=("10.0.0.1/24", "2001:DB8::1/64", "bad")),),
+                    classes=(ClassRule(name="x", entity="a", match=Match(dst_cidrs=("192.0.2.77/25",))),))
+    out = normalized(rules)
+    assert out.entities[0].cidrs == ("10.0.0.0/24", "2001:db8::/64", "bad")  # "bad" is left for validation
+    assert out.classes[0].match.dst_cidrs == ("192.0.2.0/25",)
+
+
+def test_tenants_may_not_claim_each_others_addresses():
+    from shaping.rules.validate import check_disjoint_tenants
+
+    def tenant(name: str, *cidrs: str) -> RuleSet:
+        return RuleSet(tenant=name, cap_mbps=10.0, entities=(EntityRule(name="e", cidrs=cidrs),))
+
+    others = [tenant("acme", "10.0.0.0/24", "10.0.2.0/24", "fd00::/64"), tenant("zeta", "10.9.0.0/16")]
+    check_disjoint_tenants(tenant("beta", "10.0.1.0/24", "10.0.3.0/24", "fd00:0:0:1::/64"), others)
+    check_disjoint_tenants(tenant("acme", "10.0.0.0/24"), others)  # its own ranges are its own
+    for claim in ("10.0.0.77/32", "10.0.0.0/16", "10.0.2.255/32", "fd00::1/128", "10.9.200.0/24", "0.0.0.0/1"):
+        with pytest.raises(RulesError, match="overlaps another tenant's addresses") as err:
+            check_disjoint_tenants(tenant("beta", "192.0.2.0/24", claim), others)
+        assert "acme" not in str(err.value) and "zeta" not in str(err.value)
+
+
+def test_entities_must_lie_in_the_address_space(rules, scenario):
+    spaced = replace(rules, address_space=("10.0.0.0/23",))
+    validate_rules(spaced, scenario)  # acme's 10.0.0.10/32 and 10.0.1.0/24 lie inside
+    with pytest.raises(RulesError, match=r"entity 'net': address '10.0.1.0/24' is outside the tenant's address"):
+        validate_rules(replace(rules, address_space=("10.0.0.0/24", "fd00::/64")), scenario)
+    with pytest.raises(RulesError, match=r"address_space: address '0\.0\.0\.0/0' is every address"):
+        validate_rules(replace(rules, address_space=("0.0.0.0/0",)), scenario)
+
+
+def test_address_spaces_are_exclusive():
+    from shaping.rules.validate import check_disjoint_tenants
+
+    acme = RuleSet(tenant="acme", cap_mbps=10.0, address_space=("10.0.0.0/16",))
+    beta_inside = RuleSet(tenant="beta", cap_mbps=10.0, entities=(EntityRule(name="e", cidrs=("10.0.9.0/24",)),))
+    with pytest.raises(RulesError, match=r"entity 'e': address '10\.0\.9\.0/24' overlaps another tenant's"):
+        check_disjoint_tenants(beta_inside, [acme])
+    with pytest.raises(RulesError, match=r"address_space: address '10\.0\.0\.0/8' overlaps"):
+        check_disjoint_tenants(RuleSet(tenant="beta", cap_mbps=10.0, address_space=("10.0.0.0/8",)), [acme])
+    check_disjoint_tenants(RuleSet(tenant="beta", cap_mbps=10.0, address_space=("10.1.0.0/16",)), [acme])

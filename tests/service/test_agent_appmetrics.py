@@ -77,9 +77,12 @@ def slots(backend: Observing, classes: tuple[str, ...]) -> dict[str, float] | No
 
 @pytest.fixture
 def with_beta(with_acme):
-    """A second tenant, beta, with the same class names as acme."""
+    """A second tenant, beta, with the same class names as acme (and addresses of its own: tenants may not share)."""
     with_acme.provider().CreateTenant(provider_pb2.CreateTenantRequest(name="beta", cap_mbps=100.0))
-    with_acme.tenant("beta").PutRules(cpb.PutRulesRequest(rules=rules_to_pb(acme_rules("beta"))))
+    rules = acme_rules("beta")
+    rules = replace(rules, entities=(replace(rules.entities[0], cidrs=("10.9.0.10/32",)),
+                                     replace(rules.entities[1], cidrs=("10.9.1.0/24",))))
+    with_acme.tenant("beta").PutRules(cpb.PutRulesRequest(rules=rules_to_pb(rules)))
     return with_acme
 
 

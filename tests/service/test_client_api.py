@@ -144,3 +144,20 @@ def test_watch_rules_sends_each_new_revision(with_acme):
     assert got[1].revision == 3
     net = got[1].entity("net")
     assert net is not None and net.mode == "adaptive"
+
+
+def test_addresses_are_normalized_and_not_shared_between_tenants(with_acme):
+    from shaping.service._proto.fedshape.v1 import provider_pb2 as ppb
+
+    acme = with_acme.tenant()
+    rules = acme.CreateEntity(cpb.EntityRequest(entity=pb.Entity(name="lab", kind="subnet", cidrs=["10.0.7.9/24"])))
+    assert list(next(e for e in rules.entities if e.name == "lab").cidrs) == ["10.0.7.0/24"]
+    with_acme.provider().CreateTenant(ppb.CreateTenantRequest(name="beta", cap_mbps=50.0))
+    beta = with_acme.tenant("beta")
+    for taken in ("10.0.0.10/32", "10.0.7.128/25", "10.0.0.0/8"):
+        code, details = code_of(beta.CreateEntity, cpb.EntityRequest(entity=pb.Entity(name="vm", cidrs=[taken])))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "overlaps another tenant's addresses" in details
+        assert "acme" not in details
+    beta.CreateEntity(cpb.EntityRequest(entity=pb.Entity(name="vm", cidrs=["10.1.0.10/32"])))
+    code, details = code_of(acme.CreateEntity, cpb.EntityRequest(entity=pb.Entity(name="x", cidrs=["10.1.0.0/24"])))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "overlaps another tenant's addresses" in details

@@ -114,7 +114,9 @@ def test_provider_api_needs_the_provider_role(tls_service):
         "CreateTenant": ppb.CreateTenantRequest(name="x", cap_mbps=1.0), "DeleteTenant": pb.TenantRef(tenant="beta"),
         "ListTenants": ppb.ListTenantsRequest(), "GetTenantMetrics": pb.TenantRef(tenant="beta"),
         "GetFederationStatus": ppb.GetFederationStatusRequest(), "ReportFederationStatus": ppb.FederationStatus(),
-        "GetHealth": ppb.HealthRequest(),
+        "GetHealth": ppb.HealthRequest(), "RevokeCertificate": ppb.RevokeCertificateRequest(serial="1f"),
+        "ListRevoked": ppb.ListRevokedRequest(),
+        "SetAddressSpace": ppb.SetAddressSpaceRequest(tenant="beta", address_space=["10.7.0.0/16"]),
     }
     assert set(requests) == set(ppb.DESCRIPTOR.services_by_name["ProviderService"].methods_by_name)
     before = store.snapshot()
@@ -148,3 +150,41 @@ def test_untrusted_or_missing_client_certificate_cannot_connect(tls_service, ca)
         with pytest.raises(grpc.RpcError) as err:
             client_stub(bare).GetRules(pb.TenantRef(), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_revoked_certificate_is_refused_on_every_call(tls_service, ca):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    _, open_as = tls_service
+    _setup(open_as)
+    creds = pki.issue_client(ca, "tenant", "acme")
+    target = open_as.target
+    ch = connect(target, tls=ClientTLS(ca.cert_pem, creds.cert_pem, creds.key_pem))
+    try:
+        acme = client_stub(ch)
+        assert acme.GetRules(pb.TenantRef(), timeout=5).tenant == "acme"
+        watch = acme.WatchRules(cpb.WatchRulesRequest(), timeout=30)
+        assert next(watch).tenant == "acme"
+        ops = provider_stub(open_as("provider", "ops"))
+        ops.RevokeCertificate(ppb.RevokeCertificateRequest(serial=pki.certificate_serial(creds.cert_pem),
+                                                           reason="key leaked"))
+        listed = ops.ListRevoked(ppb.ListRevokedRequest()).certificates
+        assert [(c.serial, c.reason, c.actor) for c in listed] == [
+            (pki.certificate_serial(creds.cert_pem), "key leaked", "provider/ops")]
+        # The same connection, already open: the next call is refused, the health check too.
+        for call in (lambda: acme.GetRules(pb.TenantRef(), timeout=5),
+                     lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()
+        # A watch that was open ends within a poll interval.
+        with pytest.raises(grpc.RpcError) as err:
+            next(watch)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()
+        # Another certificate of the same tenant still works.
+        assert client_stub(open_as("tenant", "acme")).GetRules(pb.TenantRef(), timeout=5).tenant == "acme"
+        with pytest.raises(grpc.RpcError) as err:
+            ops.RevokeCertificate(ppb.RevokeCertificateRequest(serial="not hex"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        ch.close()

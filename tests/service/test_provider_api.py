@@ -64,24 +64,93 @@ def test_grpc_health_and_reflection(running):
     assert {"fedshape.v1.ClientService", "fedshape.v1.ProviderService", "grpc.health.v1.Health"} <= names
 
 
-def test_prometheus_exposition_has_per_tenant_labels(tmp_path):
+def _scrape(server: RulesServer) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+
+
+def test_prometheus_exposition_has_per_tenant_labels_in_base_units(tmp_path):
     store = RulesStore(tmp_path / "m.db")
     server = RulesServer(store, config(), insecure_loopback=True, metrics_address=("127.0.0.1", 0)).start()
     try:
         store.create_tenant("acme", 100.0)
-        store.put_status("acme", {"reward": 0.75, "fallback": True, "classes": [{"name": "game", "loss": 0.02}]})
+        store.put_status("acme", {"reward": 0.75, "fallback": True, "sla_ok_fraction": 0.5,
+                                  "classes": [{"name": "game", "loss": 0.02, "delay_p99_ms": 40.0,
+                                               "delivered_mbps": 8.0}]})
         store.put_app_metrics("acme", "game", {"fps": 59.0})
-        store.put_federation({"round": 4, "epsilon_spent": 2.5})
-        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        store.put_federation({"round": 4, "epsilon_spent": 2.5, "tenants": [{"tenant": "acme", "epsilon_spent": 1.25}]})
+        text = _scrape(server)
     finally:
         server.stop(0)
         store.close()
     assert 'fedshape_agent_reward{tenant="acme"} 0.75' in text
     assert 'fedshape_agent_fallback{tenant="acme"} 1.0' in text
-    assert 'fedshape_class_loss{class="game",tenant="acme"} 0.02' in text
+    assert 'fedshape_agent_sla_ok_ratio{tenant="acme"} 0.5' in text
+    assert 'fedshape_tenant_cap_bytes_per_second{tenant="acme"} 1.25e+07' in text
+    assert 'fedshape_class_loss_ratio{class="game",tenant="acme"} 0.02' in text
+    assert 'fedshape_class_delay_p99_seconds{class="game",tenant="acme"} 0.04' in text
+    assert 'fedshape_class_delivered_bytes_per_second{class="game",tenant="acme"} 1e+06' in text
     assert 'fedshape_app_metric{class="game",name="fps",tenant="acme"} 59.0' in text
-    assert "fedshape_federation_epsilon_spent 2.5" in text
+    assert 'fedshape_tenant_privacy_epsilon{tenant="acme"} 1.25' in text
+    assert "fedshape_federation_epsilon 2.5" in text
     assert "python_gc" not in text  # its own registry, not the process-global one
+
+
+#: promtool's "metric names should not contain abbreviated units" list, and units that are not base units.
+ABBREVIATED = {"s", "ms", "us", "ns", "sec", "b", "kb", "mb", "gb", "tb", "pb", "m", "h", "d", "mbps", "kbps"}
+NOT_BASE = ("milliseconds", "microseconds", "kilobytes", "megabytes", "megabits", "bits", "fraction", "percent")
+
+
+def test_metric_names_follow_prometheus_conventions(tmp_path):
+    store = RulesStore(tmp_path / "n.db")
+    server = RulesServer(store, config(), insecure_loopback=True)
+    try:
+        names = {m.name for m in server.registry.collect()}
+    finally:
+        server.stop(0)
+        store.close()
+    assert {"fedshape_rpc_requests", "fedshape_rpc_duration_seconds", "fedshape_tenant_cap_bytes_per_second"} <= names
+    for name in names:
+        parts = name.split("_")
+        assert not ABBREVIATED & set(parts), f"{name}: abbreviated unit"
+        assert not any(unit in parts for unit in NOT_BASE), f"{name}: not a base unit"
+
+
+def test_requests_are_counted_per_method_and_code(with_acme):
+    t = with_acme.tenant()
+    t.GetRules(pb.TenantRef())
+    with pytest.raises(grpc.RpcError):
+        t.GetRules(pb.TenantRef(tenant="beta"))
+    reg = with_acme.server.registry
+    method = "/fedshape.v1.ClientService/GetRules"
+    assert reg.get_sample_value("fedshape_rpc_requests_total", {"method": method, "code": "OK"}) == 1
+    assert reg.get_sample_value("fedshape_rpc_requests_total", {"method": method, "code": "PERMISSION_DENIED"}) == 1
+    assert reg.get_sample_value("fedshape_rpc_duration_seconds_count", {"method": method}) == 2
+
+
+def test_metrics_off_loopback_need_consent(tmp_path):
+    store = RulesStore(tmp_path / "r.db")
+    try:
+        with pytest.raises(ValueError, match=r"metrics on '0\.0\.0\.0' refused"):
+            RulesServer(store, config(), insecure_loopback=True, metrics_address=("0.0.0.0", 0))
+        RulesServer(store, config(), insecure_loopback=True, metrics_address=("0.0.0.0", 0),
+                    metrics_remote=True).stop(0)
+    finally:
+        store.close()
+
+
+def test_federation_status_carries_each_tenants_epsilon(with_acme):
+    ops = with_acme.provider()
+    ok = ppb.FederationStatus(round=2, epsilon_spent=1.0, delta=1e-5,
+                                       tenants=[ppb.TenantPrivacy(tenant="acme", epsilon_spent=0.5)])
+    ops.ReportFederationStatus(ok)
+    assert ops.GetFederationStatus(ppb.GetFederationStatusRequest()).tenants[0].epsilon_spent == 0.5
+    for bad, code in (
+        (ppb.TenantPrivacy(tenant="ghost", epsilon_spent=0.5), grpc.StatusCode.NOT_FOUND),
+        (ppb.TenantPrivacy(tenant="acme", epsilon_spent=-1.0), grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            ops.ReportFederationStatus(ppb.FederationStatus(round=3, tenants=[bad]))
+        assert err.value.code() == code
 
 
 def test_plaintext_off_loopback_is_refused(tmp_path):
@@ -93,3 +162,33 @@ def test_plaintext_off_loopback_is_refused(tmp_path):
             RulesServer(store, config(), address="127.0.0.1:0")
     finally:
         store.close()
+
+
+def test_the_provider_assigns_address_spaces(with_acme):
+    from shaping.service._proto.fedshape.v1 import client_pb2 as cpb
+
+    ops = with_acme.provider()
+    # acme's entities (10.0.0.10/32, 10.0.1.0/24) must fit the space it is given.
+    with pytest.raises(grpc.RpcError) as err:
+        ops.SetAddressSpace(ppb.SetAddressSpaceRequest(tenant="acme", address_space=["10.0.0.0/24"]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside the tenant's address space" in \
+        err.value.details()
+    rules = ops.SetAddressSpace(ppb.SetAddressSpaceRequest(tenant="acme", address_space=["10.0.0.7/16"]))
+    assert list(rules.address_space) == ["10.0.0.0/16"]
+    acme = with_acme.tenant()
+    assert list(acme.GetRules(pb.TenantRef()).address_space) == ["10.0.0.0/16"]
+    with pytest.raises(grpc.RpcError) as err:
+        acme.CreateEntity(cpb.EntityRequest(entity=pb.Entity(name="far", cidrs=["192.0.2.1/32"])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside" in err.value.details()
+    # A tenant's space is nobody else's: neither another space nor another tenant's entities may touch it.
+    with pytest.raises(grpc.RpcError) as err:
+        ops.CreateTenant(ppb.CreateTenantRequest(name="beta", cap_mbps=10.0, address_space=["10.0.128.0/17"]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "overlaps another tenant's" in err.value.details()
+    assert "beta" not in {t.name for t in ops.ListTenants(ppb.ListTenantsRequest()).tenants}  # nothing written
+    ops.CreateTenant(ppb.CreateTenantRequest(name="beta", cap_mbps=10.0))
+    with pytest.raises(grpc.RpcError) as err:
+        with_acme.tenant("beta").CreateEntity(cpb.EntityRequest(entity=pb.Entity(name="vm", cidrs=["10.0.200.1/32"])))
+    assert "overlaps another tenant's" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        ops.SetAddressSpace(ppb.SetAddressSpaceRequest(tenant="ghost", address_space=["10.9.0.0/16"]))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

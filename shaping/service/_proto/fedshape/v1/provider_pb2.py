@@ -28,7 +28,7 @@ _sym_db = _symbol_database.Default()
 from shaping.service._proto.fedshape.v1 import rules_pb2 as fedshape_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64shape/v1/provider.proto\x12\x0b\x66\x65\x64shape.v1\x1a\x17\x66\x65\x64shape/v1/rules.proto\"5\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61p_mbps\x18\x02 \x01(\x01\"\xa8\x01\n\rTenantSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61p_mbps\x18\x02 \x01(\x01\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x10\n\x08\x65ntities\x18\x04 \x01(\x05\x12\x0f\n\x07\x63lasses\x18\x05 \x01(\x05\x12\x19\n\x11\x61\x64\x61ptive_entities\x18\x06 \x01(\x05\x12\'\n\x05\x61gent\x18\x07 \x01(\x0b\x32\x18.fedshape.v1.AgentStatus\"\x14\n\x12ListTenantsRequest\"B\n\x13ListTenantsResponse\x12+\n\x07tenants\x18\x01 \x03(\x0b\x32\x1a.fedshape.v1.TenantSummary\"P\n\tAppMetric\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x12\n\nupdated_at\x18\x04 \x01(\x01\"e\n\rTenantMetrics\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.fedshape.v1.AgentStatus\x12+\n\x0b\x61pp_metrics\x18\x02 \x03(\x0b\x32\x16.fedshape.v1.AppMetric\"\x96\x01\n\x10\x46\x65\x64\x65rationStatus\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x16\n\x0etarget_epsilon\x18\x04 \x01(\x01\x12\x0f\n\x07\x63lients\x18\x05 \x01(\x05\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\x01\"\x1c\n\x1aGetFederationStatusRequest\"\x0f\n\rHealthRequest\"\x8e\x01\n\x06Health\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0f\n\x07tenants\x18\x02 \x01(\x05\x12\x18\n\x10\x61gents_reporting\x18\x03 \x01(\x05\x12\x14\n\x0c\x61gents_stale\x18\x04 \x01(\x05\x12\x1a\n\x12\x61gents_in_fallback\x18\x05 \x01(\x05\x12\x16\n\x0eschema_version\x18\x06 \x01(\x05\x32\x9b\x04\n\x0fProviderService\x12L\n\x0c\x43reateTenant\x12 .fedshape.v1.CreateTenantRequest\x1a\x1a.fedshape.v1.TenantSummary\x12\x38\n\x0c\x44\x65leteTenant\x12\x16.fedshape.v1.TenantRef\x1a\x10.fedshape.v1.Ack\x12P\n\x0bListTenants\x12\x1f.fedshape.v1.ListTenantsRequest\x1a .fedshape.v1.ListTenantsResponse\x12\x46\n\x10GetTenantMetrics\x12\x16.fedshape.v1.TenantRef\x1a\x1a.fedshape.v1.TenantMetrics\x12]\n\x13GetFederationStatus\x12\'.fedshape.v1.GetFederationStatusRequest\x1a\x1d.fedshape.v1.FederationStatus\x12I\n\x16ReportFederationStatus\x12\x1d.fedshape.v1.FederationStatus\x1a\x10.fedshape.v1.Ack\x12<\n\tGetHealth\x12\x1a.fedshape.v1.HealthRequest\x1a\x13.fedshape.v1.Healthb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64shape/v1/provider.proto\x12\x0b\x66\x65\x64shape.v1\x1a\x17\x66\x65\x64shape/v1/rules.proto\"L\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61p_mbps\x18\x02 \x01(\x01\x12\x15\n\raddress_space\x18\x03 \x03(\t\"?\n\x16SetAddressSpaceRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\raddress_space\x18\x02 \x03(\t\"\xa8\x01\n\rTenantSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61p_mbps\x18\x02 \x01(\x01\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x10\n\x08\x65ntities\x18\x04 \x01(\x05\x12\x0f\n\x07\x63lasses\x18\x05 \x01(\x05\x12\x19\n\x11\x61\x64\x61ptive_entities\x18\x06 \x01(\x05\x12\'\n\x05\x61gent\x18\x07 \x01(\x0b\x32\x18.fedshape.v1.AgentStatus\"\x14\n\x12ListTenantsRequest\"B\n\x13ListTenantsResponse\x12+\n\x07tenants\x18\x01 \x03(\x0b\x32\x1a.fedshape.v1.TenantSummary\"P\n\tAppMetric\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x12\n\nupdated_at\x18\x04 \x01(\x01\"e\n\rTenantMetrics\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.fedshape.v1.AgentStatus\x12+\n\x0b\x61pp_metrics\x18\x02 \x03(\x0b\x32\x16.fedshape.v1.AppMetric\"E\n\rTenantPrivacy\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\xc3\x01\n\x10\x46\x65\x64\x65rationStatus\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x16\n\x0etarget_epsilon\x18\x04 \x01(\x01\x12\x0f\n\x07\x63lients\x18\x05 \x01(\x05\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\x01\x12+\n\x07tenants\x18\x08 \x03(\x0b\x32\x1a.fedshape.v1.TenantPrivacy\"\x1c\n\x1aGetFederationStatusRequest\"\x0f\n\rHealthRequest\"\x8e\x01\n\x06Health\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0f\n\x07tenants\x18\x02 \x01(\x05\x12\x18\n\x10\x61gents_reporting\x18\x03 \x01(\x05\x12\x14\n\x0c\x61gents_stale\x18\x04 \x01(\x05\x12\x1a\n\x12\x61gents_in_fallback\x18\x05 \x01(\x05\x12\x16\n\x0eschema_version\x18\x06 \x01(\x05\":\n\x18RevokeCertificateRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"W\n\x12RevokedCertificate\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x12\n\nrevoked_at\x18\x04 \x01(\x01\"\x14\n\x12ListRevokedRequest\"L\n\x13ListRevokedResponse\x12\x35\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32\x1f.fedshape.v1.RevokedCertificate2\x89\x06\n\x0fProviderService\x12L\n\x0c\x43reateTenant\x12 .fedshape.v1.CreateTenantRequest\x1a\x1a.fedshape.v1.TenantSummary\x12\x38\n\x0c\x44\x65leteTenant\x12\x16.fedshape.v1.TenantRef\x1a\x10.fedshape.v1.Ack\x12L\n\x0fSetAddressSpace\x12#.fedshape.v1.SetAddressSpaceRequest\x1a\x14.fedshape.v1.RuleSet\x12P\n\x0bListTenants\x12\x1f.fedshape.v1.ListTenantsRequest\x1a .fedshape.v1.ListTenantsResponse\x12\x46\n\x10GetTenantMetrics\x12\x16.fedshape.v1.TenantRef\x1a\x1a.fedshape.v1.TenantMetrics\x12]\n\x13GetFederationStatus\x12\'.fedshape.v1.GetFederationStatusRequest\x1a\x1d.fedshape.v1.FederationStatus\x12I\n\x16ReportFederationStatus\x12\x1d.fedshape.v1.FederationStatus\x1a\x10.fedshape.v1.Ack\x12<\n\tGetHealth\x12\x1a.fedshape.v1.HealthRequest\x1a\x13.fedshape.v1.Health\x12L\n\x11RevokeCertificate\x12%.fedshape.v1.RevokeCertificateRequest\x1a\x10.fedshape.v1.Ack\x12P\n\x0bListRevoked\x12\x1f.fedshape.v1.ListRevokedRequest\x1a .fedshape.v1.ListRevokedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedshape.v1.provider_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATETENANTREQUEST']._serialized_start=68
-  _globals['_CREATETENANTREQUEST']._serialized_end=121
-  _globals['_TENANTSUMMARY']._serialized_start=124
-  _globals['_TENANTSUMMARY']._serialized_end=292
-  _globals['_LISTTENANTSREQUEST']._serialized_start=294
-  _globals['_LISTTENANTSREQUEST']._serialized_end=314
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=316
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=382
-  _globals['_APPMETRIC']._serialized_start=384
-  _globals['_APPMETRIC']._serialized_end=464
-  _globals['_TENANTMETRICS']._serialized_start=466
-  _globals['_TENANTMETRICS']._serialized_end=567
-  _globals['_FEDERATIONSTATUS']._serialized_start=570
-  _globals['_FEDERATIONSTATUS']._serialized_end=720
-  _globals['_GETFEDERATIONSTATUSREQUEST']._serialized_start=722
-  _globals['_GETFEDERATIONSTATUSREQUEST']._serialized_end=750
-  _globals['_HEALTHREQUEST']._serialized_start=752
-  _globals['_HEALTHREQUEST']._serialized_end=767
-  _globals['_HEALTH']._serialized_start=770
-  _globals['_HEALTH']._serialized_end=912
-  _globals['_PROVIDERSERVICE']._serialized_start=915
-  _globals['_PROVIDERSERVICE']._serialized_end=1454
+  _globals['_CREATETENANTREQUEST']._serialized_end=144
+  _globals['_SETADDRESSSPACEREQUEST']._serialized_start=146
+  _globals['_SETADDRESSSPACEREQUEST']._serialized_end=209
+  _globals['_TENANTSUMMARY']._serialized_start=212
+  _globals['_TENANTSUMMARY']._serialized_end=380
+  _globals['_LISTTENANTSREQUEST']._serialized_start=382
+  _globals['_LISTTENANTSREQUEST']._serialized_end=402
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=404
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=470
+  _globals['_APPMETRIC']._serialized_start=472
+  _globals['_APPMETRIC']._serialized_end=552
+  _globals['_TENANTMETRICS']._serialized_start=554
+  _globals['_TENANTMETRICS']._serialized_end=655
+  _globals['_TENANTPRIVACY']._serialized_start=657
+  _globals['_TENANTPRIVACY']._serialized_end=726
+  _globals['_FEDERATIONSTATUS']._serialized_start=729
+  _globals['_FEDERATIONSTATUS']._serialized_end=924
+  _globals['_GETFEDERATIONSTATUSREQUEST']._serialized_start=926
+  _globals['_GETFEDERATIONSTATUSREQUEST']._serialized_end=954
+  _globals['_HEALTHREQUEST']._serialized_start=956
+  _globals['_HEALTHREQUEST']._serialized_end=971
+  _globals['_HEALTH']._serialized_start=974
+  _globals['_HEALTH']._serialized_end=1116
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=1118
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=1176
+  _globals['_REVOKEDCERTIFICATE']._serialized_start=1178
+  _globals['_REVOKEDCERTIFICATE']._serialized_end=1265
+  _globals['_LISTREVOKEDREQUEST']._serialized_start=1267
+  _globals['_LISTREVOKEDREQUEST']._serialized_end=1287
+  _globals['_LISTREVOKEDRESPONSE']._serialized_start=1289
+  _globals['_LISTREVOKEDRESPONSE']._serialized_end=1365
+  _globals['_PROVIDERSERVICE']._serialized_start=1368
+  _globals['_PROVIDERSERVICE']._serialized_end=2145
 # @@protoc_insertion_point(module_scope)

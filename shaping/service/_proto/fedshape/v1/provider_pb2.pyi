@@ -11,12 +11,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("name", "cap_mbps")
+    __slots__ = ("name", "cap_mbps", "address_space")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CAP_MBPS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_SPACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     cap_mbps: float
-    def __init__(self, name: _Optional[str] = ..., cap_mbps: _Optional[float] = ...) -> None: ...
+    address_space: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., cap_mbps: _Optional[float] = ..., address_space: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetAddressSpaceRequest(_message.Message):
+    __slots__ = ("tenant", "address_space")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_SPACE_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    address_space: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant: _Optional[str] = ..., address_space: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TenantSummary(_message.Message):
     __slots__ = ("name", "cap_mbps", "revision", "entities", "classes", "adaptive_entities", "agent")
@@ -66,8 +76,18 @@ class TenantMetrics(_message.Message):
     app_metrics: _containers.RepeatedCompositeFieldContainer[AppMetric]
     def __init__(self, agent: _Optional[_Union[_rules_pb2.AgentStatus, _Mapping]] = ..., app_metrics: _Optional[_Iterable[_Union[AppMetric, _Mapping]]] = ...) -> None: ...
 
+class TenantPrivacy(_message.Message):
+    __slots__ = ("tenant", "epsilon_spent", "delta")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    epsilon_spent: float
+    delta: float
+    def __init__(self, tenant: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+
 class FederationStatus(_message.Message):
-    __slots__ = ("round", "epsilon_spent", "delta", "target_epsilon", "clients", "strategy", "updated_at")
+    __slots__ = ("round", "epsilon_spent", "delta", "target_epsilon", "clients", "strategy", "updated_at", "tenants")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +95,7 @@ class FederationStatus(_message.Message):
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     round: int
     epsilon_spent: float
     delta: float
@@ -82,7 +103,8 @@ class FederationStatus(_message.Message):
     clients: int
     strategy: str
     updated_at: float
-    def __init__(self, round: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., delta: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., clients: _Optional[int] = ..., strategy: _Optional[str] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantPrivacy]
+    def __init__(self, round: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., delta: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., clients: _Optional[int] = ..., strategy: _Optional[str] = ..., updated_at: _Optional[float] = ..., tenants: _Optional[_Iterable[_Union[TenantPrivacy, _Mapping]]] = ...) -> None: ...
 
 class GetFederationStatusRequest(_message.Message):
     __slots__ = ()
@@ -107,3 +129,33 @@ class Health(_message.Message):
     agents_in_fallback: int
     schema_version: int
     def __init__(self, serving: _Optional[bool] = ..., tenants: _Optional[int] = ..., agents_reporting: _Optional[int] = ..., agents_stale: _Optional[int] = ..., agents_in_fallback: _Optional[int] = ..., schema_version: _Optional[int] = ...) -> None: ...
+
+class RevokeCertificateRequest(_message.Message):
+    __slots__ = ("serial", "reason")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    reason: str
+    def __init__(self, serial: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokedCertificate(_message.Message):
+    __slots__ = ("serial", "reason", "actor", "revoked_at")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    reason: str
+    actor: str
+    revoked_at: float
+    def __init__(self, serial: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., revoked_at: _Optional[float] = ...) -> None: ...
+
+class ListRevokedRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRevokedResponse(_message.Message):
+    __slots__ = ("certificates",)
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedCompositeFieldContainer[RevokedCertificate]
+    def __init__(self, certificates: _Optional[_Iterable[_Union[RevokedCertificate, _Mapping]]] = ...) -> None: ...

@@ -48,6 +48,11 @@ class ProviderServiceStub:
                 request_serializer=fedshape_dot_v1_dot_rules__pb2.TenantRef.SerializeToString,
                 response_deserializer=fedshape_dot_v1_dot_rules__pb2.Ack.FromString,
                 _registered_method=True)
+        self.SetAddressSpace = channel.unary_unary(
+                '/fedshape.v1.ProviderService/SetAddressSpace',
+                request_serializer=fedshape_dot_v1_dot_provider__pb2.SetAddressSpaceRequest.SerializeToString,
+                response_deserializer=fedshape_dot_v1_dot_rules__pb2.RuleSet.FromString,
+                _registered_method=True)
         self.ListTenants = channel.unary_unary(
                 '/fedshape.v1.ProviderService/ListTenants',
                 request_serializer=fedshape_dot_v1_dot_provider__pb2.ListTenantsRequest.SerializeToString,
@@ -73,6 +78,16 @@ class ProviderServiceStub:
                 request_serializer=fedshape_dot_v1_dot_provider__pb2.HealthRequest.SerializeToString,
                 response_deserializer=fedshape_dot_v1_dot_provider__pb2.Health.FromString,
                 _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/fedshape.v1.ProviderService/RevokeCertificate',
+                request_serializer=fedshape_dot_v1_dot_provider__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=fedshape_dot_v1_dot_rules__pb2.Ack.FromString,
+                _registered_method=True)
+        self.ListRevoked = channel.unary_unary(
+                '/fedshape.v1.ProviderService/ListRevoked',
+                request_serializer=fedshape_dot_v1_dot_provider__pb2.ListRevokedRequest.SerializeToString,
+                response_deserializer=fedshape_dot_v1_dot_provider__pb2.ListRevokedResponse.FromString,
+                _registered_method=True)
 
 
 class ProviderServiceServicer:
@@ -86,6 +101,13 @@ class ProviderServiceServicer:
 
     def DeleteTenant(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAddressSpace(self, request, context):
+        """Change the networks a tenant's entities must lie in; refused while an entity lies outside them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -121,6 +143,19 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeCertificate(self, request, context):
+        """Refuse a client certificate (its serial) on every later call, whoever presents it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevoked(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +168,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.DeleteTenant,
                     request_deserializer=fedshape_dot_v1_dot_rules__pb2.TenantRef.FromString,
                     response_serializer=fedshape_dot_v1_dot_rules__pb2.Ack.SerializeToString,
+            ),
+            'SetAddressSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAddressSpace,
+                    request_deserializer=fedshape_dot_v1_dot_provider__pb2.SetAddressSpaceRequest.FromString,
+                    response_serializer=fedshape_dot_v1_dot_rules__pb2.RuleSet.SerializeToString,
             ),
             'ListTenants': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTenants,
@@ -158,6 +198,16 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.GetHealth,
                     request_deserializer=fedshape_dot_v1_dot_provider__pb2.HealthRequest.FromString,
                     response_serializer=fedshape_dot_v1_dot_provider__pb2.Health.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=fedshape_dot_v1_dot_provider__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=fedshape_dot_v1_dot_rules__pb2.Ack.SerializeToString,
+            ),
+            'ListRevoked': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevoked,
+                    request_deserializer=fedshape_dot_v1_dot_provider__pb2.ListRevokedRequest.FromString,
+                    response_serializer=fedshape_dot_v1_dot_provider__pb2.ListRevokedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -214,6 +264,33 @@ class ProviderService:
             '/fedshape.v1.ProviderService/DeleteTenant',
             fedshape_dot_v1_dot_rules__pb2.TenantRef.SerializeToString,
             fedshape_dot_v1_dot_rules__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAddressSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedshape.v1.ProviderService/SetAddressSpace',
+            fedshape_dot_v1_dot_provider__pb2.SetAddressSpaceRequest.SerializeToString,
+            fedshape_dot_v1_dot_rules__pb2.RuleSet.FromString,
             options,
             channel_credentials,
             insecure,
@@ -349,6 +426,60 @@ class ProviderService:
             '/fedshape.v1.ProviderService/GetHealth',
             fedshape_dot_v1_dot_provider__pb2.HealthRequest.SerializeToString,
             fedshape_dot_v1_dot_provider__pb2.Health.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedshape.v1.ProviderService/RevokeCertificate',
+            fedshape_dot_v1_dot_provider__pb2.RevokeCertificateRequest.SerializeToString,
+            fedshape_dot_v1_dot_rules__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevoked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedshape.v1.ProviderService/ListRevoked',
+            fedshape_dot_v1_dot_provider__pb2.ListRevokedRequest.SerializeToString,
+            fedshape_dot_v1_dot_provider__pb2.ListRevokedResponse.FromString,
             options,
             channel_credentials,
             insecure,

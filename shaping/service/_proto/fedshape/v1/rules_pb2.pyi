@@ -98,18 +98,20 @@ class TrafficClass(_message.Message):
     def __init__(self, name: _Optional[str] = ..., entity: _Optional[str] = ..., app: _Optional[str] = ..., match: _Optional[_Union[Match, _Mapping]] = ..., action: _Optional[_Union[StaticAction, _Mapping]] = ..., qos: _Optional[_Union[QoS, _Mapping]] = ..., mbps: _Optional[float] = ..., flows: _Optional[int] = ...) -> None: ...
 
 class RuleSet(_message.Message):
-    __slots__ = ("tenant", "cap_mbps", "revision", "entities", "classes")
+    __slots__ = ("tenant", "cap_mbps", "revision", "entities", "classes", "address_space")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CAP_MBPS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_SPACE_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     cap_mbps: float
     revision: int
     entities: _containers.RepeatedCompositeFieldContainer[Entity]
     classes: _containers.RepeatedCompositeFieldContainer[TrafficClass]
-    def __init__(self, tenant: _Optional[str] = ..., cap_mbps: _Optional[float] = ..., revision: _Optional[int] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[TrafficClass, _Mapping]]] = ...) -> None: ...
+    address_space: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant: _Optional[str] = ..., cap_mbps: _Optional[float] = ..., revision: _Optional[int] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[TrafficClass, _Mapping]]] = ..., address_space: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassStatus(_message.Message):
     __slots__ = ("name", "offered_mbps", "delivered_mbps", "loss", "delay_p99_ms", "app_metric", "sla_ok", "sla_detail")
