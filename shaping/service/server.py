@@ -27,6 +27,9 @@ from shaping.service.provider import ProviderServicer
 from shaping.service.telemetry import CallMetrics, MetricsInterceptor
 from shaping.store import RulesStore
 
+#: The least grace a stop gives open streams, so health watchers receive NOT_SERVING before they are cancelled.
+_HEALTH_FLUSH_S = 0.2
+
 SERVICE_NAMES = (
     client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
     provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name,
@@ -196,7 +199,9 @@ class RulesServer:
         """Stop serving (watches end), the metrics endpoint too."""
         self.health.enter_graceful_shutdown()
         self.notifier.close()
-        self._server.stop(grace).wait()
+        # enter_graceful_shutdown only queues NOT_SERVING on each health watch; a stop without grace
+        # cancelled the streams before gRPC had written it (about one stop in 20), so give it a moment.
+        self._server.stop(max(grace or 0.0, _HEALTH_FLUSH_S)).wait()
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
