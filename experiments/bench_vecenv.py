@@ -3,7 +3,8 @@
 Measures, on one tenant of one scenario with random actions (all rates are medians of `--repeats` runs):
 
 - ``single_env``: ShapingEnv.step (Gymnasium, one environment), and ``sim_b1``: the simulator's own step
-  at batch 1 under default plans, the ceiling of any one-environment interface;
+  at batch 1 under default plans, the ceiling of any one-environment interface; with the torch operator
+  calls per step of each (counted by torch.profiler);
 - ``vector_env``: ShapingVectorEnv.step (numpy in and out) and step_torch, env-steps/s at `--num-envs`;
 - ``sb3_vec_env``: ShapingSB3VecEnv.step, env-steps/s at `--num-envs`;
 - ``sb3_ppo``: Stable-Baselines3 PPO (its default hyperparameters, MlpPolicy) learning through
@@ -61,6 +62,16 @@ def _rate(step: Callable[[int], object], per_step: int, min_seconds: float, repe
     return {"steps_per_s": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates]}
 
 
+def _torch_calls(step: Callable[[int], object], steps: int = 10) -> float:
+    """Top-level torch operator calls per step(i) call (what bounds a batch-1 step: each costs a dispatch)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(i)
+    ops = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = [e for e in ops if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    return len(top) / steps
+
+
 def _random_actions(nvec: np.ndarray, shape: tuple[int, ...], count: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, nvec, size=(*shape, len(nvec))) for _ in range(count)]
@@ -74,9 +85,14 @@ def bench_envs(args: argparse.Namespace) -> dict[str, Any]:
     env.reset(seed=0)
     acts = _random_actions(env.action_space.nvec, (), 256, 0)
     out["single_env"] = _rate(lambda i: env.step(acts[i % 256]), 1, args.min_seconds, args.repeats)
+    out["single_env"]["torch_calls_per_step"] = _torch_calls(lambda i: env.step(acts[i % 256]))
     core = env.core
-    with torch.inference_mode():
-        out["sim_b1"] = _rate(lambda i: core.sim.step(core.default_plan, core.aqm), 1, args.min_seconds, args.repeats)
+
+    def sim_step(i: int) -> object:
+        return core.sim.step(core.default_plan, core.aqm)
+
+    out["sim_b1"] = _rate(sim_step, 1, args.min_seconds, args.repeats)
+    out["sim_b1"]["torch_calls_per_step"] = _torch_calls(sim_step)
     _log(f"single env {out['single_env']['steps_per_s']}/s, simulator at batch 1 {out['sim_b1']['steps_per_s']}/s")
 
     b = args.num_envs

@@ -26,6 +26,7 @@ def test_bench_vecenv_prints_every_rate():
     assert len(doc["loadavg_before"]) == 3 and len(doc["loadavg_after"]) == 3
     for key in ("single_env", "sim_b1", "vector_env", "vector_env_torch", "sb3_vec_env"):
         assert doc[key]["steps_per_s"] > 0
+    assert doc["single_env"]["torch_calls_per_step"] > doc["sim_b1"]["torch_calls_per_step"] > 0
     for key in ("sb3_ppo", "sb3_ppo_batch", "sb3_ppo_dummy"):
         assert doc[key]["env_steps_per_run"] == 16
         assert doc[key]["learn_steps_per_s"] > 0 and doc[key]["collect_steps_per_s"] >= doc[key]["learn_steps_per_s"]
