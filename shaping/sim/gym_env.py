@@ -17,6 +17,7 @@ from gymnasium import spaces
 from shaping.config import RewardConfig, ScenarioConfig
 from shaping.sim.simulator import StepOutput
 from shaping.sim.tenant_view import MultiTenantSim, Policy, episode_length, resolve_scenario, tenant_index
+from shaping.spec import ClassMetrics, HostMetrics
 
 
 class ShapingEnv(gymnasium.Env[np.ndarray, np.ndarray]):
@@ -88,10 +89,11 @@ class ShapingEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         act = torch.as_tensor(np.asarray(action, dtype=np.int64)).view(1, -1)
         out = self.core.step({self.tenant: act})
         self._elapsed += 1
-        terms = self.view.reward(out, self.reward_config)
-        info = self.view.info(out, terms) | {"plan": plan}
+        metrics = self.view.metrics(out)
+        terms = self.view.reward(out, self.reward_config, metrics[0])
+        info = self.view.info(out, terms, m=metrics[0]) | {"plan": plan}
         truncated = self._elapsed >= self.max_episode_steps
-        return self._observe(out), float(terms.reward[0]), False, truncated, info
+        return self._observe(out, metrics), float(terms.reward[0]), False, truncated, info
 
-    def _observe(self, out: StepOutput) -> np.ndarray:
-        return self.view.observe(out)[0].cpu().numpy().astype(np.float32)
+    def _observe(self, out: StepOutput, metrics: tuple[ClassMetrics, HostMetrics] | None = None) -> np.ndarray:
+        return self.view.observe(out, metrics)[0].cpu().numpy().astype(np.float32)

@@ -116,10 +116,11 @@ class ShapingParallelEnv(ParallelEnv[str, np.ndarray, np.ndarray]):
         obs, rewards, infos = {}, {}, {}
         for a in self.agents:
             view = self._views[a]
-            terms = view.reward(out, self.reward_config)
-            obs[a] = view.observe(out)[0].cpu().numpy().astype(np.float32)
+            metrics = view.metrics(out)
+            terms = view.reward(out, self.reward_config, metrics[0])
+            obs[a] = view.observe(out, metrics)[0].cpu().numpy().astype(np.float32)
             rewards[a] = float(terms.reward[0])
             spec = view.observation.spec
             plan = view.action.decode(actions[a]) if a in actions else self.core.default_plan.plan(0, view.index, spec)
-            infos[a] = view.info(out, terms) | {"plan": plan}
+            infos[a] = view.info(out, terms, m=metrics[0]) | {"plan": plan}
         return obs, rewards, infos

@@ -111,18 +111,24 @@ class TenantView:
         n, k = self.n_classes, self.index
         return PlanBatch(*(x[:, k, :n] for x in out.plan))
 
-    def observe(self, out: StepOutput) -> torch.Tensor:
-        """(B, obs) observations, clipped to the declared bounds (a no-op up to float rounding)."""
-        obs = self.observation.build(*self.metrics(out), self.paths(out), self.plan(out))
+    def observe(self, out: StepOutput, metrics: tuple[ClassMetrics, HostMetrics] | None = None) -> torch.Tensor:
+        """(B, obs) observations, clipped to the declared bounds (a no-op up to float rounding).
+
+        `metrics`: self.metrics(out) when the caller has it already (every slice is a torch call).
+        """
+        obs = self.observation.build(*(metrics or self.metrics(out)), self.paths(out), self.plan(out))
         return torch.clamp(obs, self.low, self.high)
 
-    def reward(self, out: StepOutput, weights: RewardConfig) -> RewardTerms:
-        """(B,) reward and its terms."""
-        return compute_reward(self.metrics(out)[0], self.qos, self.cap_mbps, weights)
+    def reward(self, out: StepOutput, weights: RewardConfig, m: ClassMetrics | None = None) -> RewardTerms:
+        """(B,) reward and its terms; `m`: self.metrics(out)[0] when the caller has it already."""
+        return compute_reward(m if m is not None else self.metrics(out)[0], self.qos, self.cap_mbps, weights)
 
-    def info(self, out: StepOutput, terms: RewardTerms, env: int = 0) -> dict[str, Any]:
-        """Reward terms, SLA violations and per-class delivered rate, p99 delay and loss of one environment."""
-        m = self.metrics(out)[0]
+    def info(
+        self, out: StepOutput, terms: RewardTerms, env: int = 0, m: ClassMetrics | None = None
+    ) -> dict[str, Any]:
+        """Reward terms, SLA violations and per-class delivered rate, p99 delay and loss of one environment;
+        `m`: self.metrics(out)[0] when the caller has it already."""
+        m = m if m is not None else self.metrics(out)[0]
         names = [c.name for c in self.observation.spec.classes]
 
         def per_class(x: torch.Tensor) -> dict[str, float]:

@@ -130,10 +130,12 @@ class ShapingVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         out = self.core.step({self.tenant: act}, reset=reset if reset_np.any() else None)
         self._elapsed = np.where(reset_np, 0, self._elapsed + 1)
         truncated_np = (self._elapsed >= self.max_episode_steps) & ~reset_np
-        self._autoreset = truncated_np
-        terms = self.view.reward(out, self.reward_config)
+        # A copy: reset() clears the flags in place, and the returned truncations must not change with them.
+        self._autoreset = truncated_np.copy()
+        metrics = self.view.metrics(out)
+        terms = self.view.reward(out, self.reward_config, metrics[0])
         return TorchStep(
-            obs=self.view.observe(out),
+            obs=self.view.observe(out, metrics),
             reward=torch.where(reset, torch.zeros_like(terms.reward), terms.reward).float(),
             terminated=torch.zeros(self.num_envs, dtype=torch.bool, device=self.device),
             truncated=torch.from_numpy(truncated_np).to(self.device),

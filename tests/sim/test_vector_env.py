@@ -136,3 +136,11 @@ def test_aqm_switches_codel_on_the_controlled_tenant_only(scenario):
     assert envs.aqm and envs.core.aqm.tolist() == [False, True, False, True]
     envs.aqm = False
     assert envs.core.aqm.tolist() == [False, False, False, True]
+
+
+def test_returned_truncations_do_not_change_on_reset(scenario):
+    envs = ShapingVectorEnv(scenario=scenario, num_envs=2, max_episode_steps=1)
+    envs.reset(seed=0)
+    _, _, _, trunc, _ = envs.step(envs.action_space.sample())
+    envs.reset()
+    assert trunc.tolist() == [True, True]
