@@ -26,9 +26,11 @@ import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.config import register_configs
+from experiments.config import exits_2_on_config_error, register_configs, to_typed
+from experiments.threads import torch_threads
+from shaping.checks import above, at_least
 from shaping.config import RewardConfig, ScenarioConfig
 
 
@@ -66,10 +68,15 @@ class TrainSB3Config:
     """Seed of the evaluation batch (apart from training's)."""
     seed: int = 0
     """Seed of training (simulator and SB3)."""
-    threads: int | None = 1
-    """torch threads (1: small networks, and fair on a shared machine); None: torch's default."""
+    torch_threads: int = 1
+    """torch threads (1: small networks, and results that do not depend on the machine's load)."""
     save: bool = True
     """Save the model (sb3_ppo.zip) and VecNormalize statistics (vecnormalize.pkl) in the run directory."""
+
+    def __post_init__(self) -> None:
+        at_least("train_sb3", self, 1, "num_envs", "total_timesteps", "n_steps", "batch_size", "n_epochs",
+                 "eval_envs", "eval_steps", "torch_threads")  # fmt: skip
+        above("train_sb3", self, 0, "learning_rate")
 
 
 def evaluate(
@@ -107,8 +114,6 @@ def run(cfg: TrainSB3Config, out_dir: Path | None) -> dict[str, Any]:
 
     from shaping.sim.sb3_vec_env import ShapingSB3VecEnv
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     tenant = cfg.tenant or cfg.scenario.tenants[0].name
     base = ShapingSB3VecEnv(cfg.num_envs, cfg.scenario, tenant=tenant, reward=cfg.reward,
                             max_episode_steps=cfg.max_episode_steps)  # fmt: skip
@@ -156,12 +161,13 @@ def register() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_sb3")
+@exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, print JSON."""
-    conf = OmegaConf.to_object(cfg)
-    if not isinstance(conf, TrainSB3Config):
-        raise TypeError(f"expected a TrainSB3Config, got {type(conf).__name__}")
-    print(json.dumps(run(conf, Path(HydraConfig.get().runtime.output_dir)), indent=2), flush=True)
+    conf = to_typed(cfg, TrainSB3Config)
+    with torch_threads(conf.torch_threads):
+        doc = run(conf, Path(HydraConfig.get().runtime.output_dir))
+    print(json.dumps(doc, indent=2), flush=True)
 
 
 if __name__ == "__main__":

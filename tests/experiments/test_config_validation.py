@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from experiments import bench_train, federated, multiagent, pretrain_universal, testbed
+from experiments import bench_train, federated, multiagent, pretrain_universal, testbed, train_sb3
 from experiments.config import (
     BenchmarkConfig,
     CompareConfig,
@@ -35,13 +35,14 @@ SCHEMAS: dict[str, type] = {
     "bench_train": bench_train.BenchTrainConfig,
     "multiagent": multiagent.MultiAgentConfig,
     "testbed": testbed.TestbedConfig,
+    "train_sb3": train_sb3.TrainSB3Config,
 }
 
 
 @pytest.fixture(scope="module", autouse=True)
 def hydra_conf():
     register_configs()
-    for module in (federated, pretrain_universal, bench_train, multiagent, testbed):
+    for module in (federated, pretrain_universal, bench_train, multiagent, testbed, train_sb3):
         module.register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         yield
