@@ -25,11 +25,16 @@ class RulesError(SpecError):
     """Rules that cannot be accepted; the message names the field and the allowed values."""
 
 
+def _shown(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters for an error message: a refusal stays one short line however long
+    the input that caused it."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def check_name(what: str, name: str, limits: Limits) -> None:
     """Raise RulesError unless `name` is a short lower-case identifier (shaping.names)."""
     if not is_valid_name(name, limits.max_name_len):
-        shown = name if len(name) <= 80 else name[:80] + "..."
-        raise RulesError(f"{what} {shown!r} is not a valid name: 1..{limits.max_name_len} {NAME_RULE}")
+        raise RulesError(f"{what} {_shown(name)!r} is not a valid name: 1..{limits.max_name_len} {NAME_RULE}")
 
 
 def _finite(where: str, value: float) -> None:
@@ -48,7 +53,7 @@ def _network(cidr: str, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Net
     try:
         return ipaddress.ip_network(cidr, strict=False)
     except ValueError as err:
-        raise RulesError(f"{where} has an invalid address {cidr!r}: {err}") from None
+        raise RulesError(f"{where} has an invalid address {_shown(cidr)!r}: {_shown(str(err), 120)}") from None
 
 
 def _ranges(cidrs: Sequence[str], where: str) -> list[tuple[int, int, int]]:
@@ -70,15 +75,15 @@ def _routable(cidrs: Sequence[str], where: str, *, source: bool) -> None:
     for cidr in cidrs:
         net = _network(cidr, where)
         if "%" in cidr:
-            raise RulesError(f"{where}: address {cidr!r} has a scope (%...); give the address without it")
+            raise RulesError(f"{where}: address {_shown(cidr)!r} has a scope (%...); give the address without it")
         if net.prefixlen == 0:
             hint = "list the tenant's own networks" if source else "leave match.dst_cidrs empty to match any"
-            raise RulesError(f"{where}: address {cidr!r} is every address (prefix length 0); {hint}")
+            raise RulesError(f"{where}: address {_shown(cidr)!r} is every address (prefix length 0); {hint}")
         kinds = (("link-local", net.is_link_local), ("loopback", net.is_loopback),
                  ("multicast", net.is_multicast), ("unspecified", net.is_unspecified))
         bad = [name for name, hit in kinds if hit] if source else []
         if bad:
-            raise RulesError(f"{where}: address {cidr!r} is {bad[0]}, not an address a tenant can own")
+            raise RulesError(f"{where}: address {_shown(cidr)!r} is {bad[0]}, not an address a tenant can own")
 
 
 def _normalized_cidrs(cidrs: tuple[str, ...]) -> tuple[str, ...]:
@@ -112,7 +117,7 @@ def check_address_space(rules: RuleSet, limits: Limits) -> None:
         for cidr in e.cidrs:
             net = _network(cidr, f"entity {e.name!r}")
             if not any(net.version == sp.version and net.subnet_of(sp) for sp in spaces):  # type: ignore[arg-type]
-                raise RulesError(f"entity {e.name!r}: address {cidr!r} is outside the tenant's address space"
+                raise RulesError(f"entity {e.name!r}: address {_shown(cidr)!r} is outside the tenant's address space"
                                  f" {list(rules.address_space)} (set by the provider)")
 
 
@@ -181,7 +186,7 @@ def check_class(c: ClassRule, limits: Limits, paths: Sequence[PathConfig]) -> No
         raise RulesError(f"{where}: action.burst_bytes must be in 0..{64 * 2**20} (0: derived), got {a.burst_bytes}")
     names = [p.name for p in paths]
     if a.path and a.path not in names:
-        raise RulesError(f"{where}: action.path {a.path!r} is not a provider path; paths are {names}")
+        raise RulesError(f"{where}: action.path {_shown(a.path)!r} is not a provider path; paths are {names}")
     _routable(c.match.dst_cidrs, f"{where}: match.dst_cidrs", source=False)
     for label, value in (("action.rate_mbps", a.rate_mbps), ("action.ceil_mbps", a.ceil_mbps), ("mbps", c.mbps)):
         if value < MIN_RATE_MBPS:
@@ -291,5 +296,5 @@ def check_disjoint_tenants(rules: RuleSet, others: Iterable[RuleSet]) -> None:
             # The last of their ranges that starts at or before our last address is the only candidate.
             k = bisect.bisect_left(theirs, (v, last + 1, 0)) - 1
             if k >= 0 and theirs[k][0] == v and theirs[k][2] >= first:
-                raise RulesError(f"{what}: address {cidr!r} overlaps another tenant's addresses;"
+                raise RulesError(f"{what}: address {_shown(cidr)!r} overlaps another tenant's addresses;"
                                  " ask the provider which ranges are yours")
