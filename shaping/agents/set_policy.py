@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -325,8 +324,3 @@ def load_set_policy(path: str | os.PathLike[str], device: torch.device | str = "
     model = SetActorCritic(SetPolicyConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval()
-
-
-def numpy_levels(binding: TenantBinding) -> dict[str, np.ndarray[Any, Any]]:
-    """The binding's level features as float32 numpy arrays."""
-    return {f: t.numpy().copy() for f, t in binding.levels.items()}
