@@ -218,7 +218,7 @@ def test_ppo_update_on_a_real_env_has_finite_grads_and_lowers_the_loss() -> None
     env = ShapingVectorEnv(4, load_scenario("default"), tenant="gameco", max_episode_steps=8)
     model = SetActorCritic(SetPolicyConfig(d_model=32, n_heads=4, d_ff=64, d_key=16))
     agent = bind(model, env.view.observation.spec)
-    rollout, _ = collect_rollout(env, agent, env.reset_torch(seed=0), 6)  # type: ignore[arg-type]
+    rollout, _ = collect_rollout(env, agent, env.reset_torch(seed=0), 6)
     cfg = PPOConfig(update_epochs=1, num_minibatches=1, target_kl=None)
     opt = make_optimizer(agent, 1e-3)
 
@@ -227,12 +227,12 @@ def test_ppo_update_on_a_real_env_has_finite_grads_and_lowers_the_loss() -> None
             return float(((agent.get_value(rollout.obs.flatten(0, 1)) - rollout.rewards.flatten()) ** 2).mean())
 
     before = value_loss()
-    stats = ppo_update(agent, opt, rollout, cfg)  # type: ignore[arg-type]
+    stats = ppo_update(agent, opt, rollout, cfg)
     assert all(np.isfinite(v) for k, v in stats.items() if k != "explained_variance")
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     for _ in range(20):
-        ppo_update(agent, opt, rollout, cfg)  # type: ignore[arg-type]
+        ppo_update(agent, opt, rollout, cfg)
     assert value_loss() < before
 
 
