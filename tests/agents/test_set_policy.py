@@ -11,7 +11,7 @@ import torch
 from shaping.agents import build_envelope
 from shaping.agents.envelope import Envelope
 from shaping.agents.ppo import collect_rollout, make_optimizer, ppo_update
-from shaping.agents.set_numpy import SetNumpyActor, benchmark
+from shaping.agents.set_numpy import SetNumpyActor, benchmark, benchmark_layout, widened_spec
 from shaping.agents.set_policy import (
     SetActorCritic,
     SetPolicyConfig,
@@ -33,17 +33,8 @@ BASE = scenario_specs(load_scenario("default"))[0]  # gameco: 4 classes, 2 paths
 
 
 def make_spec(n_classes: int, n_paths: int) -> TenantSpec:
-    """The default scenario's first tenant with its classes cycled to n_classes and n_paths paths."""
-    classes = tuple(
-        replace(BASE.classes[i % len(BASE.classes)], name=f"c{i}", mbps=5.0 + 3 * i) for i in range(n_classes)
-    )
-    return replace(
-        BASE,
-        classes=classes,
-        paths=tuple(f"p{i}" for i in range(n_paths)),
-        path_mbps=tuple(100.0 + 50 * i for i in range(n_paths)),
-        path_delay_ms=tuple(5.0 + 10 * i for i in range(n_paths)),
-    )
+    """The default scenario's first tenant (VMs and a subnet, SLAs) widened to n_classes x n_paths."""
+    return widened_spec(BASE, n_classes, n_paths)
 
 
 def random_obs(spec: TenantSpec, n: int, seed: int) -> torch.Tensor:
@@ -255,3 +246,4 @@ def test_save_load_round_trip_and_refuses_other_versions(model: SetActorCritic, 
 def test_benchmark_reports_percentiles(model: SetActorCritic) -> None:
     stats = benchmark(SetNumpyActor(bind(model, make_spec(16, 4))), n=50, warmup=5)
     assert 0 < stats["p50_us"] <= stats["p99_us"] and stats["cpu_p50_us"] > 0
+    assert benchmark_layout(2, 1, n=20)["p50_us"] > 0
