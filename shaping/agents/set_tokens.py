@@ -23,7 +23,7 @@ takes) also reaches the policy directly, as a bias on the path choice (``current
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,8 @@ class TenantStructure:
     """(len(TENANT_OWN),) int64 into ext."""
     plan_path_index: Array
     """(C, P) int64 into the observation: the one-hot of the path each class takes."""
+    #: The constants and indices as tensors, per device: built once, not at every step.
+    _tensors: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, spec: TenantSpec) -> TenantStructure:
@@ -153,18 +155,18 @@ class TenantStructure:
         if obs.shape[-1] != self.obs_dim:
             raise ValueError(f"observation of length {obs.shape[-1]}, the tenant's layout has {self.obs_dim}")
         obs = obs.float()
-        consts = torch.as_tensor(self.consts, device=obs.device).expand(*obs.shape[:-1], -1)
-        ext = torch.cat([obs, consts], -1)
-
-        def take(index: Array) -> torch.Tensor:
-            return ext[..., torch.as_tensor(index, device=obs.device)]
-
-        on_path = take(self.plan_path_index)
-        path_raw = take(self.path_index)
+        key = str(obs.device)
+        if key not in self._tensors:
+            arrays = (self.consts, self.class_index, self.path_index, self.tenant_index, self.plan_path_index)
+            self._tensors[key] = tuple(torch.as_tensor(a, device=obs.device) for a in arrays)
+        consts, class_index, path_index, tenant_index, plan_path_index = self._tensors[key]
+        ext = torch.cat([obs, consts.expand(*obs.shape[:-1], -1)], -1)
+        on_path = ext[..., plan_path_index]
+        path_raw = ext[..., path_index]
         path_dyn = path_raw[..., : len(PATH_DYNAMIC)]
-        cls_tok = torch.cat([take(self.class_index), on_path @ path_dyn], -1)
+        cls_tok = torch.cat([ext[..., class_index], on_path @ path_dyn], -1)
         path_tok = torch.cat([path_raw, on_path.mean(-2).unsqueeze(-1)], -1)
-        ten_tok = torch.cat([take(self.tenant_index), cls_tok.mean(-2), path_tok.mean(-2)], -1)
+        ten_tok = torch.cat([ext[..., tenant_index], cls_tok.mean(-2), path_tok.mean(-2)], -1)
         return cls_tok, path_tok, ten_tok, on_path
 
     def tokens_numpy(self, obs: Array) -> tuple[Array, Array, Array, Array]:

@@ -204,7 +204,7 @@ def test_binding_maps_flat_actions() -> None:
     assert (binding.flat(per_class, root) == flat).all()
 
 
-def test_ppo_update_on_a_real_env_has_finite_grads_and_lowers_the_loss() -> None:
+def test_ppo_updates_on_a_real_env_have_finite_grads_and_fit_the_values() -> None:
     torch.manual_seed(0)
     env = ShapingVectorEnv(4, load_scenario("default"), tenant="gameco", max_episode_steps=8)
     model = SetActorCritic(SetPolicyConfig(d_model=32, n_heads=4, d_ff=64, d_key=16))
