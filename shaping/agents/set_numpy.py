@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shaping.agents.numpy_actor import NumpyActor
 from shaping.agents.set_policy import LEVEL_FIELDS, AttentionLayer, BoundSetPolicy, SetActorCritic, bind
 from shaping.agents.set_tokens import CLASS_DIM, PATH_DIM, PATH_DYNAMIC, TENANT_DIM
 from shaping.spec import ACTION_FIELDS, TenantSpec
@@ -57,8 +58,10 @@ def _normalize(x: Array, eps: np.float32, avg: Array) -> Array:
     return xc
 
 
-class SetNumpyActor:
-    """A BoundSetPolicy in numpy: masked logits, greedy and sampled actions of raw observations (..., obs_dim).
+class SetNumpyActor(NumpyActor):
+    """A BoundSetPolicy in numpy: masked logits, greedy and sampled actions and their log-probabilities of raw
+    observations (..., obs_dim). It is a NumpyActor of kind "ppo" with its own ``scores``, so everything built
+    on NumpyActor (the control loop's ModelPolicy, through NumpyActor.from_model) runs it unchanged.
 
     The maths is the torch model's, rearranged once at construction: LayerNorm gains and biases are folded
     into the layers after them, the attention scale into the queries, the three token encoders into one
@@ -66,12 +69,15 @@ class SetNumpyActor:
     head of every class is one matmul.
     """
 
-    def __init__(self, bound: BoundSetPolicy) -> None:
+    def __init__(self, bound: BoundSetPolicy) -> None:  # no super().__init__: NumpyActor's is for flat MLPs
         model, binding = bound.model, bound.binding
         cfg = model.config
         st = binding.structure
         self.structure = st
+        self.kind = "ppo"
         self.nvec = binding.nvec
+        self.obs_dim = st.obs_dim
+        self._dims = np.arange(len(self.nvec))
         self.n_classes, self.n_paths = c, p = st.n_classes, st.n_paths
         self._n = 1 + c + p
         d, k, h = cfg.d_model, cfg.d_key, cfg.n_heads
@@ -103,7 +109,7 @@ class SetNumpyActor:
             b1[rows[i], i * d : (i + 1) * d] = eb1
             b2[rows[i]] = eb2
         self._enc = (_f32(w1), _f32(b1), _f32(w2), _f32(b2))
-        self._layers = [self._snapshot_layer(layer, h) for layer in model.layers]
+        self._blocks = [self._snapshot_layer(layer, h) for layer in model.layers]
         # Heads on the final normalized tokens: every level field's logits, the path query (scaled) and key,
         # and the root's logits, as columns of one matrix.
         with torch.no_grad():
@@ -197,7 +203,7 @@ class SetNumpyActor:
         hid = tokens @ w1 + b1
         np.tanh(hid, out=hid)
         x = hid @ w2 + b2
-        for layer in self._layers:
+        for layer in self._blocks:
             x = self._attend(x, layer)
         return x, on_path
 
@@ -229,15 +235,12 @@ class SetNumpyActor:
         value = (np.tanh(pooled @ w1 + b1) @ w2 + b2)[..., 0]
         return self._logits(x, on_path), value
 
-    def act(self, obs: Array | torch.Tensor) -> Array:
-        """(..., D) int64 greedy flat actions."""
-        return self.scores(obs).argmax(-1)
-
-    def sample(self, obs: Array | torch.Tensor, rng: np.random.Generator) -> Array:
-        """(..., D) int64 actions drawn from the masked policy (Gumbel-max; -inf never drawn)."""
-        logits = self.scores(obs)
-        u = np.maximum(rng.random(logits.shape), np.finfo(np.float64).tiny)
-        return (logits - np.log(-np.log(u))).argmax(-1)
+    def normalize(self, obs: Array | torch.Tensor) -> Array:
+        """(..., obs_dim) float32 observations: the set policy reads them as ObservationLayout scales them."""
+        x = np.asarray(obs, dtype=np.float32)
+        if x.shape[-1] != self.obs_dim:
+            raise ValueError(f"observation of length {x.shape[-1]}, the tenant's layout has {self.obs_dim}")
+        return x
 
 
 def benchmark(actor: SetNumpyActor, n: int = 2000, warmup: int = 200, seed: int = 0) -> dict[str, float]:

@@ -216,7 +216,17 @@ class TenantBinding:
 
 class _NoNorm(nn.Module):
     """The set policy's observations are already normalized by ObservationLayout's fixed scales; collect_rollout
-    calls ``obs_norm`` and ``obs_norm.update`` on any agent, so this stands in for RunningNorm."""
+    calls ``obs_norm`` and ``obs_norm.update`` on any agent, so this stands in for RunningNorm. Its empty
+    ``mean`` and ``var`` are there for code that watches a normalizer's statistics (ModelPolicy); they never
+    change."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(0), persistent=False)
+        self.register_buffer("var", torch.ones(0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -227,7 +237,8 @@ class _NoNorm(nn.Module):
 
 class BoundSetPolicy(nn.Module):
     """A SetActorCritic bound to one tenant, with ActorCritic's interface (obs_dim, nvec, obs_norm,
-    masked_logits, get_action_and_value, get_value, act) over the tenant's flat observation and action.
+    masked_logits, get_action_and_value, get_value, act, set_envelope) over the tenant's flat observation
+    and action: the control loop's ModelPolicy runs it as it runs ActorCritic (in numpy, SetNumpyActor).
 
     Its parameters are the shared model's: an optimizer over them trains the model every binding shares.
     """
@@ -242,6 +253,13 @@ class BoundSetPolicy(nn.Module):
         self.nvec = binding.nvec
         self.obs_norm = _NoNorm()
         self._allowed = binding.allowed
+        self.envelope: Envelope = binding.envelope
+
+    def set_envelope(self, envelope: Envelope | None) -> None:
+        """Restrict the policy to an envelope's choices (None: the tenant's build_envelope), as on ActorCritic."""
+        self.binding = TenantBinding(self.binding.spec, envelope)
+        self._allowed = self.binding.allowed
+        self.envelope = self.binding.envelope
 
     def forward_heads(self, nobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., D, width) masked logits and (...,) values of observations (..., obs_dim)."""

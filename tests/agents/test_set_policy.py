@@ -22,7 +22,9 @@ from shaping.agents.set_policy import (
     save_set_policy,
 )
 from shaping.agents.set_tokens import CLASS_DIM, PATH_DIM, TENANT_DIM, TenantStructure
+from shaping.baselines import static_priority_plan
 from shaping.config import PPOConfig
+from shaping.control import ControlLoop, LoopConfig, ModelPolicy, SimBackend
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.vector_env import ShapingVectorEnv
 from shaping.spec import ACTION_FIELDS, ActionLayout, ObservationLayout, TenantSpec, scenario_specs
@@ -247,3 +249,36 @@ def test_benchmark_reports_percentiles(model: SetActorCritic) -> None:
     stats = benchmark(SetNumpyActor(bind(model, make_spec(16, 4))), n=50, warmup=5)
     assert 0 < stats["p50_us"] <= stats["p99_us"] and stats["cpu_p50_us"] > 0
     assert benchmark_layout(2, 1, n=20)["p50_us"] > 0
+
+
+def test_numpy_log_probs_match_torch(model: SetActorCritic) -> None:
+    spec = make_spec(5, 3)
+    agent = bind(model, spec)
+    actor = SetNumpyActor(agent)
+    obs = random_obs(spec, 4, 8)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        action, logprob, _, _ = agent.get_action_and_value(obs)
+    np.testing.assert_allclose(actor.log_prob(obs.numpy(), action.numpy()), logprob.numpy(), rtol=1e-5, atol=1e-4)
+    greedy, lp = actor.act_and_log_prob(obs[0].numpy())
+    with torch.no_grad():
+        _, torch_lp, _, _ = agent.get_action_and_value(obs[:1], torch.as_tensor(greedy)[None])
+    assert lp == pytest.approx(float(torch_lp[0]), abs=1e-4)
+
+
+def test_the_control_loop_runs_it_in_numpy_inside_the_envelope() -> None:
+    torch.manual_seed(0)
+    backend = SimBackend(load_scenario("default"), "gameco", seed=0)
+    spec = backend.spec
+    agent = bind(SetActorCritic(SetPolicyConfig(d_model=32, d_ff=64, d_key=16)), spec)
+    policy = ModelPolicy(agent, spec, epsilon=0.2, deterministic=False, generator=torch.Generator().manual_seed(1))
+    assert isinstance(policy.numpy_actor, SetNumpyActor)
+    loop = ControlLoop(backend, policy, static_priority_plan(spec), config=LoopConfig(realtime=False, deadline_s=2.0))
+    assert loop.run(6) == 6
+    loop.close()
+    layout = ActionLayout(spec)
+    envelope = build_envelope(spec)
+    for record in loop.history:
+        assert record.decision is not None and np.isfinite(record.decision.logprob)
+        assert envelope.contains(torch.as_tensor(record.decision.action)[None]).all()
+        assert layout.decode(record.decision.action) == record.decision.plan
