@@ -135,6 +135,13 @@ def universal_policy(path: str) -> Policy:
     return UniversalPolicy(path)
 
 
+def set_policy(path: str) -> Policy:
+    """A set policy (shaping.agents.set_policy weights) driving every controlled tenant, any classes and paths."""
+    from shaping.agents.policy import SetPolicy  # deferred: shaping.agents.policy imports this module
+
+    return SetPolicy(path)
+
+
 def tuned_static_policy(cache_dir: str) -> Policy:
     """The best constant plan found by search for each scenario it runs on (shaping.tuned), looked up in
     cache_dir ('': shaping.tuned.default_cache_dir()) or tuned there on first use."""
@@ -151,13 +158,14 @@ def adaptive_heuristic_policy(arg: str) -> Policy:
 
 
 #: Policy kinds by name: ``baseline:fifo``, ``ppo:outputs/pretrain/best.pt``, ``dqn:outputs/pretrain/best.pt``,
-#: ``universal:outputs/pretrain_universal/universal.npz``, ``tuned_static`` or ``tuned_static:CACHE_DIR``, and
-#: ``adaptive_heuristic``.
+#: ``universal:outputs/pretrain_universal/universal.npz``, ``set:outputs/set/set_policy.pt``, ``tuned_static`` or
+#: ``tuned_static:CACHE_DIR``, and ``adaptive_heuristic``.
 POLICY_KINDS: dict[str, PolicyFactory] = {
     "baseline": baseline_policy,
     "ppo": ppo_policy,
     "dqn": dqn_policy,
     "universal": universal_policy,
+    "set": set_policy,
     "tuned_static": tuned_static_policy,
     "adaptive_heuristic": adaptive_heuristic_policy,
 }

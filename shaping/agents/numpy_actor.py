@@ -115,10 +115,18 @@ class NumpyActor:
     def from_model(cls, model: nn.Module) -> NumpyActor:
         """Snapshot a model's weights, normalizer and envelope.
 
+        A set policy bound to a tenant (shaping.agents.set_policy.BoundSetPolicy) gives its SetNumpyActor.
+
         Raises:
-            UnsupportedModelError: not exactly an ActorCritic or BranchingQNetwork (a subclass such as
+            UnsupportedModelError: not exactly an ActorCritic, BranchingQNetwork or BoundSetPolicy (a subclass such as
                 SharedActorCritic may compute something else), or layers other than Linear + activation.
         """
+        if getattr(model, "kind", None) == "set":
+            from shaping.agents.set_numpy import SetNumpyActor  # deferred: it subclasses NumpyActor
+            from shaping.agents.set_policy import BoundSetPolicy
+
+            if isinstance(model, BoundSetPolicy):
+                return SetNumpyActor(model)
         if type(model) is ActorCritic:
             layers = _linears(model.actor, nn.Tanh, trailing=False, what="ActorCritic.actor")
             return cls._build(model, "ppo", [_dense(m) for m in layers], _tanh)

@@ -187,3 +187,50 @@ class UniversalPolicy(TrainedPolicyBase):
                 universal = model.act(mapping.observation(view.observe(inp.last)))
                 write_actions(fields, view, mapping.action(universal), inp.tensors)
         return PlanBatch(*fields)
+
+
+class SetPolicy(TrainedPolicyBase):
+    """A set policy (shaping.agents.set_policy, a file of save_set_policy) driving every controlled tenant,
+    greedily, whatever its number of classes and paths: the model is bound to each tenant with that tenant's
+    envelope. At step 0 the controlled tenants run their warm-up plan, as in training.
+
+    Args:
+        path: the weights file.
+        name: name in reports; default ``set:PATH``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
+        from shaping.agents.set_policy import load_set_policy  # deferred: it imports shaping.agents.ppo
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"set policy weights {os.fspath(path)!r} do not exist")
+        self._name = name or f"set:{os.fspath(path)}"
+        self._tenants = None
+        self._model = load_set_policy(self.path)
+        self._key: tuple[ScenarioTensors, tuple[int, ...]] | None = None
+        self._drivers: list[tuple[TenantView, torch.nn.Module]] = []
+        self._base: PlanBatch | None = None
+
+    def _bind(self, st: ScenarioTensors, controlled: tuple[int, ...]) -> None:
+        """The model bound to each controlled tenant (its own token structure, levels and envelope)."""
+        from shaping.agents.set_policy import bind
+
+        model = self._model.to(st.device)
+        self._drivers = [(TenantView.of(st, k), bind(model, st.specs[k])) for k in controlled]
+        self._base = baseline_plans(st, {}, DEFAULT_OTHER_POLICY)
+        self._key = (st, controlled)
+
+    @torch.no_grad()
+    def __call__(self, inp: PolicyInput) -> PlanBatch:
+        """Plans of every environment and tenant: the model's decoded actions for the controlled tenants."""
+        controlled = inp.controlled or tuple(range(inp.tensors.n_tenants))
+        if self._key is None or self._key[0] is not inp.tensors or self._key[1] != controlled:
+            self._bind(inp.tensors, controlled)
+        assert self._base is not None
+        b = int(inp.state.t.shape[0])
+        fields = [x.expand(b, *x.shape[1:]).clone() for x in self._base]
+        if inp.last is not None:
+            for view, agent in self._drivers:
+                write_actions(fields, view, agent.act(view.observe(inp.last)), inp.tensors)  # type: ignore[operator]
+        return PlanBatch(*fields)

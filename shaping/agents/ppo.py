@@ -20,7 +20,7 @@ was taken on, the episode's final observation, supplies the bootstrap value of t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import pairwise
 from typing import NamedTuple, Protocol
 
@@ -55,6 +55,30 @@ class TorchVecEnv(Protocol):
     def num_envs(self) -> int: ...
     def reset_torch(self, *, seed: int | None = None) -> torch.Tensor: ...
     def step_torch(self, actions: torch.Tensor) -> TorchStepLike: ...
+
+
+class ObsNormLike(Protocol):
+    """The normalizer collect_rollout drives (RunningNorm): normalize, and update the statistics."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def update(self, x: torch.Tensor) -> None: ...
+
+
+class PPOAgent(Protocol):
+    """What collect_rollout and ppo_update need of a network: ActorCritic has it, and so does the set policy
+    bound to a tenant (shaping.agents.set_policy.BoundSetPolicy)."""
+
+    @property
+    def obs_dim(self) -> int: ...
+    @property
+    def nvec(self) -> tuple[int, ...]: ...
+    @property
+    def obs_norm(self) -> ObsNormLike: ...
+    def get_action_and_value(
+        self, nobs: torch.Tensor, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def get_value(self, nobs: torch.Tensor) -> torch.Tensor: ...
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
 
 class PPOHyperparams(Protocol):
@@ -189,7 +213,7 @@ class Rollout(NamedTuple):
 @torch.no_grad()
 def collect_rollout(
     env: TorchVecEnv,
-    agent: ActorCritic,
+    agent: PPOAgent,
     next_obs: torch.Tensor,
     num_steps: int,
     *,
@@ -294,7 +318,7 @@ def minibatch_indices(batch_size: int, num_minibatches: int, poisson: bool, devi
 
 
 def ppo_update(
-    agent: ActorCritic,
+    agent: PPOAgent,
     optimizer: torch.optim.Optimizer,
     rollout: Rollout,
     cfg: PPOHyperparams,

@@ -1,0 +1,179 @@
+"""PPO for the set policy: one shared SetActorCritic trained on several tenants of several scenarios at once.
+
+The tenants may differ in classes, paths and action levels: the model is bound to each (BoundSetPolicy)
+and the iterations visit them in turn (one rollout and one update each, round robin), with the steps of
+shaping.agents.ppo (collect_rollout, ppo_update) and the bookkeeping of shaping.agents.train (return
+scaling, seeded resets, evaluation, the CSV log, the wall-clock stop)::
+
+    tasks = [TenantTask("default", "gameco"), TenantTask("single_path", "devops"), TenantTask("datacenter", "search")]
+    result = train_set_ppo(tasks, PPOConfig(total_timesteps=200_000), TrainConfig(), out_dir=Path("outputs/set"))
+    make_policy(f"set:{result.best_path}")  # drives any tenant of any scenario
+
+The best model (by the mean greedy evaluation reward over the tasks) and the last are written with
+save_set_policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from shaping.agents.ppo import collect_rollout, linear_lr, make_optimizer, ppo_update, set_lr
+from shaping.agents.set_policy import BoundSetPolicy, SetActorCritic, SetPolicyConfig, bind, save_set_policy
+from shaping.agents.train import (
+    CSV_FIELDS,
+    EvalResult,
+    ReturnScaler,
+    TrainLogger,
+    evaluate_agent,
+    make_eval_env,
+    reset_envs,
+    wall_clock_spent,
+)
+from shaping.agents.universal import TenantTask
+from shaping.config import PPOConfig, RewardConfig, TrainConfig
+from shaping.sim.scenarios import load_scenario
+from shaping.sim.vector_env import ShapingVectorEnv
+
+
+@dataclass
+class SetTrainResult:
+    """What train_set_ppo produced."""
+
+    model: SetActorCritic
+    """The model after the last iteration."""
+    iterations: int
+    """Iterations run (one rollout of one task each)."""
+    env_steps: int
+    """Environment steps collected over every task."""
+    wall_s: float
+    """Wall-clock time of the loop, seconds."""
+    best_eval: EvalResult | None
+    """The best evaluation, means over the tasks; None if none ran."""
+    evals: dict[str, EvalResult] = field(default_factory=dict)
+    """Each task's evaluation at the best one, by TenantTask.name."""
+    best_path: Path | None = None
+    """The best model (out_dir/best.pt)."""
+    last_path: Path | None = None
+    """The model after the last iteration (out_dir/last.pt)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One dict per iteration, the CSV rows."""
+
+
+def _mean_eval(evals: Sequence[EvalResult]) -> EvalResult:
+    keys = vars(evals[0])
+    return EvalResult(**{k: sum(getattr(e, k) for e in evals) / len(evals) for k in keys})
+
+
+def evaluate_tasks(
+    envs: Sequence[ShapingVectorEnv], agents: Sequence[BoundSetPolicy], tasks: Sequence[TenantTask], train: TrainConfig
+) -> dict[str, EvalResult]:
+    """Greedy evaluation of the bound model on each task's evaluation batch."""
+    out = {}
+    for env, agent, task in zip(envs, agents, tasks, strict=True):
+        agent.eval()
+        out[task.name] = evaluate_agent(env, agent, train.eval_steps, train.eval_seed)
+    return out
+
+
+def train_set_ppo(
+    tasks: Sequence[TenantTask],
+    cfg: PPOConfig,
+    train: TrainConfig | None = None,
+    *,
+    model_config: SetPolicyConfig | None = None,
+    model: SetActorCritic | None = None,
+    reward: RewardConfig | None = None,
+    out_dir: Path | None = None,
+) -> SetTrainResult:
+    """Train one set policy on several tenants (each on its scenario, the other tenants on their baselines).
+
+    Args:
+        tasks: the tenants, each with its scenario and its batch size (num_envs).
+        cfg: PPO hyperparameters; about total_timesteps steps are collected over all tasks.
+        train: the loop's settings (seeds, evaluation, logging; num_envs comes from the tasks); None: defaults.
+        model_config: sizes of a new model; ignored when ``model`` is given.
+        model: a model to go on training (e.g. from load_set_policy).
+        reward: reward weights; None: RewardConfig defaults.
+        out_dir: where train.csv, tensorboard/, best.pt and last.pt go; None: nothing is written.
+    """
+    if not tasks:
+        raise ValueError("train_set_ppo needs at least one task")
+    train = train or TrainConfig()
+    weights = reward or RewardConfig()
+    torch.manual_seed(train.seed)
+    scenarios = [load_scenario(t.scenario) for t in tasks]
+    envs = [
+        ShapingVectorEnv(t.num_envs, sc, tenant=t.tenant, reward=weights, device=train.device,
+                         max_episode_steps=train.episode_steps)
+        for t, sc in zip(tasks, scenarios, strict=True)
+    ]  # fmt: skip
+    eval_envs = [
+        make_eval_env([sc], t.tenant, weights, train, env.max_episode_steps)
+        for t, sc, env in zip(tasks, scenarios, envs, strict=True)
+    ]
+    net = (model or SetActorCritic(model_config)).to(envs[0].device)
+    agents = [bind(net, env.view.observation.spec) for env in envs]
+    optimizer = make_optimizer(net, cfg.learning_rate)
+    mean_batch = sum(env.num_envs for env in envs) * cfg.num_steps / len(envs)
+    num_iterations = max(1, round(cfg.total_timesteps / mean_batch))
+    next_obs = reset_envs(envs, train)
+    scalers = [ReturnScaler(env.num_envs, cfg.gamma, env.device) for env in envs] if train.norm_reward else None
+    logger = TrainLogger(out_dir, train.tensorboard, CSV_FIELDS)
+    best: EvalResult | None = None
+    best_evals: dict[str, EvalResult] = {}
+    best_path = out_dir / "best.pt" if out_dir is not None else None
+    start = time.perf_counter()
+    env_steps = iteration = 0
+    bar = tqdm(total=num_iterations, disable=not train.progress, unit="it", desc="set-ppo")
+    try:
+        for iteration in range(1, num_iterations + 1):
+            k = (iteration - 1) % len(envs)
+            if cfg.anneal_lr:
+                set_lr(optimizer, linear_lr(cfg.learning_rate, iteration, num_iterations))
+            net.train()
+            rollout, next_obs[k] = collect_rollout(envs[k], agents[k], next_obs[k], cfg.num_steps)
+            raw_reward = float(rollout.rewards[rollout.valid].mean())
+            if scalers is not None:
+                rollout = scalers[k](rollout)
+            stats = ppo_update(agents[k], optimizer, rollout, cfg)
+            env_steps += envs[k].num_envs * cfg.num_steps
+            wall_s = time.perf_counter() - start
+            row: dict[str, Any] = {
+                "iteration": iteration, "env_steps": env_steps, "wall_s": wall_s, "scenario": tasks[k].name,
+                "rollout_reward": raw_reward, "reward_scale": scalers[k].scale if scalers is not None else 1.0,
+                **{key: stats[key] for key in CSV_FIELDS if key in stats},
+            }  # fmt: skip
+            over = wall_clock_spent(train, wall_s, iteration, num_iterations, "set-policy training")
+            if (train.eval_every and iteration % train.eval_every == 0) or over or iteration == num_iterations:
+                evals = evaluate_tasks(eval_envs, agents, tasks, train)
+                ev = _mean_eval(list(evals.values()))
+                row.update({f"eval_{key}": value for key, value in vars(ev).items()})
+                if best is None or ev.reward > best.reward:
+                    best, best_evals = ev, evals
+                    if best_path is not None:
+                        save_set_policy(best_path, net, {"tasks": [t.name for t in tasks], "iteration": iteration,
+                                                         "env_steps": env_steps, "eval_reward": ev.reward})  # fmt: skip
+            logger.log(row)
+            bar.update(1)
+            if over:
+                break
+    finally:
+        bar.close()
+        logger.close()
+    net.eval()
+    last_path = None
+    if out_dir is not None:
+        extra = {"tasks": [t.name for t in tasks], "iteration": iteration, "env_steps": env_steps}
+        last_path = save_set_policy(out_dir / "last.pt", net, extra)
+    return SetTrainResult(
+        model=net, iterations=iteration, env_steps=env_steps, wall_s=time.perf_counter() - start, best_eval=best,
+        evals=best_evals, best_path=best_path if best is not None else None, last_path=last_path,
+        history=logger.rows,
+    )  # fmt: skip
