@@ -59,28 +59,11 @@ def bench_rules(tenant: str, index: int = 0) -> RuleSet:
     return RuleSet(tenant=tenant, cap_mbps=100.0, entities=ents, classes=classes)
 
 
-class Service:
-    """`fedshape serve` in a subprocess on an ephemeral loopback port."""
+class Endpoint:
+    """A running service's address, and its PKI directory under mTLS (None: plaintext loopback)."""
 
-    def __init__(self, directory: Path, tls: bool, workers: int) -> None:
-        self.tls_dir = directory / "pki" if tls else None
-        argv = [sys.executable, "-m", "shaping.cli", "serve", "--db", str(directory / "bench.db"), "--listen",
-                "127.0.0.1:0", "--workers", str(workers)]
-        if self.tls_dir is not None:
-            from shaping import pki
-
-            ca = pki.new_ca()
-            pki.write_credentials(self.tls_dir, "ca", ca)
-            pki.write_credentials(self.tls_dir, "server", pki.issue_server(ca, ["127.0.0.1"]))
-            argv += ["--pki", str(self.tls_dir)]
-        else:
-            argv += ["--insecure-loopback"]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "serving on" not in line:
-            raise RuntimeError(f"service did not start: {line!r}")
-        self.target = line.split("serving on ")[1].split()[0]
+    def __init__(self, target: str, tls_dir: Path | None) -> None:
+        self.target, self.tls_dir = target, tls_dir
 
     def channel(self, identity: str) -> grpc.aio.Channel:
         """An aio channel speaking as `identity` (role/name)."""
@@ -101,6 +84,35 @@ class Service:
     def metadata(self, identity: str) -> tuple[tuple[str, str], ...]:
         """Identity header for the plaintext loopback server (ignored under mTLS)."""
         return ((IDENTITY_HEADER, identity),) if self.tls_dir is None else ()
+
+
+class Service(Endpoint):
+    """`fedshape serve` in a subprocess on an ephemeral loopback port."""
+
+    def __init__(self, directory: Path, tls: bool, workers: int, db: Path | None = None) -> None:
+        self.tls_dir = directory / "pki" if tls else None
+        argv = [sys.executable, "-m", "shaping.cli", "serve", "--db", str(db or directory / "bench.db"), "--listen",
+                "127.0.0.1:0", "--workers", str(workers)]
+        if self.tls_dir is not None:
+            from shaping import pki
+
+            ca = pki.new_ca()
+            pki.write_credentials(self.tls_dir, "ca", ca)
+            pki.write_credentials(self.tls_dir, "server", pki.issue_server(ca, ["127.0.0.1"]))
+            argv += ["--pki", str(self.tls_dir)]
+        else:
+            argv += ["--insecure-loopback"]
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "serving on" not in line:
+            raise RuntimeError(f"service did not start: {line!r}")
+        super().__init__(line.split("serving on ")[1].split()[0], self.tls_dir)
+
+    def kill(self) -> None:
+        """SIGKILL and wait: the process gets no chance to flush or close anything."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
 
     def stop(self) -> None:
         """SIGTERM and wait."""
