@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -65,6 +65,44 @@ class TrainedPolicyBase:
     def aqm(self) -> bool:
         """No CoDel on the leaves: in training the controlled tenants never run it (nor static_priority)."""
         return False
+
+
+#: Turns one tenant's observation (a batch) into its flat actions in the tenant's own layout.
+TenantActor = Callable[[torch.Tensor], torch.Tensor]
+
+
+class PerTenantModelPolicy(TrainedPolicyBase):
+    """A model bound to each controlled tenant on first sight of a scenario (``_actors``), run greedily on that
+    tenant's observation every step; the other rows keep the warm-up plan (the evaluation overwrites the
+    neighbours' rows), and at step 0, with nothing measured yet, the controlled tenants run it too."""
+
+    _key: tuple[ScenarioTensors, tuple[int, ...]] | None = None
+    _drivers: list[tuple[TenantView, TenantActor]]
+    _base: PlanBatch | None = None
+
+    def _actors(self, st: ScenarioTensors, controlled: tuple[int, ...]) -> list[TenantActor]:
+        """One actor per controlled tenant, in `controlled` order."""
+        raise NotImplementedError
+
+    def _bind(self, st: ScenarioTensors, controlled: tuple[int, ...]) -> None:
+        actors = self._actors(st, controlled)
+        self._drivers = [(TenantView.of(st, k), act) for k, act in zip(controlled, actors, strict=True)]
+        self._base = baseline_plans(st, {}, DEFAULT_OTHER_POLICY)
+        self._key = (st, controlled)
+
+    @torch.no_grad()
+    def __call__(self, inp: PolicyInput) -> PlanBatch:
+        """Plans of every environment and tenant: the model's decoded actions for the controlled tenants."""
+        controlled = inp.controlled or tuple(range(inp.tensors.n_tenants))
+        if self._key is None or self._key[0] is not inp.tensors or self._key[1] != controlled:
+            self._bind(inp.tensors, controlled)
+        assert self._base is not None
+        b = int(inp.state.t.shape[0])
+        fields = [x.expand(b, *x.shape[1:]).clone() for x in self._base]
+        if inp.last is not None:
+            for view, act in self._drivers:
+                write_actions(fields, view, act(view.observe(inp.last)), inp.tensors)
+        return PlanBatch(*fields)
 
 
 class AgentPolicy(TrainedPolicyBase):
@@ -124,7 +162,12 @@ class AgentPolicy(TrainedPolicyBase):
         return PlanBatch(*fields)
 
 
-class UniversalPolicy(TrainedPolicyBase):
+def _through_layout(mapping: TenantMapping, model: ActorCritic) -> TenantActor:
+    """A universal-layout model as one tenant's actor: its observation mapped in, the actions mapped back."""
+    return lambda obs: mapping.action(model.act(mapping.observation(obs)))
+
+
+class UniversalPolicy(PerTenantModelPolicy):
     """The federation's universal model (a weights file of experiments.pretrain_universal or a federated round)
     driving every controlled tenant through its mapping into the universal layout, greedily.
 
@@ -154,42 +197,23 @@ class UniversalPolicy(TrainedPolicyBase):
         self.layout = layout or UniversalLayout()
         self.hidden_sizes = tuple(meta.get("hidden_sizes", hidden_sizes))
         self._weights = load_weights(self.path)
-        self._key: tuple[ScenarioTensors, tuple[int, ...]] | None = None
-        self._drivers: list[tuple[TenantView, TenantMapping, ActorCritic]] = []
-        self._base: PlanBatch | None = None
+        self._drivers = []
 
-    def _bind(self, st: ScenarioTensors, controlled: tuple[int, ...]) -> None:
+    def _actors(self, st: ScenarioTensors, controlled: tuple[int, ...]) -> list[TenantActor]:
         """One model copy per controlled tenant, masked by that tenant's envelope in the universal layout."""
         model = make_model(self.layout, self.hidden_sizes)
         set_weights(model, self._weights)
         model.eval()
-        self._drivers = []
+        actors: list[TenantActor] = []
         for k in controlled:
             mapping = tenant_mapping(st.specs[k], self.layout)
             own = copy.deepcopy(model).to(st.device)
             own.set_envelope(mapping.envelope)
-            self._drivers.append((TenantView.of(st, k), mapping, own))
-        # The warm-up plan of the controlled tenants (the evaluation overwrites the neighbours' rows).
-        self._base = baseline_plans(st, {}, DEFAULT_OTHER_POLICY)
-        self._key = (st, controlled)
-
-    @torch.no_grad()
-    def __call__(self, inp: PolicyInput) -> PlanBatch:
-        """Plans of every environment and tenant: the model's decoded actions for the controlled tenants."""
-        controlled = inp.controlled or tuple(range(inp.tensors.n_tenants))
-        if self._key is None or self._key[0] is not inp.tensors or self._key[1] != controlled:
-            self._bind(inp.tensors, controlled)
-        assert self._base is not None
-        b = int(inp.state.t.shape[0])
-        fields = [x.expand(b, *x.shape[1:]).clone() for x in self._base]
-        if inp.last is not None:
-            for view, mapping, model in self._drivers:
-                universal = model.act(mapping.observation(view.observe(inp.last)))
-                write_actions(fields, view, mapping.action(universal), inp.tensors)
-        return PlanBatch(*fields)
+            actors.append(_through_layout(mapping, own))
+        return actors
 
 
-class SetPolicy(TrainedPolicyBase):
+class SetPolicy(PerTenantModelPolicy):
     """A set policy (shaping.agents.set_policy, a file of save_set_policy) driving every controlled tenant,
     greedily, whatever its number of classes and paths: the model is bound to each tenant with that tenant's
     envelope. At step 0 the controlled tenants run their warm-up plan, as in training.
@@ -208,29 +232,11 @@ class SetPolicy(TrainedPolicyBase):
         self._name = name or f"set:{os.fspath(path)}"
         self._tenants = None
         self._model = load_set_policy(self.path)
-        self._key: tuple[ScenarioTensors, tuple[int, ...]] | None = None
-        self._drivers: list[tuple[TenantView, torch.nn.Module]] = []
-        self._base: PlanBatch | None = None
+        self._drivers = []
 
-    def _bind(self, st: ScenarioTensors, controlled: tuple[int, ...]) -> None:
+    def _actors(self, st: ScenarioTensors, controlled: tuple[int, ...]) -> list[TenantActor]:
         """The model bound to each controlled tenant (its own token structure, levels and envelope)."""
         from shaping.agents.set_policy import bind
 
         model = self._model.to(st.device)
-        self._drivers = [(TenantView.of(st, k), bind(model, st.specs[k])) for k in controlled]
-        self._base = baseline_plans(st, {}, DEFAULT_OTHER_POLICY)
-        self._key = (st, controlled)
-
-    @torch.no_grad()
-    def __call__(self, inp: PolicyInput) -> PlanBatch:
-        """Plans of every environment and tenant: the model's decoded actions for the controlled tenants."""
-        controlled = inp.controlled or tuple(range(inp.tensors.n_tenants))
-        if self._key is None or self._key[0] is not inp.tensors or self._key[1] != controlled:
-            self._bind(inp.tensors, controlled)
-        assert self._base is not None
-        b = int(inp.state.t.shape[0])
-        fields = [x.expand(b, *x.shape[1:]).clone() for x in self._base]
-        if inp.last is not None:
-            for view, agent in self._drivers:
-                write_actions(fields, view, agent.act(view.observe(inp.last)), inp.tensors)  # type: ignore[operator]
-        return PlanBatch(*fields)
+        return [bind(model, st.specs[k]).act for k in controlled]
