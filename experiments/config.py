@@ -26,6 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from shaping.checks import above, at_least, check_privacy, check_tree, one_line, within
+from shaping.sim.scenarios import ScenarioFileError, UnknownScenarioError
 from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
 
 T = TypeVar("T")
@@ -60,7 +61,8 @@ def to_typed(cfg: DictConfig, schema: type[T]) -> T:
 
 
 def exits_2_on_config_error(main: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
-    """Wrap a Hydra task function: a ConfigError prints ``PROG: config error: ...`` on stderr and exits 2.
+    """Wrap a Hydra task function: a ConfigError prints ``PROG: config error: ...`` on stderr and exits 2, and
+    so does a scenario the command line names that does not exist or does not load (ScenarioFileError).
 
     SystemExit is not an Exception, so Hydra (1.3) lets it through instead of printing a traceback.
     """
@@ -69,8 +71,8 @@ def exits_2_on_config_error(main: Callable[[DictConfig], T]) -> Callable[[DictCo
     def run(cfg: DictConfig) -> T:
         try:
             return main(cfg)
-        except ConfigError as err:
-            print(f"{Path(sys.argv[0]).stem}: config error: {err}", file=sys.stderr, flush=True)
+        except (ConfigError, ScenarioFileError, UnknownScenarioError) as err:
+            print(f"{Path(sys.argv[0]).stem}: config error: {one_line(err)}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
     return run
@@ -347,6 +349,20 @@ class SearchConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """tuned_static's validation: the search's winner against the baselines on fresh seeds
+    (shaping.tuned.ValidationSettings; not part of the cache key)."""
+
+    seeds: int = 16
+    """Validation environments per candidate; 0: keep the search's winner unvalidated."""
+    seed: int = 2_000_000
+    """Base seed of the validation environments (distinct from search.seed and the evaluations' 0)."""
+
+    def __post_init__(self) -> None:
+        at_least("validation", self, 0, "seeds")
+
+
+@dataclass
 class TuneStaticConfig:
     """Primary config of experiments.tune_static: tune tuned_static's plans and write them to the cache."""
 
@@ -362,6 +378,8 @@ class TuneStaticConfig:
     """Reward weights of the tie-break."""
     search: SearchConfig = field(default_factory=SearchConfig)
     """Budget and protocol of the search."""
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    """The validation of the search's winner."""
     cache_dir: str | None = None
     """Cache directory; None: conf/tuned_static/ (shaping.tuned.default_cache_dir)."""
     retune: bool = False

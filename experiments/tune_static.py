@@ -2,7 +2,8 @@
 
 For each scenario (the composed `scenario`, or each of `scenarios`) it loads the cached result (shaping.tuned
 load_or_tune: reused only when its key and a re-run on the training seeds still match) or runs the search, and
-prints one line: tuned_static's SLA violation rate on the training seeds against every static baseline's.
+prints one line: the search's SLA violation rate on the training seeds against every static baseline's, and
+which plan the validation on fresh seeds kept (shaping.tuned.validation).
 
     python -m experiments.tune_static scenario=edge_gaming
     python -m experiments.tune_static scenario=default scenario.controlled=[gameco] search.steps=300
@@ -21,7 +22,8 @@ from experiments.config import TuneStaticConfig, exits_2_on_config_error, regist
 from shaping.config import ScenarioConfig
 from shaping.sim.scenarios import load_scenario
 from shaping.tuned import TunedPlan, TuneSettings, cache_key, default_cache_dir, load_or_tune, lookup
-from shaping.tuned.cache import cache_path
+from shaping.tuned.cache import cache_path, ensure_validated
+from shaping.tuned.validation import ValidationSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,33 +37,50 @@ def settings_of(cfg: TuneStaticConfig) -> TuneSettings:
     )  # fmt: skip
 
 
+def validation_of(cfg: TuneStaticConfig) -> ValidationSettings:
+    """The validation settings a config asks for."""
+    return ValidationSettings(seeds=cfg.validation.seeds, seed=cfg.validation.seed)
+
+
 def summary_line(tuned: TunedPlan, cached: bool, path: Path) -> str:
-    """One line: tuned_static against every baseline on the training seeds, the search's size and time, the
-    cache file."""
+    """One line: the plan tuned_static keeps; the search's winner against every baseline on the training seeds;
+    the validation's scores; the search's size and time; the cache file."""
     s = tuned.settings
     base = ", ".join(f"{n} {b.sla_violation_rate:.4f}" for n, b in tuned.baselines.items())
     how = "cached" if cached else "tuned"
+    v = tuned.validation
+    if v is None:
+        checked = "not validated"
+    else:
+        runner_up = min((n for n in v.scores if n != v.winner), key=lambda n: (v.scores[n][0], -v.scores[n][1]))
+        checked = (
+            f"on {v.settings.seeds} validation seeds {v.winner} {v.scores[v.winner][0]:.4f} vs next best "
+            f"{runner_up} {v.scores[runner_up][0]:.4f}"
+        )
     return (
-        f"{tuned.scenario} [{','.join(tuned.controlled)}]: tuned_static {tuned.sla_violation_rate:.4f} "
-        f"({tuned.source}, CoDel {'on' if tuned.aqm else 'off'}) vs {base}; SLA violation rate on {s.seeds} "
-        f"training seeds x {tuned.steps} steps; {how}: {tuned.evaluations} candidates in "
-        f"{tuned.wall_s:.0f} s; {path}"
+        f"{tuned.scenario} [{','.join(tuned.controlled)}]: tuned_static keeps {tuned.final_source} "
+        f"(CoDel {'on' if tuned.final_aqm else 'off'}); search {tuned.sla_violation_rate:.4f} ({tuned.source}) "
+        f"vs {base}, SLA violation rate on {s.seeds} training seeds x {tuned.steps} steps; {checked}; "
+        f"{how}: {tuned.evaluations} candidates in {tuned.wall_s:.0f} s; {path}"
     )
 
 
 def run_tune_static(cfg: TuneStaticConfig) -> list[TunedPlan]:
     """Load or tune every scenario of cfg, print a summary line each, and return the results."""
     scenarios: list[ScenarioConfig] = [load_scenario(n) for n in cfg.scenarios] if cfg.scenarios else [cfg.scenario]
-    settings = settings_of(cfg)
+    settings, validation = settings_of(cfg), validation_of(cfg)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     out = []
     for scenario in scenarios:
         hit = None if cfg.retune else lookup(cache_dir, scenario, settings, cfg.controlled, device=cfg.env.device,
                                              verify=cfg.verify)  # fmt: skip
-        tuned = hit or load_or_tune(
-            scenario, settings, cache_dir=cache_dir, controlled=cfg.controlled, device=cfg.env.device,
-            progress=cfg.progress, retune=True,
-        )  # fmt: skip
+        if hit is not None:
+            tuned = ensure_validated(cache_dir, scenario, hit, validation, device=cfg.env.device, verify=cfg.verify)
+        else:
+            tuned = load_or_tune(
+                scenario, settings, cache_dir=cache_dir, controlled=cfg.controlled, device=cfg.env.device,
+                progress=cfg.progress, retune=True, validation=validation,
+            )  # fmt: skip
         path = cache_path(cache_dir, scenario, cache_key(scenario, list(tuned.controlled), settings))
         print(summary_line(tuned, hit is not None, path), flush=True)
         out.append(tuned)

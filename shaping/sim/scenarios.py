@@ -21,6 +21,10 @@ class ScenarioFileError(ValueError):
     """A scenario file that is not YAML, or whose content does not fit the ScenarioConfig schema."""
 
 
+class UnknownScenarioError(FileNotFoundError):
+    """No scenario of that name in conf/scenario, and no such file."""
+
+
 #: Environment variable naming a conf/ directory to use instead of the repository's.
 CONF_ENV = "FEDSHAPE_CONF"
 
@@ -51,14 +55,14 @@ def load_scenario(name: str = "default") -> ScenarioConfig:
     """Load a scenario by name (conf/scenario/NAME.yaml) or by path to a YAML file.
 
     Raises:
-        FileNotFoundError: no such scenario or file.
+        UnknownScenarioError: no such scenario or file (a FileNotFoundError).
         ScenarioFileError: the file is not YAML or does not fit the schema (a one-line message).
     """
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = conf_dir() / "scenario" / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"unknown scenario {name!r}; available: {available_scenarios()}")
+        raise UnknownScenarioError(f"unknown scenario {name!r}; available: {available_scenarios()}")
     try:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         return scenario_from_dict(cast(dict[str, Any], data))

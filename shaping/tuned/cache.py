@@ -10,8 +10,12 @@ an older config keep their own file; nothing reads them again.
 
 File contents: the plans (per controlled tenant, its flat action and its ShapingPlan), the CoDel flag,
 where the winner came from, the fingerprints, the objective on the training seeds and every baseline's,
-the settings and budget, the library and version. The project commits its entries in conf/tuned_static/
-(the hand-written scenarios' and the held-out suite's, which the benchmark reads).
+the settings and budget, the library and version; and the validation (shaping.tuned.validation: its
+settings, every candidate's score on the validation seeds, the pick and its plans). The validation is not
+part of the key: an entry whose validation is missing or ran under other settings is validated again (a few
+seconds) and rewritten, its search reused; with verify=True the pick is re-run on the validation seeds too.
+The project commits its entries in conf/tuned_static/ (the hand-written scenarios' and the held-out suite's,
+which the benchmark reads).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from shaping.sim.scenarios import conf_dir
 from shaping.spec import SPEC_VERSION, ClassShaping, ShapingPlan, scenario_specs
 from shaping.tuned.objective import CandidateEvaluator
 from shaping.tuned.search import BaselineScore, TunedPlan, TuneSettings, tune_static
+from shaping.tuned.validation import Validation, ValidationSettings
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +99,42 @@ def to_json(tuned: TunedPlan, key: str) -> dict[str, Any]:
         "budget": {"evaluations": tuned.evaluations, "env_steps": tuned.env_steps},
         "library": tuned.library,
         "wall_s": round(tuned.wall_s, 2),
+        **({"validation": _validation_json(tuned.validation)} if tuned.validation is not None else {}),
     }
+
+
+def _validation_json(v: Validation) -> dict[str, Any]:
+    return {
+        "seeds": v.settings.seeds,
+        "seed": v.settings.seed,
+        "steps": v.steps,
+        "winner": v.winner,
+        "aqm": v.aqm,
+        "scores": {n: {"sla_violation_rate": r, "mean_reward": w} for n, (r, w) in v.scores.items()},
+        "plans": {p.tenant: asdict(p) for p in v.plans},
+    }
+
+
+def _plans_from_json(plans: dict[str, Any], names: Sequence[str]) -> tuple[ShapingPlan, ...]:
+    return tuple(
+        ShapingPlan(
+            tenant=plans[n]["tenant"],
+            classes=tuple(ClassShaping(**c) for c in plans[n]["classes"]),
+            root_mbps=plans[n]["root_mbps"],
+        )
+        for n in names
+    )
+
+
+def _validation_from_json(doc: dict[str, Any], names: Sequence[str]) -> Validation:
+    return Validation(
+        settings=ValidationSettings(seeds=doc["seeds"], seed=doc["seed"]),
+        steps=doc["steps"],
+        scores={n: (s["sla_violation_rate"], s["mean_reward"]) for n, s in doc["scores"].items()},
+        winner=doc["winner"],
+        plans=_plans_from_json(doc["plans"], names),
+        aqm=bool(doc["aqm"]),
+    )
 
 
 def from_json(doc: dict[str, Any]) -> TunedPlan:
@@ -102,14 +142,7 @@ def from_json(doc: dict[str, Any]) -> TunedPlan:
     names = tuple(doc["controlled"])
     raw = dict(doc["settings"])
     settings = TuneSettings(**{**raw, "aqm": tuple(raw["aqm"]), "reward": RewardConfig(**raw["reward"])})
-    plans = tuple(
-        ShapingPlan(
-            tenant=doc["plans"][n]["tenant"],
-            classes=tuple(ClassShaping(**c) for c in doc["plans"][n]["classes"]),
-            root_mbps=doc["plans"][n]["root_mbps"],
-        )
-        for n in names
-    )
+    plans = _plans_from_json(doc["plans"], names)
     return TunedPlan(
         scenario=doc["scenario"],
         controlled=names,
@@ -127,6 +160,7 @@ def from_json(doc: dict[str, Any]) -> TunedPlan:
         steps=doc["training"]["steps"],
         library=doc["library"],
         wall_s=doc.get("wall_s", 0.0),
+        validation=_validation_from_json(doc["validation"], names) if "validation" in doc else None,
     )
 
 
@@ -176,6 +210,51 @@ def reevaluation_reason(scenario: ScenarioConfig, tuned: TunedPlan, device: str 
     return None
 
 
+def validation_reason(
+    scenario: ScenarioConfig, tuned: TunedPlan, settings: ValidationSettings, device: str = "cpu", verify: bool = True
+) -> str | None:
+    """Why a cached entry must be validated again under settings (missing, other settings, or with verify its
+    pick no longer scores what it recorded on the validation seeds); None when its validation holds."""
+    v = tuned.validation
+    if settings.seeds == 0:
+        return None if v is None else "validation is off"
+    if v is None:
+        return "it has no validation"
+    if v.settings != settings or v.steps != tuned.steps:
+        was, now = v.settings, settings
+        return f"it was validated on {was.seeds} seeds from {was.seed}, not {now.seeds} from {now.seed}"
+    if not verify:
+        return None
+    indices = resolve_controlled_indices(scenario, list(tuned.controlled))
+    ev = CandidateEvaluator(scenario, indices, settings.seeds, v.steps, settings.seed, tuned.settings.reward, device)
+    rate = float(ev.evaluate(ev.from_plans([v.plans]), v.aqm).sla_violation_rate[0])
+    recorded = v.scores[v.winner][0]
+    if abs(rate - recorded) > VERIFY_TOLERANCE:
+        return f"its pick now scores {rate:.4f} on the validation seeds, it recorded {recorded:.4f}"
+    return None
+
+
+def ensure_validated(
+    cache_dir: Path,
+    scenario: ScenarioConfig,
+    tuned: TunedPlan,
+    settings: ValidationSettings,
+    *,
+    device: str = "cpu",
+    verify: bool = True,
+) -> TunedPlan:
+    """A cached entry validated under settings: as it is when its validation holds (validation_reason), else
+    validated again and rewritten in its file (the search is reused)."""
+    reason = validation_reason(scenario, tuned, settings, device, verify)
+    if reason is None:
+        return tuned
+    log.info("tuned_static: validating %s again: %s", scenario.name, reason)
+    out = tuned.validated(scenario, settings, device)
+    key = cache_key(scenario, list(tuned.controlled), tuned.settings)
+    save(cache_path(cache_dir, scenario, key), out, key)
+    return out
+
+
 def lookup(
     cache_dir: Path,
     scenario: ScenarioConfig,
@@ -209,8 +288,9 @@ def load_or_tune(
     progress: bool = False,
     verify: bool = True,
     retune: bool = False,
+    validation: ValidationSettings | None = None,
 ) -> TunedPlan:
-    """The scenario's tuned plan from the cache, or tuned (tune_static) and written there.
+    """The scenario's tuned and validated plan from the cache, or tuned (tune_static) and written there.
 
     Args:
         scenario: the scenario.
@@ -221,15 +301,18 @@ def load_or_tune(
         progress: show the search's progress bar.
         verify: re-run a cached entry on the training seeds before reusing it (a few seconds).
         retune: tune even when a valid entry exists, and overwrite it.
+        validation: the validation's settings; None: ValidationSettings(). A cached search validated under
+            others is validated again (ensure_validated), not tuned again.
     """
     s = settings if settings is not None else TuneSettings()
+    v = validation if validation is not None else ValidationSettings()
     root = cache_dir if cache_dir is not None else default_cache_dir()
     names = [scenario.tenants[i].name for i in resolve_controlled_indices(scenario, controlled)]
     if not retune:
         hit = lookup(root, scenario, s, names, device=device, verify=verify)
         if hit is not None:
-            return hit
-    tuned = tune_static(scenario, s, controlled=names, device=device, progress=progress)
+            return ensure_validated(root, scenario, hit, v, device=device, verify=verify)
+    tuned = tune_static(scenario, s, controlled=names, device=device, progress=progress, validation=v)
     key = cache_key(scenario, names, s)
     save(cache_path(root, scenario, key), tuned, key)
     return tuned

@@ -21,6 +21,7 @@ from shaping.spec import PlanBatch, stack_plans
 from shaping.tuned.cache import cache_key, load_or_tune
 from shaping.tuned.objective import place
 from shaping.tuned.search import TunedPlan, TuneSettings
+from shaping.tuned.validation import ValidationSettings
 
 #: Name of the policy in reports.
 POLICY_NAME = "tuned_static"
@@ -39,7 +40,7 @@ class TunedPlanPolicy:
     @property
     def aqm(self) -> bool:
         """The tuned CoDel choice of the controlled tenants' leaves."""
-        return self.tuned.aqm
+        return self.tuned.final_aqm
 
     @property
     def tenants(self) -> tuple[str, ...]:
@@ -55,7 +56,7 @@ class TunedPlanPolicy:
             if [t.name for t in self.scenario.tenants] != names:
                 raise ValueError(f"tuned_static was bound to {self.scenario.name!r}, not to tenants {names}")
             base, _ = neighbour_plans(st, self.scenario, b)
-            mine = stack_plans([list(self.tuned.plans)], st.n_classes, st.device)
+            mine = stack_plans([list(self.tuned.final_plans)], st.n_classes, st.device)
             idx = torch.tensor([names.index(n) for n in self.tuned.controlled], device=st.device)
             self._plans = place(base, PlanBatch(*(x.expand(b, *x.shape[1:]) for x in mine)), idx)
             self._key = (inp.tensors, b)
@@ -69,12 +70,14 @@ class TunedStaticPolicy:
     Args:
         cache_dir: the cache directory (shaping.tuned.cache).
         settings: the search settings (part of the cache key).
+        validation: the validation's settings (shaping.tuned.validation).
         device: torch device of the search and of the cache's verification.
         progress: show the search's progress bar when a scenario is tuned.
     """
 
     cache_dir: Path
     settings: TuneSettings = field(default_factory=TuneSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
     device: str = "cpu"
     progress: bool = False
     name: str = POLICY_NAME
@@ -91,7 +94,7 @@ class TunedStaticPolicy:
         if key not in self._bound:
             tuned = load_or_tune(
                 scenario, self.settings, cache_dir=self.cache_dir, controlled=controlled, device=self.device,
-                progress=self.progress,
+                progress=self.progress, validation=self.validation,
             )  # fmt: skip
             self._bound[key] = TunedPlanPolicy(tuned, scenario, name=self.name)
         return self._bound[key]

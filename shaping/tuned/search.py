@@ -16,6 +16,8 @@ Protocol, in order:
    rounds of steepest descent over single-choice changes of the best grid candidate polish the result.
 3. The best candidate ever evaluated wins: lowest violation rate, then highest reward. The baselines' own
    plans are candidates too, so the result is never worse than a baseline on the training seeds.
+4. The winner and every baseline's own plans run on validation seeds (shaping.tuned.validation); the best
+   of them there is the plan tuned_static runs (TunedPlan.final_plans), so an overfit winner gives way.
 
 Training seeds: Simulator seed settings.seed (TRAIN_SEED, 1_000_000, by default), never the evaluation's
 seeds (evaluate_policy and the benchmark start at seed 0). Everything is deterministic given settings.seed:
@@ -25,6 +27,7 @@ decision depends on wall time.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ from shaping.evaluation import resolve_controlled_indices
 from shaping.spec import ActionLayout, PlanBatch, ShapingPlan, TenantSpec, scenario_specs
 from shaping.tuned.objective import CandidateEvaluator, Scores
 from shaping.tuned.space import SearchSpace
+from shaping.tuned.validation import Validation, ValidationSettings, validate
 
 #: Base seed of the training environments; evaluations (evaluate_policy, the benchmark) count up from 0.
 TRAIN_SEED = 1_000_000
@@ -134,6 +138,34 @@ class TunedPlan:
     """Optimizer library and version."""
     wall_s: float = 0.0
     """Wall-clock time of the search (recorded only, never used in a decision)."""
+    validation: Validation | None = None
+    """The winner against the baselines on validation seeds (step 4); None: not validated."""
+
+    @property
+    def final_plans(self) -> tuple[ShapingPlan, ...]:
+        """The plans tuned_static runs: the validation's pick, else the search's winner."""
+        return self.validation.plans if self.validation is not None else self.plans
+
+    @property
+    def final_aqm(self) -> bool:
+        """The CoDel setting tuned_static runs with."""
+        return self.validation.aqm if self.validation is not None else self.aqm
+
+    @property
+    def final_source(self) -> str:
+        """Where the plans tuned_static runs come from: the search's source, or the baseline the validation
+        preferred ('validated:baseline:NAME')."""
+        v = self.validation
+        return self.source if v is None or v.winner == "search" else f"validated:{v.winner}"
+
+    def validated(self, scenario: ScenarioConfig, settings: ValidationSettings, device: str = "cpu") -> TunedPlan:
+        """This result with step 4 run under settings (without validation when settings.seeds is 0)."""
+        if settings.seeds == 0:
+            return dataclasses.replace(self, validation=None)
+        v = validate(
+            scenario, self.controlled, self.plans, self.aqm, self.steps, settings, self.settings.reward, device
+        )
+        return dataclasses.replace(self, validation=v)
 
     @property
     def objective(self) -> float:
@@ -182,8 +214,10 @@ def tune_static(
     controlled: Sequence[str] | None = None,
     device: str = "cpu",
     progress: bool = False,
+    validation: ValidationSettings | None = None,
 ) -> TunedPlan:
-    """Search the controlled tenants' best constant plan and CoDel setting on the training seeds.
+    """Search the controlled tenants' best constant plan and CoDel setting on the training seeds, then
+    validate it against the baselines on validation seeds.
 
     Args:
         scenario: the scenario.
@@ -193,8 +227,10 @@ def tune_static(
             when it names none). The others run their scenario policies.
         device: torch device of the simulator.
         progress: show a tqdm progress bar (one tick per batch).
+        validation: step 4's settings; None: ValidationSettings() (16 seeds).
     Returns:
-        The best candidate ever evaluated, never worse than a static baseline on the training seeds.
+        The best candidate ever evaluated, never worse than a static baseline on the training seeds, with
+        its validation (final_plans: never worse than a static baseline on the validation seeds).
     """
     s = settings if settings is not None else TuneSettings()
     start_time = time.perf_counter()
@@ -217,7 +253,7 @@ def tune_static(
                 _polish(ev, space, aqm, s.polish_rounds, archive, bar)
     best = archive.best
     plans = best.plans or tuple(lay.decode(a) for lay, a in zip(space.layouts, best.actions, strict=True))
-    return TunedPlan(
+    tuned = TunedPlan(
         scenario=scenario.name,
         controlled=tuple(spec.name for spec in specs),
         plans=plans,
@@ -234,6 +270,7 @@ def tune_static(
         steps=ev.steps,
         wall_s=time.perf_counter() - start_time,
     )
+    return tuned.validated(scenario, validation if validation is not None else ValidationSettings(), device)
 
 
 def _run_baselines(

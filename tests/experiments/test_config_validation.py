@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from experiments import bench_train, federated, multiagent, pretrain_universal, testbed, train_sb3
+from shaping.sim.scenarios import load_scenario
 from experiments.config import (
     BenchmarkConfig,
     CompareConfig,
@@ -103,6 +104,22 @@ def test_a_config_error_exits_2_with_one_line(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("config error: compare.episodes must be >= 1, got 0")
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [("nope", "unknown scenario 'nope'; available: ["), ("conf/suite/heldout/index.yaml", "Key 'suite' not in")],
+)
+def test_a_scenario_that_does_not_load_exits_2_with_one_line(capsys, scenario: str, message: str):
+    @exits_2_on_config_error
+    def main(cfg: DictConfig) -> None:
+        load_scenario(str(ROOT / scenario) if scenario.endswith(".yaml") else scenario)
+
+    with pytest.raises(SystemExit) as info:
+        main(compose("compare"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config error: " in err[0] and message in err[0]
 
 
 def test_the_entry_point_exits_2_before_any_work(tmp_path):

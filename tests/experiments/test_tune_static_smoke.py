@@ -12,7 +12,8 @@ from experiments.tune_static import run_tune_static
 from shaping.baselines import BASELINES
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["search.population=4", "search.generations=1", "search.seeds=1", "search.steps=3", "progress=false"]
+TINY = ["search.population=4", "search.generations=1", "search.seeds=1", "search.steps=3", "validation.seeds=2",
+        "progress=false"]  # fmt: skip
 
 
 def test_tune_static_entry_point(tmp_path):
@@ -21,11 +22,15 @@ def test_tune_static_entry_point(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = proc.stdout.strip().splitlines()
-    assert line.startswith("small_congested [shop,studio]: tuned_static ") and all(b in line for b in BASELINES)
-    assert "on 1 training seeds x 3 steps" in line
+    assert line.startswith("small_congested [shop,studio]: tuned_static keeps ") and all(b in line for b in BASELINES)
+    assert "on 1 training seeds x 3 steps" in line and "on 2 validation seeds " in line
     (entry,) = (tmp_path / "cache").glob("small_congested-*.json")
     doc = json.loads(entry.read_text())
     assert doc["settings"]["population"] == 4 and set(doc["baselines"]) == set(BASELINES)
+    assert doc["validation"]["seeds"] == 2 and set(doc["validation"]["scores"]) == {
+        "search",
+        *(f"baseline:{b}" for b in BASELINES),
+    }
     written = entry.stat().st_mtime_ns
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "; cached: " in again.stdout and "; tuned: " in proc.stdout

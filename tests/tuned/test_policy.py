@@ -24,12 +24,12 @@ def test_drives_only_the_controlled_tenants(tmp_path, scenario):
     bound = bind_policy(policy, scenario, ["gamer"])
     assert isinstance(bound, TunedPlanPolicy) and bound.name == "tuned_static"
     tuned = load_or_tune(scenario, FEW, cache_dir=tmp_path)
-    assert bound.aqm == tuned.aqm and bound.tenants == ("gamer",)
+    assert bound.aqm == tuned.final_aqm and bound.tenants == ("gamer",)
     sim = Simulator(scenario, batch_size=3)
     st = sim.tensors
     plans = bound(PolicyInput(0, st, sim.state, None, (0,)))
     theirs, _ = neighbour_plans(st, scenario, 3)
-    mine = stack_plans([list(tuned.plans)], st.n_classes)
+    mine = stack_plans([list(tuned.final_plans)], st.n_classes)
     for got, n, t in zip(plans, theirs, mine, strict=True):
         assert got.shape == (3, 2, st.n_classes)
         assert bool((got[:, 1] == n[:, 1]).all())  # the neighbour keeps its scenario plan
