@@ -97,15 +97,21 @@ def result_row(r: PolicyResult) -> dict[str, Any]:
 
 
 def evaluate_scenario(
-    scenario: ScenarioConfig, policies: Mapping[str, Policy], settings: EvalSettings, on_done: OnDone | None = None
+    scenario: ScenarioConfig,
+    policies: Mapping[str, Policy],
+    settings: EvalSettings,
+    on_done: OnDone | None = None,
+    controlled: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Every policy on one scenario, like for like (same seeds, same controlled tenants, same neighbours).
 
+    Args:
+        controlled: the tenants every row drives; None: like_for_like's choice.
     Returns:
         The scenario's record: name, family, event kinds, steps, tenants, controlled tenants and, per
         policy reference, its row (result_row, or ``{"applicable": false, "reason": ...}``).
     """
-    controlled = like_for_like(scenario, list(policies.values()))
+    controlled = list(controlled) if controlled is not None else like_for_like(scenario, list(policies.values()))
     rows: dict[str, Any] = {}
     for ref, policy in policies.items():
         why = cannot_control(policy, controlled)
@@ -135,15 +141,22 @@ def evaluate_scenario(
     }
 
 
-def run_job(path: str, refs: Sequence[str], settings: EvalSettings, on_done: OnDone | None = None) -> dict[str, Any]:
-    """Load one scenario, build the policies and evaluate them (evaluate_scenario), timing the load and the job
-    (wall and CPU seconds: on a shared machine the CPU seconds are what the job itself costs)."""
+def run_job(
+    path: str,
+    refs: Sequence[str],
+    settings: EvalSettings,
+    on_done: OnDone | None = None,
+    controlled: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Load one scenario, build the policies and evaluate them (evaluate_scenario, driving `controlled`), timing
+    the load and the job (wall and CPU seconds: on a shared machine the CPU seconds are what the job itself
+    costs)."""
     with torch_threads(settings.torch_threads):
         start, cpu = time.perf_counter(), time.process_time()
         scenario = load_scenario(path)
         load_s = time.perf_counter() - start
         policies = {ref: make_policy(ref) for ref in refs}
-        record = evaluate_scenario(scenario, policies, settings, on_done)
+        record = evaluate_scenario(scenario, policies, settings, on_done, controlled)
     record["file"] = path
     record["load_s"] = round(load_s, 3)
     record["job_s"] = round(time.perf_counter() - start, 3)

@@ -43,6 +43,7 @@ from experiments.config import (
     register_configs,
     to_typed,
 )
+from experiments.fl_yardstick import MEMBERS as YARDSTICK_MEMBERS
 from experiments.quiet import log_file, plain_log_files
 from experiments.threads import torch_threads
 from shaping.checks import above, at_least
@@ -179,6 +180,25 @@ class PopulationConfig:
 
 
 @dataclass
+class FedYardstickConfig:
+    """The final global model against the yardstick on each listed tenant's own scenario (experiments.fl_yardstick)."""
+
+    enabled: bool = True
+    """Run the comparison after the rounds (the report's verdict then opens with it)."""
+    members: list[str] = field(default_factory=lambda: list(YARDSTICK_MEMBERS))
+    """Yardstick members: the static baselines, tuned_static (where its plan is cached), adaptive_heuristic."""
+    seeds: int = 4
+    """Environments per row (the same seeds for every row)."""
+    steps: int | None = None
+    """Control steps per row; None: each scenario's episode_steps."""
+    seed: int = 0
+    """Base seed of the rows (the benchmark's: the evaluation seeds never used in training or tuning)."""
+
+    def __post_init__(self) -> None:
+        at_least("yardstick", self, 1, "seeds", "steps")
+
+
+@dataclass
 class AttackConfig:
     """A misbehaving tenant (robustness experiments)."""
 
@@ -211,6 +231,7 @@ class FederatedConfig:
     output: FedOutputConfig = field(default_factory=FedOutputConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
+    yardstick: FedYardstickConfig = field(default_factory=FedYardstickConfig)
     torch_threads: int = 1
     """Torch intra-op threads of this process (the in-process arms and reports); Ray's client actors and the
     arm workers run one each, since they already share the cores."""
@@ -220,7 +241,6 @@ class FederatedConfig:
         bad = [i for i in self.attack.tenants if not 0 <= i < len(self.tenants) + self.population.variants]
         if bad:
             raise ValueError(f"attack.tenants {bad} are not tenant indices")
-
 
 
 def with_population(cfg: FederatedConfig, out_dir: Path) -> FederatedConfig:
@@ -242,14 +262,27 @@ def with_population(cfg: FederatedConfig, out_dir: Path) -> FederatedConfig:
     return replace(cfg, tenants=[*cfg.tenants, *extra])
 
 
+def resolve_weights(value: str) -> Path:
+    """init.weights as an absolute file: a path as given (from the working directory), else from the directory
+    that holds conf/, so that the committed model (conf/models/universal.npz) is found from anywhere.
+
+    Raises:
+        FileNotFoundError: neither exists (one line).
+    """
+    from shaping.sim.scenarios import conf_dir
+
+    given = Path(value).expanduser()
+    for path in (given, conf_dir().parent / given):
+        if path.is_file():
+            return path.resolve()
+    raise FileNotFoundError(f"init.weights: no file {given.resolve()}")
+
+
 def run_config(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     """The flat run config the Flower apps read (shaping.fed_settings.RunSettings)."""
     flat: dict[str, Any] = flat_config(cfg)
     if cfg.init.weights:  # the Flower apps may run in another working directory
-        weights = Path(cfg.init.weights).expanduser().resolve()
-        if not weights.is_file():
-            raise FileNotFoundError(f"init.weights: no file {weights}")
-        flat["init.weights"] = str(weights)
+        flat["init.weights"] = str(resolve_weights(cfg.init.weights))
     flat["output.checkpoint_dir"] = str(out_dir / "checkpoints")
     flat["output.client_state_dir"] = str(out_dir / "tenant_state")
     flat["output.results_file"] = str(out_dir / "federated_rounds.json")
@@ -271,8 +304,10 @@ def _simulate(flat: dict[str, Any], n_tenants: int, sim: SimulationConfig, log_f
             server_app=make_server_app(flat),
             client_app=make_client_app(flat),
             num_supernodes=n_tenants,
-            backend_config={"client_resources": {"num_cpus": sim.client_num_cpus, "num_gpus": 0.0},
-                            "init_args": {"num_cpus": sim.ray_num_cpus, "include_dashboard": False}},
+            backend_config={
+                "client_resources": {"num_cpus": sim.client_num_cpus, "num_gpus": 0.0},
+                "init_args": {"num_cpus": sim.ray_num_cpus, "include_dashboard": False},
+            },
         )
         code = 0
     except BaseException:
@@ -322,6 +357,7 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     from shaping.fed_settings import RunSettings
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    listed = [(t.scenario, t.tenant) for t in cfg.tenants]  # the yardstick's tenants: not the random population
     cfg = with_population(cfg, out_dir)
     if not cfg.tenants:
         raise ValueError("tenants is empty: the federation needs at least one tenant")
@@ -346,6 +382,10 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     least = min(t.num_envs for t in s.tenants)
     small = [t.name for t in s.tenants if t.num_envs == least]
     results["targets"] = targets(results, small)
+    if cfg.yardstick.enabled and fed["rounds"]:
+        yard_start = time.perf_counter()
+        results["yardstick"] = against_yardstick(cfg, listed, Path(flat["output.checkpoint_dir"]))
+        wall["yardstick"] = round(time.perf_counter() - yard_start, 1)
     results["wall_s"] = {**wall, "total": round(time.perf_counter() - start, 1)}
     report = markdown(results)
     (out_dir / "results.md").write_text(report)
@@ -355,6 +395,22 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     print(report, flush=True)
     log.info("wrote %s in %.1f s", out_dir, time.perf_counter() - start)
     return results
+
+
+def against_yardstick(cfg: FederatedConfig, tenants: list[tuple[str, str]], checkpoints: Path) -> dict[str, Any]:
+    """The final global model (checkpoints' latest) and the initial one against the yardstick, per tenant."""
+    from experiments.benchmark_eval import EvalSettings
+    from experiments.fl_yardstick import YardstickSettings, yardstick_comparison
+
+    meta = json.loads((checkpoints / "latest.json").read_text())
+    y = cfg.yardstick
+    settings = YardstickSettings(
+        members=tuple(y.members), eval=EvalSettings(seeds=y.seeds, steps=y.steps, seed=y.seed),
+        workers=cfg.simulation.arm_workers,
+    )  # fmt: skip
+    log.info("the final global model against the yardstick on %d tenants (%s)", len(tenants), ", ".join(y.members))
+    initial = resolve_weights(cfg.init.weights) if cfg.init.weights else None
+    return yardstick_comparison(tenants, checkpoints / meta["weights"], initial, settings)
 
 
 def register() -> None:

@@ -25,6 +25,7 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # built without pyplot: no display, no global figure state
 from matplotlib.ticker import MaxNLocator, PercentFormatter
+from experiments.yardstick import best_member
 
 Arm = list[dict[str, Any]]
 
@@ -166,6 +167,40 @@ def verdict(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def yardstick_verdict(results: dict[str, Any]) -> list[str]:
+    """Whether the final global model beats the best yardstick member on each listed tenant's own scenario, in
+    words (experiments.fl_yardstick's rows; the SLA violation rate of the tenant, lower is better), with the
+    initial model's rate and the privacy the run spent. Markdown lines; [] when the run has no comparison."""
+    yard = results.get("yardstick")
+    if not yard:
+        return []
+    members, recs = yard["members"], yard["tenants"]
+    steps = "each scenario's steps" if yard["steps"] is None else f"{yard['steps']} steps"
+    lines, won = [], 0
+    for tenant, rec in recs.items():
+        rows = rec["results"]
+        fed = rows.get("federated", {})
+        best = best_member(rows, members)
+        if not fed.get("applicable") or best is None:
+            lines.append(f"- {tenant}: no verdict ({fed.get('reason') or 'no yardstick member ran'}).")
+            continue
+        verb, rates = _compare(fed["sla_violation_rate"], rows[best]["sla_violation_rate"], best)
+        won += verb == "beats"
+        init = rows.get("initial", {})
+        start = (
+            f"; the model it started from had {_f(init['sla_violation_rate'], True)}" if init.get("applicable") else ""
+        )
+        lines.append(f"- {tenant}: **{verb}** {best}: {rates}{start}.")
+    skipped = sorted({m for rec in recs.values() for m, r in rec["results"].items()
+                      if m in members and not r.get("applicable")})  # fmt: skip
+    head = (f"The final global model **beats the yardstick on {won} of {len(recs)} tenants**. Each tenant alone is "
+            f"driven by each policy on its own scenario ({yard['seeds']} seeds x {steps}, seed {yard['seed']}, "
+            f"neighbours on their scenario policies), against the best of {', '.join(members)}. "
+            f"Privacy cost: {privacy_cost(results)}.")  # fmt: skip
+    tail = ["", f"Not run on every tenant: {', '.join(skipped)} (see results.json, `yardstick`)."] if skipped else []
+    return [head, "", *lines, *tail]
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report as markdown: the verdict, per-round means of each arm, epsilon, per-tenant final round,
     baselines, targets."""
@@ -175,6 +210,8 @@ def markdown(results: dict[str, Any]) -> str:
     dpsgd = f" + DP-SGD (z {settings.get('privacy.dpsgd_noise_multiplier')})" if sample_dp else ""
     lines = [f"# Federated run ({settings.get('fl.strategy')}, privacy {settings.get('privacy.mode')}{dpsgd}, "
              f"status {results['status']})", "",
+             *(["## Verdict: the federated policy against the yardstick (each tenant on its own scenario)", "",
+                *yard, ""] if (yard := yardstick_verdict(results)) else []),
              "## Verdict: federated policy against the best static baseline (SLA violations, final round)", "",
              *verdict(results), "",
              "## Mean over tenants per round (reward / SLA violation rate)", ""]  # fmt: skip

@@ -12,7 +12,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.federated import FedEvalConfig, FederatedConfig, FedTrainConfig, TenantEntry, register, run_federated
+from experiments.federated import (
+    FedEvalConfig,
+    FederatedConfig,
+    FedTrainConfig,
+    FedYardstickConfig,
+    TenantEntry,
+    register,
+    run_federated,
+)
 from fed_server.strategy import IncompatibleSettings, check_compatible
 from shaping.baselines import BASELINES
 from shaping.fed_settings import RunSettings
@@ -75,6 +83,7 @@ def test_tiny_secagg_distributed_dp_run_writes_the_report(tmp_path):
                  TenantEntry("single_path", "devops", 1)],
         train=FedTrainConfig(local_iterations=1, num_steps=4, update_epochs=1, num_minibatches=1, hidden_sizes=[8]),
         evaluation=FedEvalConfig(envs=1, steps=3, baselines=["static_priority"]),
+        yardstick=FedYardstickConfig(members=["static_priority", "tuned_static"], seeds=1, steps=3),
     )  # fmt: skip
     cfg.fl.rounds = 3
     cfg.privacy.mode, cfg.privacy.noise_multiplier, cfg.privacy.secure_aggregation = "distributed", 2.0, True
@@ -90,7 +99,20 @@ def test_tiny_secagg_distributed_dp_run_writes_the_report(tmp_path):
     sample = [[f["dpsgd_epsilon"] for f in r["fit"]] for r in fed]
     assert all(len(eps) == 3 for eps in sample)
     assert 0 < max(sample[0]) < min(sample[1]) and max(sample[1]) <= 20.0
-    assert "sample-level epsilon" in (tmp_path / "results.md").read_text()
+    report = (tmp_path / "results.md").read_text()
+    assert "sample-level epsilon" in report
+    # The final global model against the yardstick on each tenant's own scenario; tuned_static only where its
+    # plan is cached (gameco on default is, devops on single_path is not).
+    assert report.index("against the yardstick") < report.index("against the best static baseline")
+    assert "The final global model **beats the yardstick on " in report and " of 3 tenants**" in report
+    yard = res["yardstick"]["tenants"]
+    assert set(yard) == {"gameco@default", "studio@small_congested", "devops@single_path"}
+    assert yard["gameco@default"]["controlled"] == ["gameco"]
+    assert all(yard[t]["results"]["federated"]["applicable"] for t in yard)
+    assert yard["gameco@default"]["results"]["tuned_static"]["applicable"]
+    assert "python -m experiments.tune_static scenario=single_path controlled=[devops]" in (
+        yard["devops@single_path"]["results"]["tuned_static"]["reason"]
+    )
     # Each simulated tenant mirrored its state (with the accountant's history) for a resume.
     states = sorted((tmp_path / "tenant_state").glob("tenant_*.json"))
     assert [p.name for p in states] == ["tenant_0000.json", "tenant_0001.json", "tenant_0002.json"]
@@ -189,3 +211,16 @@ def test_population_adds_randomized_tenants_that_the_run_settings_carry(tmp_path
 
     for task in s.tenants:  # every randomized tenant fits the federation's layout and runs
         make_env(task, s.layout, 1).reset_torch(seed=0)
+
+
+def test_init_weights_are_found_from_the_working_directory_or_beside_conf(tmp_path, monkeypatch):
+    from experiments.federated import resolve_weights
+
+    here = tmp_path / "w.npz"
+    here.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_weights("w.npz") == here.resolve()
+    # A path relative to the directory holding conf/ (the committed model) works from anywhere.
+    assert resolve_weights("conf/federated.yaml") == (CONF / "federated.yaml").resolve()
+    with pytest.raises(FileNotFoundError, match=r"init\.weights: no file .*missing\.npz"):
+        resolve_weights("missing.npz")

@@ -204,3 +204,37 @@ def test_the_epsilon_plot_comes_whenever_privacy_is_accounted_and_never_without(
     assert "epsilon.png" not in figures(_results())
     no_budget = figures(_beating(target="null"))["epsilon.png"].axes[0]
     assert [t.get_text() for t in no_budget.get_legend().get_texts()] == ["client-level (server noise)"]
+
+
+def _row(sla: float, util: float = 0.5) -> dict[str, Any]:
+    return {"applicable": True, "sla_violation_rate": sla, "utilization": util}
+
+
+def test_the_yardstick_verdict_opens_the_report_tenant_by_tenant():
+    res = _results(epsilon=1.5)
+    res["yardstick"] = {
+        "members": ["static_priority", "tuned_static"], "seeds": 4, "steps": None, "seed": 0,
+        "tenants": {
+            "big@default": {"results": {"federated": _row(0.05), "initial": _row(0.2), "static_priority": _row(0.1),
+                                        "tuned_static": _row(0.08)}},
+            "small@edge": {"results": {"federated": _row(0.3), "static_priority": _row(0.1),
+                                       "tuned_static": {"applicable": False, "reason": "no cached plan"}}},
+            "odd@edge": {"results": {"federated": {"applicable": False, "reason": "too many classes"},
+                                     "static_priority": _row(0.1)}},
+        },
+    }  # fmt: skip
+    text = markdown(res)
+    assert text.index("against the yardstick") < text.index("against the best static baseline")
+    assert "The final global model **beats the yardstick on 1 of 3 tenants**" in text
+    assert "client-level epsilon 1.50 spent" in text
+    assert "- big@default: **beats** tuned_static: 5.0% SLA violations against tuned_static's 8.0%" in text
+    assert "the model it started from had 20.0%" in text
+    assert "- small@edge: **does not beat** static_priority: 30.0% SLA violations against static_priority's 10.0%" in (
+        text
+    )
+    assert "- odd@edge: no verdict (too many classes)." in text
+    assert "Not run on every tenant: tuned_static" in text
+
+
+def test_no_yardstick_no_section():
+    assert "against the yardstick" not in markdown(_results())
