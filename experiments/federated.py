@@ -28,7 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -47,6 +47,9 @@ from experiments.fl_yardstick import MEMBERS as YARDSTICK_MEMBERS
 from experiments.quiet import log_file, plain_log_files
 from experiments.threads import torch_threads
 from shaping.checks import above, at_least
+
+if TYPE_CHECKING:
+    from shaping.fed_settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +387,7 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     results["targets"] = targets(results, small)
     if cfg.yardstick.enabled and fed["rounds"]:
         yard_start = time.perf_counter()
-        results["yardstick"] = against_yardstick(cfg, listed, Path(flat["output.checkpoint_dir"]))
+        results["yardstick"] = against_yardstick(cfg, s, listed, Path(flat["output.checkpoint_dir"]))
         wall["yardstick"] = round(time.perf_counter() - yard_start, 1)
     results["wall_s"] = {**wall, "total": round(time.perf_counter() - start, 1)}
     report = markdown(results)
@@ -397,12 +400,17 @@ def run_federated(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     return results
 
 
-def against_yardstick(cfg: FederatedConfig, tenants: list[tuple[str, str]], checkpoints: Path) -> dict[str, Any]:
+def against_yardstick(
+    cfg: FederatedConfig, s: RunSettings, tenants: list[tuple[str, str]], checkpoints: Path
+) -> dict[str, Any]:
     """The final global model (checkpoints' latest) and the initial one against the yardstick, per tenant."""
     from experiments.benchmark_eval import EvalSettings
     from experiments.fl_yardstick import YardstickSettings, yardstick_comparison
 
     meta = json.loads((checkpoints / "latest.json").read_text())
+    # The checkpoints' layout and hidden sizes, where a `universal:` policy reads them (beside the weights).
+    card = {"layout": s.layout.to_config(), "hidden_sizes": list(s.hidden_sizes), "source": "experiments.federated"}
+    (checkpoints / "summary.json").write_text(json.dumps(card, indent=1))
     y = cfg.yardstick
     settings = YardstickSettings(
         members=tuple(y.members), eval=EvalSettings(seeds=y.seeds, steps=y.steps, seed=y.seed),
