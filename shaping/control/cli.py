@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,12 @@ from shaping.baselines import get_baseline
 from shaping.checks import one_line
 from shaping.config import ScenarioConfig
 from shaping.control.experience import ExperienceStore
+from shaping.control.guard import Guard
 from shaping.control.heuristic import HeuristicControlPolicy
 from shaping.control.kernel_backend import KernelBackend, KernelSetup, make_enforcer
 from shaping.control.loop import ControlLoop, LoopConfig, StepRecord
 from shaping.control.metrics import ControlMetrics
+from shaping.control.notify import SdNotifier
 from shaping.control.policy import ControlPolicy, ModelPolicy, StaticPolicy
 from shaping.control.watchdog import WatchdogConfig
 from shaping.monitor import (
@@ -186,40 +191,88 @@ def sla_threshold(args: argparse.Namespace) -> float:
     return 1.0 if args.policy == "adaptive_heuristic" else DEFAULT_SLA_THRESHOLD
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the agent as the parsed arguments say; returns the summary printed at the end."""
+@dataclass(frozen=True)
+class AgentSetup:
+    """What the arguments say about the tenant, before anything touches the kernel."""
+
+    scenario: ScenarioConfig
+    spec: TenantSpec
+    rules: ShapingPlan
+    """The static rules (the watchdog's fallback), as the --rules baseline gives them."""
+    kernel: KernelSetup
+    interval_s: float
+    """Control interval, seconds (--interval-ms, else the scenario's)."""
+
+    @property
+    def static_plan(self) -> ShapingPlan:
+        """The static rules as the loop applies them in fallback: through the guard, with the default envelope."""
+        return Guard(self.spec, EnvelopeConfig(), rules=self.rules).clamp(self.rules).plan
+
+
+def agent_setup(args: argparse.Namespace) -> AgentSetup:
+    """The tenant, its static rules, interfaces and interval from the parsed arguments (ValueError when wrong)."""
     scenario = load_scenario(args.tenant_config)
     spec = _pick_tenant(scenario, args.tenant)
     if len(args.iface) != len(spec.paths):
         raise ValueError(f"tenant {spec.name!r} has {len(spec.paths)} paths {list(spec.paths)}: give --iface "
                          f"{len(spec.paths)} times (got {args.iface})")  # fmt: skip
     rules = get_baseline(args.rules).plan(spec)
+    interval = (args.interval_ms or scenario.control_interval_ms) / 1e3
+    return AgentSetup(scenario, spec, rules, KernelSetup(tuple(args.iface), args.netns), interval)
+
+
+def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[str, Any]:
+    """Run the agent as the parsed arguments say; returns the summary printed at the end.
+
+    Args:
+        notifier: where heartbeats go (systemd or fedshape-supervise): READY after the first step,
+            WATCHDOG every step, STOPPING at the end. SIGUSR1 (sent by the supervisor after it put the
+            static rules in) makes the next step re-read the kernel before applying.
+    """
+    setup = agent_setup(args)
+    spec, rules, interval = setup.spec, setup.rules, setup.interval_s
     envelope = EnvelopeConfig()
     policy = build_policy(args, spec, rules)
-    enforcer, classids = make_enforcer(spec, KernelSetup(tuple(args.iface), args.netns), dry_run=args.dry_run)
+    enforcer, classids = make_enforcer(spec, setup.kernel, dry_run=args.dry_run)
     backend = KernelBackend(spec, build_monitor(args, spec, classids), enforcer, teardown_on_close=args.teardown)
     registry = CollectorRegistry()
     if args.metrics_port is not None:
         start_http_server(args.metrics_port, registry=registry)
-    interval = (args.interval_ms or scenario.control_interval_ms) / 1e3
     config = LoopConfig(interval_s=interval, watchdog=WatchdogConfig(sla_threshold=sla_threshold(args),
                         recover_intervals=args.recover_intervals))  # fmt: skip
     store = ExperienceStore(Path(args.experience), spec) if args.experience else None
     loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config,
                        metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))  # fmt: skip
+    notifier = notifier or SdNotifier(None)
     records: list[StepRecord] = []
+    resync = threading.Event()
+
+    def on_step(rec: StepRecord) -> None:
+        records.append(rec)
+        if resync.is_set():  # here, in the loop's thread: the enforcer is not shared with the signal handler
+            resync.clear()
+            backend.resync()
+            LOG.warning("tenant %s: re-read the kernel at step %d (the supervisor applied the static rules)",
+                        spec.name, rec.step)  # fmt: skip
+        if len(records) == 1:
+            notifier.ready()
+        notifier.heartbeat()
+
     previous = {s: signal.signal(s, lambda *_: loop.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: resync.set())
     try:
         # The static rules are the floor every fallback returns to: a plan the kernel cannot carry (a rate
         # too small for HTB, say) is a configuration error now, not ten failed intervals later.
         enforcer.plan(loop.guard.clamp(rules).plan)
         LOG.info("tenant %s: %s on %s (netns %s), interval %.0f ms%s", spec.name, policy.name, ",".join(args.iface),
                  args.netns or "-", interval * 1e3, " [dry run]" if args.dry_run else "")  # fmt: skip
-        loop.run(args.steps, on_step=records.append)
+        loop.run(args.steps, on_step=on_step)
     finally:
+        notifier.stopping()
         for s, h in previous.items():
             signal.signal(s, h)
         loop.close()
+        notifier.close()
     return _summary(records, loop, backend)
 
 
@@ -228,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = run(args)
+        summary = run(args, SdNotifier.from_environ(os.environ))
     except (ValueError, FileNotFoundError, LookupError, PermissionError) as err:
         print(f"fedshape-agent: error: {one_line(err)}", file=sys.stderr)
         return 2

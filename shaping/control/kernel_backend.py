@@ -23,6 +23,10 @@ class Enforcer(Protocol):
         """Bring the kernel to the plan (idempotent); raise when the kernel refuses."""
         ...
 
+    def reconcile(self) -> Any:
+        """Forget the model of the kernel and read it again."""
+        ...
+
     def close(self) -> None:
         """Release sockets (the shaping stays)."""
         ...
@@ -60,6 +64,10 @@ class KernelBackend:
         self.last_result = self.enforcer.apply(plan)
         self.monitor.set_plan(plan)
         self.applied += 1
+
+    def resync(self) -> None:
+        """Re-read the kernel before the next apply: someone else changed it (the supervisor's static rules)."""
+        self.enforcer.reconcile()
 
     def close(self) -> None:
         """Close the monitor and the enforcer (tearing the shaping down first when asked)."""
