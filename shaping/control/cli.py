@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -225,9 +226,10 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     """Run the agent as the parsed arguments say; returns the summary printed at the end.
 
     Args:
-        notifier: where heartbeats go (systemd or fedshape-supervise): READY after the first step,
-            WATCHDOG every step, STOPPING at the end. SIGUSR1 (sent by the supervisor after it put the
-            static rules in) makes the next step re-read the kernel before applying.
+        notifier: where heartbeats go (systemd or fedshape-supervise): READY before the first step,
+            WATCHDOG after every step and every quarter interval while the loop waits, STOPPING at the
+            end. SIGUSR1 (sent by the supervisor after it put the static rules in) makes the next step
+            re-read the kernel before applying.
     """
     setup = agent_setup(args)
     spec, rules, interval = setup.spec, setup.rules, setup.interval_s
@@ -241,9 +243,18 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     config = LoopConfig(interval_s=interval, watchdog=WatchdogConfig(sla_threshold=sla_threshold(args),
                         recover_intervals=args.recover_intervals))  # fmt: skip
     store = ExperienceStore(Path(args.experience), spec) if args.experience else None
-    loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config,
-                       metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))  # fmt: skip
     notifier = notifier or SdNotifier(None)
+
+    def pacing_sleep(seconds: float) -> None:
+        # Heartbeats from the loop's own thread while it waits for the next interval, so the longest
+        # silence is one step's work and the supervisor's deadline can be one interval.
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, interval / 4))
+            notifier.heartbeat()
+
+    loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config, sleep=pacing_sleep,
+                       metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))  # fmt: skip
     records: list[StepRecord] = []
     resync = threading.Event()
 
@@ -254,8 +265,6 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
             backend.resync()
             LOG.warning("tenant %s: re-read the kernel at step %d (the supervisor applied the static rules)",
                         spec.name, rec.step)  # fmt: skip
-        if len(records) == 1:
-            notifier.ready()
         notifier.heartbeat()
 
     previous = {s: signal.signal(s, lambda *_: loop.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -266,6 +275,7 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
         enforcer.plan(loop.guard.clamp(rules).plan)
         LOG.info("tenant %s: %s on %s (netns %s), interval %.0f ms%s", spec.name, policy.name, ",".join(args.iface),
                  args.netns or "-", interval * 1e3, " [dry run]" if args.dry_run else "")  # fmt: skip
+        notifier.ready()  # the first step follows: from now on a silence is a hang
         loop.run(args.steps, on_step=on_step)
     finally:
         notifier.stopping()

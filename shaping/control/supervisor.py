@@ -96,11 +96,15 @@ class SuperviseConfig:
     interval_s: float
     """The agent's control interval (one heartbeat per interval)."""
     deadline_s: float | None = None
-    """Silence after which the static rules are restored; None: 1.5 intervals, so they are in force within 2."""
+    """Silence after which the static rules are restored; None: one interval. The agent beats after each
+    step and four times an interval while it waits, so its longest silence is one step's work; the rules
+    are then in force within two intervals of a hang (the deadline, a poll, the restore)."""
     poll_s: float | None = None
     """How often the deadline is checked; None: a tenth of the interval."""
     start_timeout_s: float = 120.0
-    """Time a new agent has for its first heartbeat (imports, checkpoint, first plan)."""
+    """Time a new agent has to say READY (imports, checkpoint, reading the kernel)."""
+    first_step_s: float = 2.0
+    """Silence allowed after READY until the first step is done (it writes the whole plan, nft table included)."""
     kill_after_s: float = 5.0
     """Silence after which the agent is killed and restarted."""
     backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -119,7 +123,7 @@ class SuperviseConfig:
     @property
     def deadline(self) -> float:
         """The heartbeat deadline in seconds."""
-        return self.deadline_s if self.deadline_s is not None else 1.5 * self.interval_s
+        return self.deadline_s if self.deadline_s is not None else self.interval_s
 
     @property
     def poll(self) -> float:
@@ -161,7 +165,7 @@ class Supervisor:
         self.restores = 0
         """Times the static rules were applied (the start included)."""
         self.restarts = 0
-        self._spawned_at = self._last_beat = self._restart_at = self._last_up = 0.0
+        self._spawned_at = self._last_beat = self._restart_at = self._last_up = self._grace_until = 0.0
         self._failures = 0
         self._restore_pending = False
         self._agent_stopping = False
@@ -199,7 +203,8 @@ class Supervisor:
             return self._exited(rc, now)
         silence = now - self._last_beat
         c = self.config
-        if self.phase is Phase.RUNNING and not self._agent_stopping and silence > c.deadline:
+        hung = silence > c.deadline and now > self._grace_until and not self._agent_stopping
+        if self.phase is Phase.RUNNING and hung:
             self._silent(now, silence)
         elif self.phase is Phase.STARTING and now - self._spawned_at > c.start_timeout_s:
             self._kill(now, f"no heartbeat {now - self._spawned_at:.1f} s after its start")
@@ -243,8 +248,12 @@ class Supervisor:
                 self.log.warning("agent pid %d answers again after %.3f s: it takes over from the static rules",
                                  child.pid, now - self._last_beat)  # fmt: skip
             elif self.phase is Phase.STARTING:
-                self.log.info("agent pid %d is running (first heartbeat %.1f s after its start)", child.pid,
+                self.log.info("agent pid %d is running (ready %.1f s after its start)", child.pid,
                               now - self._spawned_at)  # fmt: skip
+            if msg.fields.get("WATCHDOG") == "1":
+                self._grace_until = 0.0  # a step is done: the plain deadline from now on
+            elif self.phase is Phase.STARTING:
+                self._grace_until = now + self.config.first_step_s
             self._last_beat = now
             if self.phase in (Phase.STARTING, Phase.SILENT):
                 self.phase = Phase.RUNNING

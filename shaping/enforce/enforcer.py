@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shaping.enforce.backends import Backend, NetlinkBackend, RecordingBackend
 from shaping.enforce.capabilities import Capabilities, probe_capabilities
 from shaping.enforce.fastpath import HtbFastPath
 from shaping.enforce.kinds import KINDS, HtbClass
+from shaping.enforce.kinds.htb import desired_classes
 from shaping.enforce.ops import KernelState, Operation
 from shaping.enforce.overlaps import check_disjoint_classes
 from shaping.enforce.planner import plan_operations, teardown_operations
@@ -131,11 +132,14 @@ class KernelEnforcer:
         ops = self.plan(plan)
         fast = False
         try:
-            if ops and self._fast is not None and all(isinstance(o, HtbClass) and self._fast.supports(o) for o in ops):
-                self._fast.change([(self._index(o.interface), o) for o in ops if isinstance(o, HtbClass)])
-                fast = True
-            else:
-                self.backend.apply(ops)
+            rest: Sequence[Operation] = ops
+            htb, fast_path = self._fast_changes(ops), self._fast
+            if htb and fast_path is not None:
+                # HTB comes first in KINDS: sending its changes ahead of the rest keeps the planned order.
+                fast_path.change([(self._index(o.interface), o) for o in htb])
+                rest, fast = ops[len(htb) :], True
+            if rest:
+                self.backend.apply(rest)
         except BaseException:
             self._state, self._applied_marks, self._applied_plan = None, None, None
             self._ifindex.clear()
@@ -148,6 +152,38 @@ class KernelEnforcer:
         self._applied_marks = _marks(plan) if self._state is not None else None
         self._applied_plan = plan if self._state is not None else None
         return ApplyResult(tuple(ops), self.clock() - start, fast)
+
+    def write_rates(self, plan: ShapingPlan) -> bool:
+        """Write the plan's HTB classes without reading the kernel first (one fast-path batch); False: not possible.
+
+        For putting a known plan back in a hurry (the supervisor, when the agent hangs): rates and ceilings
+        are what limit the tenant, and this needs no netlink dump. It changes classes that exist and
+        forgets the model; ``apply`` (after ``reconcile``) must follow for marks, drops and paths.
+
+        Raises:
+            FastPathError: the kernel refused a change (a class is missing: ``apply`` creates it).
+        """
+        if self._fast is None:
+            return False
+        ops = [replace(o, verb="change") for o in desired_classes(self.spec, plan, self.target)]
+        if not all(self._fast.supports(o) for o in ops):
+            return False
+        self._state, self._applied_marks, self._applied_plan = None, None, None
+        self._fast.change([(self._index(o.interface), o) for o in ops])
+        return True
+
+    def _fast_changes(self, ops: Sequence[Operation]) -> list[HtbClass]:
+        """The leading HTB class changes when the fast path can send all of the apply's HTB operations, else none.
+
+        A plan that also moves marks, drops or paths (an exploring policy, the supervisor restoring
+        the static rules) sends its rate changes in one batch too, not one pyroute2 request each.
+        """
+        if self._fast is None:
+            return []
+        htb = [o for o in ops if isinstance(o, HtbClass)]
+        if htb and list(ops[: len(htb)]) == htb and all(self._fast.supports(o) for o in htb):
+            return htb
+        return []
 
     def _index(self, name: str) -> int:
         if name not in self._ifindex:

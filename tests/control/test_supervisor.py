@@ -14,6 +14,8 @@ from shaping.control.supervise import agent_environ, main
 from shaping.control.supervisor import Phase, Supervisor, SuperviseConfig, exit_status
 
 INTERVAL = 0.1
+#: The agent beats after each step and four times an interval while it waits.
+BEAT = INTERVAL / 4
 
 
 class Clock:
@@ -84,6 +86,7 @@ class Harness:
     def beat(self, pid: int | None = None, **fields: str) -> None:
         pid = self.children[-1].pid if pid is None else pid
         self.inbox.queue.append(Notification(pid, fields or {"WATCHDOG": "1"}))
+        self.last_beat = self.clock.t
 
     def advance(self, seconds: float, beat_every: float | None = None) -> int | None:
         """Poll every 10 ms for ``seconds`` (with heartbeats every ``beat_every``); the first exit code."""
@@ -102,20 +105,19 @@ def test_static_rules_first_then_the_agent_and_no_restore_while_it_beats():
     h = Harness()
     h.sup.start()
     assert h.kernel == ["static", "agent 1000 starts"] and h.sup.phase is Phase.STARTING
-    assert h.advance(3.0, beat_every=INTERVAL) is None
+    assert h.advance(3.0, beat_every=BEAT) is None
     assert h.sup.phase is Phase.RUNNING and h.kernel == ["static", "agent 1000 starts"]
 
 
 def test_silence_restores_the_static_rules_within_two_intervals_and_the_agent_takes_over(caplog):
     h = Harness()
     h.sup.start()
-    h.advance(1.0, beat_every=INTERVAL)
-    last_beat = h.clock.t - h.clock.t % INTERVAL  # the agent stops right after a heartbeat
+    h.advance(1.0, beat_every=BEAT)
     with caplog.at_level(logging.WARNING, logger="fedshape.supervise"):
         while h.kernel[-1] != "static":
             h.advance(0.01)
-        restored_after = h.clock.t - last_beat
-        assert INTERVAL * 1.5 < restored_after <= 2 * INTERVAL
+        restored_after = h.clock.t - h.last_beat  # the deadline (one interval) and at most one poll
+        assert INTERVAL < restored_after <= INTERVAL + SuperviseConfig(INTERVAL).poll + 1e-9
         assert h.sup.phase is Phase.SILENT and h.children[0].signals == [signal.SIGUSR1]
         h.advance(1.0)  # still silent, short of kill_after_s: nothing more happens
         h.beat()
@@ -129,7 +131,7 @@ def test_silence_restores_the_static_rules_within_two_intervals_and_the_agent_ta
 def test_an_agent_silent_past_kill_after_is_killed_and_restarted_with_backoff():
     h = Harness(kill_after_s=2.0, backoff_s=(1.0, 3.0))
     h.sup.start()
-    h.advance(0.5, beat_every=INTERVAL)
+    h.advance(0.5, beat_every=BEAT)
     h.advance(2.5)
     first = h.children[0]
     assert first.signals == [signal.SIGUSR1, signal.SIGKILL] and h.sup.phase is Phase.WAITING
@@ -165,6 +167,19 @@ def test_exits_crash_restart_with_growing_backoff_clean_and_config_exits_end():
     assert h.advance(0.01) == 0 and h.kernel == ["static", "agent 1000 starts"]
 
 
+def test_the_first_step_after_ready_has_its_own_grace():
+    h = Harness(first_step_s=1.0)
+    h.sup.start()
+    h.beat(READY="1")
+    h.advance(0.9)  # the first step writes the whole plan: slower than an interval, not a hang
+    assert h.sup.phase is Phase.RUNNING and h.kernel[-1] == "agent 1000 starts"
+    h.advance(0.2)
+    assert h.sup.phase is Phase.SILENT and h.kernel[-1] == "static"
+    h.beat()
+    h.advance(INTERVAL + 0.02)  # once a step is done, the plain deadline
+    assert h.kernel[-2:] == ["static", "static"]
+
+
 def test_no_first_heartbeat_within_the_start_timeout_is_a_kill():
     h = Harness(start_timeout_s=5.0)
     h.sup.start()
@@ -177,7 +192,7 @@ def test_no_first_heartbeat_within_the_start_timeout_is_a_kill():
 def test_a_stopping_agent_is_not_a_silent_one():
     h = Harness()
     h.sup.start()
-    h.advance(0.3, beat_every=INTERVAL)
+    h.advance(0.3, beat_every=BEAT)
     h.beat(STOPPING="1")
     h.advance(1.0)
     assert h.sup.phase is Phase.RUNNING and h.kernel[-1] == "agent 1000 starts"
@@ -186,7 +201,7 @@ def test_a_stopping_agent_is_not_a_silent_one():
 def test_a_failed_restore_is_retried_at_the_next_poll(caplog):
     h = Harness()
     h.sup.start()
-    h.advance(0.3, beat_every=INTERVAL)
+    h.advance(0.3, beat_every=BEAT)
     h.fail_restores = 1
     with caplog.at_level(logging.ERROR, logger="fedshape.supervise"):
         h.advance(0.2)
@@ -214,7 +229,7 @@ def test_upstream_systemd_gets_ready_and_heartbeats(tmp_path):
         h = Harness()
         h.sup.upstream, h.sup.upstream_every_s = SdNotifier(up.path), 0.5
         h.sup.start()
-        h.advance(1.0, beat_every=INTERVAL)
+        h.advance(1.0, beat_every=BEAT)
         got = up.receive()
     finally:
         up.close()
