@@ -12,6 +12,8 @@ from shaping.enforce.capabilities import Capabilities, probe_capabilities
 from shaping.enforce.fastpath import HtbFastPath
 from shaping.enforce.kinds import KINDS, HtbClass
 from shaping.enforce.kinds.htb import desired_classes
+from shaping.enforce.kinds.nft import KIND as NFT
+from shaping.enforce.kinds.nft import NftRule
 from shaping.enforce.ops import KernelState, Operation
 from shaping.enforce.overlaps import check_disjoint_classes
 from shaping.enforce.planner import plan_operations, teardown_operations
@@ -116,7 +118,8 @@ class KernelEnforcer:
 
         A plan equal to the last one applied on the current model returns at once, without planning
         (a deployed greedy policy repeats its plan most intervals); ``reconcile()``, a failed apply,
-        an nft change (its handles are read back) or a new enforcer make the next apply plan again.
+        or a new enforcer make the next apply plan again (nft echoes the handles of the rules it adds, so
+        an nft change needs no read-back).
 
         Raises:
             SpecError: the plan does not fit the tenant.
@@ -144,14 +147,29 @@ class KernelEnforcer:
             self._state, self._applied_marks, self._applied_plan = None, None, None
             self._ifindex.clear()
             raise
-        if any(o.kind == "nft" for o in ops):
+        if not self._record(ops):
             self._state = None  # nft assigns rule handles: read them back on next use
-        else:
-            for op in ops:
-                KINDS[op.kind].record(self.state, op)
         self._applied_marks = _marks(plan) if self._state is not None else None
         self._applied_plan = plan if self._state is not None else None
         return ApplyResult(tuple(ops), self.clock() - start, fast)
+
+    def _record(self, ops: Sequence[Operation]) -> bool:
+        """Fold applied operations into the model; False when it cannot (nft added rules without echoing handles).
+
+        With the handles nft echoed, an nft change costs no read-back: listing the table again (a second
+        nft process) and the netlink dumps doubled the time of every step of an exploring agent.
+        """
+        new_rules = [o for o in ops if isinstance(o, NftRule) and o.verb in ("add", "insert", "replace")]
+        handles = list(getattr(self.backend, "nft_rule_handles", ()))
+        if any(o.kind == "nft" for o in ops) and len(handles) != len(new_rules):
+            return False
+        given = iter(handles)
+        for op in ops:
+            if isinstance(op, NftRule) and op.verb in ("add", "insert", "replace"):
+                NFT.record(self.state, op, handle=next(given))
+            else:
+                KINDS[op.kind].record(self.state, op)
+        return True
 
     def write_rates(self, plan: ShapingPlan) -> bool:
         """Write the plan's HTB classes without reading the kernel first (one fast-path batch); False: not possible.
