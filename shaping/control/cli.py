@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -270,19 +269,14 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config, sleep=pacing_sleep,
                        metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))  # fmt: skip
     totals = RunTotals()
-    resync = threading.Event()
 
     def on_step(rec: StepRecord) -> None:
         totals.add(rec)
-        if resync.is_set():  # here, in the loop's thread: the enforcer is not shared with the signal handler
-            resync.clear()
-            backend.resync()
-            LOG.warning("tenant %s: re-read the kernel at step %d (the supervisor applied the static rules)",
-                        spec.name, rec.step)  # fmt: skip
         notifier.heartbeat()
 
     previous = {s: signal.signal(s, lambda *_: loop.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
-    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: resync.set())
+    # The supervisor's "I put the static rules in": the next apply re-reads the kernel before planning.
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: backend.request_resync())
     try:
         # The static rules are the floor every fallback returns to: a plan the kernel cannot carry (a rate
         # too small for HTB, say) is a configuration error now, not ten failed intervals later.

@@ -268,3 +268,29 @@ def test_cli_configuration_errors_exit_2_with_one_line(tmp_path, capsys):
     assert main(["--", "--tenant-config", str(tmp_path / "none.yaml"), "--iface", "x", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedshape-supervise: error:") and "\n" not in err
+
+
+def test_the_agent_re_reads_the_kernel_before_its_next_apply_when_asked(spec):
+    from shaping.baselines import static_priority_plan
+    from shaping.control.kernel_backend import KernelBackend
+
+    calls: list[str] = []
+
+    class Enforcer:
+        def apply(self, plan):
+            calls.append("apply")
+
+        def reconcile(self):
+            calls.append("reconcile")
+
+    class Monitor:
+        def set_plan(self, plan):
+            pass
+
+    backend = KernelBackend(spec, Monitor(), Enforcer())
+    plan = static_priority_plan(spec)
+    backend.apply(plan)
+    backend.request_resync()  # what the agent's SIGUSR1 handler does
+    backend.apply(plan)
+    backend.apply(plan)
+    assert calls == ["apply", "reconcile", "apply", "apply"]
