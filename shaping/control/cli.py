@@ -241,8 +241,8 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     Args:
         notifier: where heartbeats go (systemd or fedshape-supervise): READY before the first step,
             WATCHDOG after every step and every quarter interval while the loop waits, STOPPING at the
-            end. SIGUSR1 (sent by the supervisor after it put the static rules in) makes the next step
-            re-read the kernel before applying.
+            end. SIGUSR1 (sent by the supervisor after it put the static rules in) makes the next apply
+            re-read the kernel first.
     """
     setup = agent_setup(args)
     spec, rules, interval = setup.spec, setup.rules, setup.interval_s

@@ -207,7 +207,7 @@ class Supervisor:
         if self.phase is Phase.RUNNING and hung:
             self._silent(now, silence)
         elif self.phase is Phase.STARTING and now - self._spawned_at > c.start_timeout_s:
-            self._kill(now, f"no heartbeat {now - self._spawned_at:.1f} s after its start")
+            self._kill(now, f"not ready {now - self._spawned_at:.1f} s after its start")
         elif self.phase is Phase.SILENT and silence > c.kill_after_s:
             self._kill(now, f"silent for {silence:.1f} s")
         elif self.phase is Phase.WAITING and now >= self._restart_at:
