@@ -14,6 +14,7 @@ from shaping.enforce.kinds import KINDS, HtbClass
 from shaping.enforce.kinds.htb import desired_classes
 from shaping.enforce.kinds.nft import KIND as NFT
 from shaping.enforce.kinds.nft import NftRule
+from shaping.enforce.kinds.routing import PolicyRule
 from shaping.enforce.ops import KernelState, Operation
 from shaping.enforce.overlaps import check_disjoint_classes
 from shaping.enforce.planner import plan_operations, teardown_operations
@@ -137,12 +138,16 @@ class KernelEnforcer:
         try:
             rest: Sequence[Operation] = ops
             htb, fast_path = self._fast_changes(ops), self._fast
+            rules = self._fast_rules(ops)
             if htb and fast_path is not None:
                 # HTB comes first in KINDS: sending its changes ahead of the rest keeps the planned order.
                 fast_path.change([(self._index(o.interface), o) for o in htb])
                 rest, fast = ops[len(htb) :], True
+            rest = rest[: len(rest) - len(rules)]
             if rest:
                 self.backend.apply(rest)
+            if rules and fast_path is not None:
+                fast_path.change_rules(rules)  # last in the planned order too: after nft and the routes
         except BaseException:
             self._state, self._applied_marks, self._applied_plan = None, None, None
             self._ifindex.clear()
@@ -202,6 +207,15 @@ class KernelEnforcer:
         if htb and list(ops[: len(htb)]) == htb and all(self._fast.supports(o) for o in htb):
             return htb
         return []
+
+    def _fast_rules(self, ops: Sequence[Operation]) -> list[PolicyRule]:
+        """The trailing policy rule changes (paths moving), sent in one batch instead of one request each."""
+        if self._fast is None:
+            return []
+        n = 0
+        while n < len(ops) and isinstance(ops[len(ops) - 1 - n], PolicyRule):
+            n += 1
+        return [o for o in ops[len(ops) - n :] if isinstance(o, PolicyRule)]
 
     def _index(self, name: str) -> int:
         if name not in self._ifindex:
