@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart, command 2: install FedShape with its dev tools and run lint, types and tests.
 # As root it also installs the Debian tools the network-namespace tests use (iproute2, nftables,
-# iperf3, tcpdump, ethtool) and the compiler that builds the simulator's C++ kernel (g++).
+# iperf3, tcpdump, ethtool), promtool (Debian's prometheus package, about 20 s to install) for the
+# exposition lint test, and the compiler that builds the simulator's C++ kernel (g++).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -15,6 +16,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   if [ ${#need[@]} -gt 0 ]; then
     echo "[test] apt-get install ${need[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  if ! command -v promtool >/dev/null; then
+    # promtool ships in Debian's prometheus package (19 MB, 17 s to install here); without recommends, so no node exporter.
+    echo "[test] apt-get install prometheus (promtool)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   fi
 fi
 bash scripts/setup.sh dev

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,12 @@ from shaping.baselines import get_baseline
 from shaping.checks import one_line
 from shaping.config import ScenarioConfig
 from shaping.control.experience import ExperienceStore
+from shaping.control.guard import Guard
 from shaping.control.heuristic import HeuristicControlPolicy
 from shaping.control.kernel_backend import KernelBackend, KernelSetup, make_enforcer
 from shaping.control.loop import ControlLoop, LoopConfig, StepRecord
 from shaping.control.metrics import ControlMetrics
+from shaping.control.notify import SdNotifier
 from shaping.control.policy import ControlPolicy, ModelPolicy, StaticPolicy
 from shaping.control.watchdog import WatchdogConfig
 from shaping.monitor import (
@@ -144,17 +149,31 @@ def build_monitor(args: argparse.Namespace, spec: TenantSpec, classids: Sequence
                    config=config)  # fmt: skip
 
 
-def _summary(records: list[StepRecord], loop: ControlLoop, backend: KernelBackend) -> dict[str, Any]:
-    modes = Counter(r.mode.value for r in records)
+@dataclass
+class RunTotals:
+    """What the summary needs of every step, kept as running totals: an agent runs for months at 10 Hz."""
+
+    steps: int = 0
+    modes: Counter[str] = field(default_factory=Counter)
+    reward: float = 0.0
+
+    def add(self, rec: StepRecord) -> None:
+        """Count one step."""
+        self.steps += 1
+        self.modes[rec.mode.value] += 1
+        self.reward += rec.reward
+
+
+def _summary(totals: RunTotals, loop: ControlLoop, backend: KernelBackend) -> dict[str, Any]:
     recorded = getattr(getattr(backend.enforcer, "backend", None), "log", None)
     return {
         "tenant": loop.spec.name,
-        "steps": len(records),
-        "modes": dict(modes),
+        "steps": totals.steps,
+        "modes": dict(totals.modes),
         "fallbacks": sum(
             s.value for m in loop.metrics.fallbacks.collect() for s in m.samples if s.name.endswith("_total")
         ),
-        "mean_reward": sum(r.reward for r in records) / len(records) if records else None,
+        "mean_reward": totals.reward / totals.steps if totals.steps else None,
         "policy": loop.policy.name,
         "recorded_operations": len(recorded) if recorded is not None else None,
     }  # fmt: skip
@@ -186,41 +205,93 @@ def sla_threshold(args: argparse.Namespace) -> float:
     return 1.0 if args.policy == "adaptive_heuristic" else DEFAULT_SLA_THRESHOLD
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the agent as the parsed arguments say; returns the summary printed at the end."""
+@dataclass(frozen=True)
+class AgentSetup:
+    """What the arguments say about the tenant, before anything touches the kernel."""
+
+    scenario: ScenarioConfig
+    spec: TenantSpec
+    rules: ShapingPlan
+    """The static rules (the watchdog's fallback), as the --rules baseline gives them."""
+    kernel: KernelSetup
+    interval_s: float
+    """Control interval, seconds (--interval-ms, else the scenario's)."""
+
+    @property
+    def static_plan(self) -> ShapingPlan:
+        """The static rules as the loop applies them in fallback: through the guard, with the default envelope."""
+        return Guard(self.spec, EnvelopeConfig(), rules=self.rules).clamp(self.rules).plan
+
+
+def agent_setup(args: argparse.Namespace) -> AgentSetup:
+    """The tenant, its static rules, interfaces and interval from the parsed arguments (ValueError when wrong)."""
     scenario = load_scenario(args.tenant_config)
     spec = _pick_tenant(scenario, args.tenant)
     if len(args.iface) != len(spec.paths):
         raise ValueError(f"tenant {spec.name!r} has {len(spec.paths)} paths {list(spec.paths)}: give --iface "
                          f"{len(spec.paths)} times (got {args.iface})")  # fmt: skip
     rules = get_baseline(args.rules).plan(spec)
+    interval = (args.interval_ms or scenario.control_interval_ms) / 1e3
+    return AgentSetup(scenario, spec, rules, KernelSetup(tuple(args.iface), args.netns), interval)
+
+
+def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[str, Any]:
+    """Run the agent as the parsed arguments say; returns the summary printed at the end.
+
+    Args:
+        notifier: where heartbeats go (systemd or fedshape-supervise): READY before the first step,
+            WATCHDOG after every step and every quarter interval while the loop waits, STOPPING at the
+            end. SIGUSR1 (sent by the supervisor after it put the static rules in) makes the next apply
+            re-read the kernel first.
+    """
+    setup = agent_setup(args)
+    spec, rules, interval = setup.spec, setup.rules, setup.interval_s
     envelope = EnvelopeConfig()
     policy = build_policy(args, spec, rules)
-    enforcer, classids = make_enforcer(spec, KernelSetup(tuple(args.iface), args.netns), dry_run=args.dry_run)
+    enforcer, classids = make_enforcer(spec, setup.kernel, dry_run=args.dry_run)
     backend = KernelBackend(spec, build_monitor(args, spec, classids), enforcer, teardown_on_close=args.teardown)
     registry = CollectorRegistry()
     if args.metrics_port is not None:
         start_http_server(args.metrics_port, registry=registry)
-    interval = (args.interval_ms or scenario.control_interval_ms) / 1e3
     config = LoopConfig(interval_s=interval, watchdog=WatchdogConfig(sla_threshold=sla_threshold(args),
                         recover_intervals=args.recover_intervals))  # fmt: skip
     store = ExperienceStore(Path(args.experience), spec) if args.experience else None
-    loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config,
+    notifier = notifier or SdNotifier(None)
+
+    def pacing_sleep(seconds: float) -> None:
+        # Heartbeats from the loop's own thread while it waits for the next interval, so the longest
+        # silence is one step's work and the supervisor's deadline can be one interval.
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, interval / 4))
+            notifier.heartbeat()
+
+    loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config, sleep=pacing_sleep,
                        metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))  # fmt: skip
-    records: list[StepRecord] = []
+    totals = RunTotals()
+
+    def on_step(rec: StepRecord) -> None:
+        totals.add(rec)
+        notifier.heartbeat()
+
     previous = {s: signal.signal(s, lambda *_: loop.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+    # The supervisor's "I put the static rules in": the next apply re-reads the kernel before planning.
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: backend.request_resync())
     try:
         # The static rules are the floor every fallback returns to: a plan the kernel cannot carry (a rate
         # too small for HTB, say) is a configuration error now, not ten failed intervals later.
         enforcer.plan(loop.guard.clamp(rules).plan)
         LOG.info("tenant %s: %s on %s (netns %s), interval %.0f ms%s", spec.name, policy.name, ",".join(args.iface),
                  args.netns or "-", interval * 1e3, " [dry run]" if args.dry_run else "")  # fmt: skip
-        loop.run(args.steps, on_step=records.append)
+        notifier.ready()  # the first step follows: from now on a silence is a hang
+        loop.run(args.steps, on_step=on_step)
     finally:
+        notifier.stopping()
         for s, h in previous.items():
             signal.signal(s, h)
         loop.close()
-    return _summary(records, loop, backend)
+        notifier.close()
+    return _summary(totals, loop, backend)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = run(args)
+        summary = run(args, SdNotifier.from_environ(os.environ))
     except (ValueError, FileNotFoundError, LookupError, PermissionError) as err:
         print(f"fedshape-agent: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,6 +22,10 @@ class Enforcer(Protocol):
 
     def apply(self, plan: ShapingPlan) -> Any:
         """Bring the kernel to the plan (idempotent); raise when the kernel refuses."""
+        ...
+
+    def reconcile(self) -> Any:
+        """Forget the model of the kernel and read it again."""
         ...
 
     def close(self) -> None:
@@ -45,6 +50,7 @@ class KernelBackend:
         self.teardown_on_close = teardown_on_close
         self.applied = 0
         self.last_result: Any = None
+        self._resync = threading.Event()
 
     @property
     def spec(self) -> TenantSpec:
@@ -57,9 +63,20 @@ class KernelBackend:
 
     def apply(self, plan: ShapingPlan) -> None:
         """Enforce the plan; the monitor learns its paths and rates once the kernel took it."""
+        if self._resync.is_set():
+            self._resync.clear()
+            self.enforcer.reconcile()
+            LOG.warning("tenant %s: re-read the kernel before applying (someone else changed it)", self._spec.name)
         self.last_result = self.enforcer.apply(plan)
         self.monitor.set_plan(plan)
         self.applied += 1
+
+    def request_resync(self) -> None:
+        """Make the next apply re-read the kernel first: someone else changed it (the supervisor's static rules).
+
+        Only sets a flag, so a signal handler may call it; the read happens in the loop's thread.
+        """
+        self._resync.set()
 
     def close(self) -> None:
         """Close the monitor and the enforcer (tearing the shaping down first when asked)."""

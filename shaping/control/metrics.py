@@ -1,10 +1,16 @@
-"""Prometheus metrics of one tenant agent, registered in a registry handed in (never the global one)."""
+"""Prometheus metrics of one tenant agent, registered in a registry handed in (never the global one).
+
+Names and units follow Prometheus's conventions and the rules service's exposition (shaping.service.exposition):
+base units (bytes per second, seconds, ratios) and a ``class`` label, so one query reads both.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shaping.units import BYTES_PER_S_PER_MBPS, S_PER_MS
 
 #: Buckets of the step and policy latencies, seconds (control intervals are ~100 ms).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -40,23 +46,25 @@ class ControlMetrics:
         self.overruns = Counter("fedshape_agent_overruns", "Intervals whose work exceeded the interval", t,
                                 registry=r)  # fmt: skip
         self.reward = Gauge("fedshape_agent_reward", "Reward of the last interval", t, registry=r)
-        self.sla_rate = Gauge("fedshape_agent_sla_violation_rate",
+        self.sla_rate = Gauge("fedshape_agent_sla_violation_ratio",
                               "Fraction of SLA classes violating their SLA last interval", t, registry=r)  # fmt: skip
         self.step_seconds = Histogram("fedshape_agent_step_seconds", "Time of one control step (observe to apply)",
                                       t, buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.policy_seconds = Histogram("fedshape_agent_policy_seconds", "Time the loop waited for the policy",
                                         t, buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        c = [*t, "cls"]
-        self.delivered = Gauge("fedshape_class_delivered_mbps", "Delivered rate per class", c, registry=r)
-        self.p99 = Gauge("fedshape_class_delay_p99_ms", "p99 one-way delay estimate per class", c, registry=r)
-        self.loss = Gauge("fedshape_class_loss", "Lost fraction of offered bytes per class", c, registry=r)
+        c = [*t, "class"]
+        self.delivered = Gauge("fedshape_class_delivered_bytes_per_second", "Delivered rate per class", c,
+                               registry=r)  # fmt: skip
+        self.p99 = Gauge("fedshape_class_delay_p99_seconds", "p99 one-way delay estimate per class", c, registry=r)
+        self.loss = Gauge("fedshape_class_loss_ratio", "Lost fraction of offered bytes per class", c, registry=r)
         self.mode.labels(tenant).set(0)
 
-    def classes_observed(self, delivered: Sequence[float], p99: Sequence[float], loss: Sequence[float]) -> None:
-        """Set the per-class gauges from one interval's measurements."""
-        for name, d, p, lo in zip(self.classes, delivered, p99, loss, strict=True):
-            self.delivered.labels(self.tenant, name).set(d)
-            self.p99.labels(self.tenant, name).set(p)
+    def classes_observed(self, delivered_mbps: Sequence[float], p99_ms: Sequence[float],
+                         loss: Sequence[float]) -> None:  # fmt: skip
+        """Set the per-class gauges from one interval's measurements (in the spec's Mbit/s and ms)."""
+        for name, d, p, lo in zip(self.classes, delivered_mbps, p99_ms, loss, strict=True):
+            self.delivered.labels(self.tenant, name).set(d * BYTES_PER_S_PER_MBPS)
+            self.p99.labels(self.tenant, name).set(p * S_PER_MS)
             self.loss.labels(self.tenant, name).set(lo)
 
     def value(self, name: str, **labels: str) -> float | None:

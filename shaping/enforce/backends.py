@@ -120,6 +120,11 @@ class NetlinkBackend:
             KINDS[kind].apply(self.ctx, batch)
             self.ops_applied += len(batch)
 
+    @property
+    def nft_rule_handles(self) -> list[int]:
+        """The kernel's handles of the rules the last apply added, in order (empty when nft echoed none)."""
+        return self.ctx.nft_rule_handles
+
     def read_state(self) -> KernelState:
         """Read every kind's objects back (netlink dumps and ``nft -j list table``)."""
         state = KernelState()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shaping.enforce.backends import Backend, NetlinkBackend, RecordingBackend
 from shaping.enforce.capabilities import Capabilities, probe_capabilities
 from shaping.enforce.fastpath import HtbFastPath
 from shaping.enforce.kinds import KINDS, HtbClass
+from shaping.enforce.kinds.htb import desired_classes
+from shaping.enforce.kinds.nft import KIND as NFT
+from shaping.enforce.kinds.nft import NftRule
+from shaping.enforce.kinds.routing import PolicyRule
 from shaping.enforce.ops import KernelState, Operation
 from shaping.enforce.overlaps import check_disjoint_classes
 from shaping.enforce.planner import plan_operations, teardown_operations
@@ -115,7 +119,8 @@ class KernelEnforcer:
 
         A plan equal to the last one applied on the current model returns at once, without planning
         (a deployed greedy policy repeats its plan most intervals); ``reconcile()``, a failed apply,
-        an nft change (its handles are read back) or a new enforcer make the next apply plan again.
+        or a new enforcer make the next apply plan again (nft echoes the handles of the rules it adds, so
+        an nft change needs no read-back).
 
         Raises:
             SpecError: the plan does not fit the tenant.
@@ -131,23 +136,86 @@ class KernelEnforcer:
         ops = self.plan(plan)
         fast = False
         try:
-            if ops and self._fast is not None and all(isinstance(o, HtbClass) and self._fast.supports(o) for o in ops):
-                self._fast.change([(self._index(o.interface), o) for o in ops if isinstance(o, HtbClass)])
-                fast = True
-            else:
-                self.backend.apply(ops)
+            rest: Sequence[Operation] = ops
+            htb, fast_path = self._fast_changes(ops), self._fast
+            rules = self._fast_rules(ops)
+            if htb and fast_path is not None:
+                # HTB comes first in KINDS: sending its changes ahead of the rest keeps the planned order.
+                fast_path.change([(self._index(o.interface), o) for o in htb])
+                rest, fast = ops[len(htb) :], True
+            rest = rest[: len(rest) - len(rules)]
+            if rest:
+                self.backend.apply(rest)
+            if rules and fast_path is not None:
+                fast_path.change_rules(rules)  # last in the planned order too: after nft and the routes
         except BaseException:
             self._state, self._applied_marks, self._applied_plan = None, None, None
             self._ifindex.clear()
             raise
-        if any(o.kind == "nft" for o in ops):
+        if not self._record(ops):
             self._state = None  # nft assigns rule handles: read them back on next use
-        else:
-            for op in ops:
-                KINDS[op.kind].record(self.state, op)
         self._applied_marks = _marks(plan) if self._state is not None else None
         self._applied_plan = plan if self._state is not None else None
         return ApplyResult(tuple(ops), self.clock() - start, fast)
+
+    def _record(self, ops: Sequence[Operation]) -> bool:
+        """Fold applied operations into the model; False when it cannot (nft added rules without echoing handles).
+
+        With the handles nft echoed, an nft change costs no read-back: listing the table again (a second
+        nft process) and the netlink dumps doubled the time of every step of an exploring agent.
+        """
+        new_rules = [o for o in ops if isinstance(o, NftRule) and o.verb in ("add", "insert", "replace")]
+        handles = list(getattr(self.backend, "nft_rule_handles", ()))
+        if any(o.kind == "nft" for o in ops) and len(handles) != len(new_rules):
+            return False
+        given = iter(handles)
+        for op in ops:
+            if isinstance(op, NftRule) and op.verb in ("add", "insert", "replace"):
+                NFT.record(self.state, op, handle=next(given))
+            else:
+                KINDS[op.kind].record(self.state, op)
+        return True
+
+    def write_rates(self, plan: ShapingPlan) -> bool:
+        """Write the plan's HTB classes without reading the kernel first (one fast-path batch); False: not possible.
+
+        For putting a known plan back in a hurry (the supervisor, when the agent hangs): rates and ceilings
+        are what limit the tenant, and this needs no netlink dump. It changes classes that exist and
+        forgets the model; ``apply`` (after ``reconcile``) must follow for marks, drops and paths.
+
+        Raises:
+            FastPathError: the kernel refused a change (a class is missing: ``apply`` creates it).
+        """
+        if self._fast is None:
+            return False
+        ops = [replace(o, verb="change") for o in desired_classes(self.spec, plan, self.target)]
+        if not all(self._fast.supports(o) for o in ops):
+            return False
+        self._state, self._applied_marks, self._applied_plan = None, None, None
+        self._fast.change([(self._index(o.interface), o) for o in ops])
+        return True
+
+    def _fast_changes(self, ops: Sequence[Operation]) -> list[HtbClass]:
+        """The leading HTB class changes when the fast path can send all of the apply's HTB operations, else none.
+
+        A plan that also moves marks, drops or paths (an exploring policy, the supervisor restoring
+        the static rules) sends its rate changes in one batch too, not one pyroute2 request each.
+        """
+        if self._fast is None:
+            return []
+        htb = [o for o in ops if isinstance(o, HtbClass)]
+        if htb and list(ops[: len(htb)]) == htb and all(self._fast.supports(o) for o in htb):
+            return htb
+        return []
+
+    def _fast_rules(self, ops: Sequence[Operation]) -> list[PolicyRule]:
+        """The trailing policy rule changes (paths moving), sent in one batch instead of one request each."""
+        if self._fast is None:
+            return []
+        n = 0
+        while n < len(ops) and isinstance(ops[len(ops) - 1 - n], PolicyRule):
+            n += 1
+        return [o for o in ops[len(ops) - n :] if isinstance(o, PolicyRule)]
 
     def _index(self, name: str) -> int:
         if name not in self._ifindex:

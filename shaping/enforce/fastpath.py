@@ -7,6 +7,7 @@ RTM_NEWTCLASS message is encoded once by pyroute2, without the two 1 KB rate tab
 tc_ratespec.linklayer is unset; we set it to Ethernet; checked on Linux 6.18), and later plans
 only patch rate, ceil, buffers and priority with struct.pack_into. All messages of a plan
 go out in one sendmsg on a raw NETLINK_ROUTE socket; every ack's error code is checked.
+Policy rule changes (a class moving to another path) ride the same socket in a batch of their own.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
-from pyroute2.netlink.rtnl import RTM_NEWTCLASS
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink.rtnl import RTM_DELRULE, RTM_NEWRULE, RTM_NEWTCLASS
+from pyroute2.netlink.rtnl.fibmsg import FR_ACT_TO_TBL, fibmsg
 from pyroute2.netlink.rtnl.tcmsg import sched_htb, tcmsg
 
 from shaping.enforce.kinds.htb import HtbClass, buffer_ticks
+from shaping.enforce.kinds.routing import PolicyRule
 
 #: TC_LINKLAYER_ETHERNET (include/uapi/linux/pkt_sched.h): with it the kernel needs no rate table.
 LINKLAYER_ETHERNET = 1
@@ -87,6 +90,23 @@ def encode_change(ifindex: int, op: HtbClass) -> bytearray:
     return bytearray(msg.data)
 
 
+def encode_rule(op: PolicyRule, seq: int) -> bytes:
+    """``fwmark MARK/0xffffffff lookup TABLE priority PRIO`` as one RTM_NEWRULE or RTM_DELRULE (the same
+    attributes as the pyroute2 path in kinds.routing sends)."""
+    msg = fibmsg()
+    msg["family"] = socket.AF_INET
+    msg["action"] = FR_ACT_TO_TBL
+    msg["table"] = op.table if op.table < 256 else 252  # RT_TABLE_COMPAT: FRA_TABLE carries the real one
+    msg["attrs"] = [["FRA_PRIORITY", op.priority], ["FRA_FWMARK", op.fwmark], ["FRA_FWMASK", 0xFFFFFFFF],
+                    ["FRA_TABLE", op.table]]  # fmt: skip
+    add = op.verb != "delete"
+    msg["header"]["type"] = RTM_NEWRULE if add else RTM_DELRULE
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_EXCL if add else 0)
+    msg["header"]["sequence_number"] = seq
+    msg.encode()
+    return bytes(msg.data)
+
+
 class HtbFastPath:
     """Batches HTB class changes on a raw netlink socket in the target's namespace.
 
@@ -126,15 +146,29 @@ class HtbFastPath:
         Raises:
             FastPathError: naming the first class the kernel refused (all acks are still drained).
         """
-        if not ops:
-            return
-        seqs = {}
-        chunks = []
+        batch = []
         for ifindex, op in ops:
             seq = next(self._seq)
-            seqs[seq] = op
-            chunks.append(self._message(ifindex, op, seq))
-        self.sock.sendall(b"".join(chunks))
+            batch.append((self._message(ifindex, op, seq), seq, f"change of class {op.classid:#x} on {op.interface}"))
+        self._send(batch)
+
+    def change_rules(self, ops: Sequence[PolicyRule]) -> None:
+        """Send policy rule deletes and adds in one batch, in order (netlink runs them one after another).
+
+        Raises:
+            FastPathError: naming the first rule the kernel refused.
+        """
+        batch = []
+        for op in ops:
+            seq = next(self._seq)
+            batch.append((encode_rule(op, seq), seq, f"{op.verb} of rule priority {op.priority}"))
+        self._send(batch)
+
+    def _send(self, batch: Sequence[tuple[bytes | bytearray, int, str]]) -> None:
+        if not batch:
+            return
+        seqs = {seq: what for _, seq, what in batch}
+        self.sock.sendall(b"".join(data for data, _, _ in batch))
         failure: FastPathError | None = None
         while seqs:
             n = self.sock.recv_into(self._buf)
@@ -142,12 +176,10 @@ class HtbFastPath:
             while pos + 16 <= n:
                 length, kind, _flags, seq, _pid = _HDR.unpack_from(self._buf, pos)
                 if kind == NLMSG_ERROR and seq in seqs:
-                    op = seqs.pop(seq)
+                    what = seqs.pop(seq)
                     code = -struct.unpack_from("=i", self._buf, pos + 16)[0]
                     if code and failure is None:
-                        failure = FastPathError(
-                            code, f"change of class {op.classid:#x} on {op.interface}: {os.strerror(code)}"
-                        )
+                        failure = FastPathError(code, f"{what}: {os.strerror(code)}")
                 pos += (length + 3) & ~3 if length else n
         if failure is not None:
             raise failure
@@ -157,4 +189,4 @@ class HtbFastPath:
         self.sock.close()
 
 
-__all__ = ["FastPathError", "HtbFastPath", "encode_change"]
+__all__ = ["FastPathError", "HtbFastPath", "encode_change", "encode_rule"]

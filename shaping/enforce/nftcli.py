@@ -49,8 +49,12 @@ class NftCli:
 
     def __call__(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Run one JSON document; raise NftError (NftNotFound for ENOENT) when nft refuses it."""
+        # A change is echoed (-e -a: each command with the handle the kernel gave it), so the enforcer learns
+        # the handles of the rules it added without listing the table again. Not a list: nft 1.0.6 would
+        # print the echo as a second JSON document after the listing.
+        lists = any("list" in cmd for cmd in doc.get("nftables", []))
         proc = self.run(
-            self.argv("-j", "-f", "-"),
+            self.argv("-j", "-f", "-") if lists else self.argv("-j", "-e", "-a", "-f", "-"),
             input=json.dumps(doc).encode(),
             capture_output=True,
             timeout=self.timeout_s,

@@ -12,9 +12,7 @@ from prometheus_client.registry import Collector
 from shaping.service.client import agent_status
 from shaping.service.config import ServiceConfig
 from shaping.store import RulesStore
-
-#: Mbit/s (what the API and the agents speak) to bytes per second (Prometheus's base unit).
-BYTES_PER_S_PER_MBPS = 1e6 / 8
+from shaping.units import BYTES_PER_S_PER_MBPS, S_PER_MS
 
 
 class ServiceCollector(Collector):
@@ -67,7 +65,7 @@ class ServiceCollector(Collector):
                 fam["sla"].add_metric([n], a.sla_ok_fraction)
                 for c in a.classes:
                     fam["delivered"].add_metric([n, c.name], c.delivered_mbps * BYTES_PER_S_PER_MBPS)
-                    fam["p99"].add_metric([n, c.name], c.delay_p99_ms / 1000.0)
+                    fam["p99"].add_metric([n, c.name], c.delay_p99_ms * S_PER_MS)
                     fam["loss"].add_metric([n, c.name], c.loss)
                     fam["class_sla"].add_metric([n, c.name], float(c.sla_ok))
             for klass, named in self.store.app_metrics(n).items():

@@ -250,10 +250,12 @@ def test_metrics_are_exported_in_the_injected_registry(spec):
     loop.run(3)
     text = generate_latest(registry).decode()
     for name in ("fedshape_agent_fallback", "fedshape_agent_steps_total", "fedshape_agent_reward",
-                 "fedshape_class_delay_p99_ms", "fedshape_agent_step_seconds_bucket"):  # fmt: skip
+                 "fedshape_class_delay_p99_seconds", "fedshape_agent_step_seconds_bucket"):  # fmt: skip
         assert name in text
     assert metrics.value("fedshape_agent_steps_total", tenant=spec.name, mode="adaptive") == 3
-    assert metrics.value("fedshape_class_delivered_mbps", tenant=spec.name, cls="game") == pytest.approx(10.0)
+    # 10 Mbit/s and 20 ms in the spec's units, bytes per second and seconds in Prometheus's
+    assert metrics.value("fedshape_class_delivered_bytes_per_second", tenant=spec.name,
+                         **{"class": "game"}) == pytest.approx(1.25e6)  # fmt: skip
 
 
 def test_run_paces_steps_to_the_interval_with_an_injected_clock(spec):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import struct
 
 import pytest
+from pyroute2.netlink.rtnl import RTM_DELRULE, RTM_NEWRULE
+from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from shaping.enforce import HtbClass, HtbFastPath, KernelEnforcer, NetlinkBackend
 from shaping.enforce.fast_stats import FastStats
-from shaping.enforce.fastpath import FastPathError, encode_change
+from shaping.enforce.fastpath import FastPathError, encode_change, encode_rule
 from shaping.enforce.kinds.htb import buffer_ticks
+from shaping.enforce.kinds.routing import PolicyRule
 from shaping.enforce.testing import NetnsPair
 from shaping.spec import TenantSpec
 from tests.enforce.conftest import make_plan, pair_target, with_class
@@ -68,6 +71,38 @@ def test_fast_changes_reach_kernel_and_errors_are_reported(spec: TenantSpec, pai
             with pytest.raises(FastPathError, match="0x10099"):
                 fp.change([(idx, missing), (idx, ok)])
             assert backend.read_state().classes[(pair.a_links[0], 0x10011)].rate == 7000  # the rest still applied
+        finally:
+            fp.close()
+
+
+def test_rule_messages_decode_like_the_rules_pyroute2_sends() -> None:
+    add = fibmsg(encode_rule(PolicyRule("add", 20001, 0x4601, 101), 5))
+    add.decode()
+    assert add["header"]["type"] == RTM_NEWRULE and add["header"]["sequence_number"] == 5
+    assert (add.get_attr("FRA_PRIORITY"), add.get_attr("FRA_FWMARK"), add.get_attr("FRA_TABLE")) == (20001, 0x4601, 101)
+    assert add.get_attr("FRA_FWMASK") == 0xFFFFFFFF
+    delete = fibmsg(encode_rule(PolicyRule("delete", 20001, 0x4601, 101), 6))
+    delete.decode()
+    assert delete["header"]["type"] == RTM_DELRULE
+
+
+@pytest.mark.root
+def test_path_changes_go_as_one_rule_batch(spec: TenantSpec, pair: NetnsPair) -> None:
+    target = pair_target(spec, pair)
+    with KernelEnforcer(spec, target) as enf:
+        enf.apply(make_plan(spec))
+        backend = enf.backend
+        assert isinstance(backend, NetlinkBackend)
+        applied = backend.ops_applied
+        res = enf.apply(with_class(make_plan(spec), 0, path=1))
+        assert [o.verb for o in res.ops] == ["delete", "add"]  # class 0's rule, now to path 1's table
+        assert backend.ops_applied == applied  # not through pyroute2
+        assert backend.read_state().rules == enf.state.rules
+        assert enf.state.rules[target.rule_priority_base].table == target.paths[1].table
+        fp = HtbFastPath(pair.a)
+        try:
+            with pytest.raises(FastPathError, match="delete of rule priority 20099"):
+                fp.change_rules([PolicyRule("delete", 20099, target.mark(0), 100)])
         finally:
             fp.close()
 

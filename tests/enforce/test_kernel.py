@@ -48,6 +48,22 @@ def test_apply_read_back_and_idempotent(spec: TenantSpec, pair: NetnsPair) -> No
         assert again.ops == () and backend.ops_applied == applied
 
 
+def test_model_follows_nft_changes_without_reading_back(spec: TenantSpec, pair: NetnsPair) -> None:
+    """Marks, drops and paths changing at once: the handles nft echoes keep the model equal to the kernel."""
+    target = pair_target(spec, pair)
+    plans = [make_plan(spec), with_class(make_plan(spec), 0, drop_prob=0.05, dscp=46, path=1),
+             with_class(make_plan(spec, rate=12.0), 2, drop_prob=0.01, dscp=10),
+             with_class(make_plan(spec), 0, dscp=18, path=1), make_plan(spec)]  # fmt: skip
+    with KernelEnforcer(spec, target) as enf:
+        backend = enf.backend
+        assert isinstance(backend, NetlinkBackend)
+        for plan in plans:
+            res = enf.apply(plan)
+            assert enf._state is not None  # recorded, not dropped for a read-back
+            assert enf.state == backend.read_state(), [o.describe() for o in res.ops]
+        assert enf.apply(plans[-1]).ops == ()
+
+
 def test_incremental_fast_rate_change(spec: TenantSpec, pair: NetnsPair) -> None:
     target = pair_target(spec, pair)
     with KernelEnforcer(spec, target) as enf:

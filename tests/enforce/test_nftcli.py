@@ -32,6 +32,19 @@ def test_argv_and_json_round_trip() -> None:
     assert NftCli(None, nft="nft", run=FakeRun())(doc) == {}
 
 
+def test_changes_are_echoed_with_the_handles_of_new_rules() -> None:
+    from shaping.enforce.kinds.nft import echoed_rule_handles
+
+    echo = {"nftables": [{"add": {"table": {"family": "inet", "name": "t", "handle": 1}}},
+                         {"add": {"rule": {"chain": "c", "expr": [], "handle": 7}}},
+                         {"insert": {"rule": {"chain": "c", "expr": [], "handle": 9}}},
+                         {"delete": {"rule": {"chain": "c", "handle": 7}}}]}  # fmt: skip
+    run = FakeRun(stdout=json.dumps(echo).encode())
+    out = NftCli(None, nft="nft", run=run)({"nftables": [{"add": {"table": {"family": "inet", "name": "t"}}}]})
+    assert run.calls[0][0] == ["nft", "-j", "-e", "-a", "-f", "-"]
+    assert echoed_rule_handles(out) == [7, 9]
+
+
 def test_errors_are_typed() -> None:
     missing = FakeRun(1, stderr=b"Error: No such file or directory")
     with pytest.raises(NftNotFound):

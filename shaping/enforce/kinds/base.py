@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shaping.enforce.ops import KernelState, Operation
@@ -23,6 +23,9 @@ class NetlinkContext:
     """pyroute2.IPRoute (sync API) in the target's network namespace."""
     nft: NftRunner
     target: EnforceTarget
+    nft_rule_handles: list[int] = field(default_factory=list)
+    """Handles the kernel gave the rules added (add, insert) by the last nft transaction, in command order;
+    empty when the runner echoed nothing."""
 
     def ifindex(self, name: str) -> int:
         """Index of a target interface; refuses interfaces the target does not name."""

@@ -98,8 +98,8 @@ class NftKind:
         """Deleting the table deletes its chains and rules."""
         return [NftTable("delete", target.nft_table)] if current.nft_table else []
 
-    def record(self, state: KernelState, op: Operation) -> None:
-        """Model nft's reaction; handles grow like the kernel's (monotonic per table)."""
+    def record(self, state: KernelState, op: Operation, handle: int | None = None) -> None:
+        """Model nft's reaction; a new rule gets ``handle`` (the kernel's, echoed by nft) or one past the largest."""
         if isinstance(op, NftTable):
             state.nft_table = op.verb == "add"
             state.nft_chains.clear()
@@ -111,7 +111,8 @@ class NftKind:
         elif isinstance(op, NftRule):
             rs = state.nft_rules
             if op.verb in ("add", "insert"):
-                handle = 1 + max((r.handle for r in rs), default=len(state.nft_chains))
+                if handle is None:
+                    handle = 1 + max((r.handle for r in rs), default=len(state.nft_chains))
                 new = NftRuleState(op.rule.chain, op.rule.key, op.rule.sig, handle)
                 if op.verb == "add":
                     rs.append(new)
@@ -122,13 +123,16 @@ class NftKind:
                 if op.verb == "delete":
                     del rs[pos]
                 else:  # replaced by insert + delete: a new handle, the same position
-                    rs[pos] = NftRuleState(op.rule.chain, op.rule.key, op.rule.sig, 1 + max(r.handle for r in rs))
+                    if handle is None:
+                        handle = 1 + max(r.handle for r in rs)
+                    rs[pos] = NftRuleState(op.rule.chain, op.rule.key, op.rule.sig, handle)
 
     def apply(self, ctx: NetlinkContext, ops: Sequence[Operation]) -> None:
         """All nft operations of one apply go in one JSON document: nft commits it as one transaction."""
         cmds = [cmd for op in ops for cmd in nft_commands(op)]
+        ctx.nft_rule_handles = []
         if cmds:
-            ctx.nft({"nftables": cmds})
+            ctx.nft_rule_handles = echoed_rule_handles(ctx.nft({"nftables": cmds}))
 
     def read(self, ctx: NetlinkContext, state: KernelState) -> None:
         """Chains and our rules (by comment), in chain order, from ``nft -j list table``."""
@@ -147,6 +151,12 @@ class NftKind:
                 # A rule without our comment was added by someone else: a key of "" forces a rebuild.
                 key, sig = parsed if parsed else ("", "")
                 state.nft_rules.append(NftRuleState(rule["chain"], key, sig, int(rule["handle"])))
+
+
+def echoed_rule_handles(out: dict[str, Any]) -> list[int]:
+    """The handles of the rules an nft transaction added or inserted, in command order, from its ``-e -a`` echo."""
+    return [int(cmd[verb]["rule"]["handle"]) for cmd in out.get("nftables", []) for verb in ("add", "insert")
+            if isinstance(cmd.get(verb), dict) and "handle" in cmd[verb].get("rule", {})]  # fmt: skip
 
 
 def nft_commands(op: Operation) -> list[dict[str, Any]]:
