@@ -44,8 +44,8 @@ GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
 }
 GROUPS = {*GROUP_SCHEMAS, "scenario", "experiment"}
 #: Directories of conf/ that are data, not config groups: the generated scenario suites (shaping.sim.suite) and
-#: tuned_static's cache of searched plans (shaping.tuned.cache).
-DATA_DIRS = {"suite", "tuned_static"}
+#: tuned_static's cache of searched plans (shaping.tuned.cache) and the committed pretrained model (models/).
+DATA_DIRS = {"suite", "tuned_static", "models"}
 
 
 def options(group: str) -> list[str]:
