@@ -9,7 +9,6 @@ what the agent changes for the tenant that deploys it.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -186,16 +185,12 @@ class UniversalPolicy(PerTenantModelPolicy):
 
     def __init__(self, path: str | os.PathLike[str], name: str | None = None, *,
                  layout: UniversalLayout | None = None, hidden_sizes: tuple[int, ...] = (64, 64)) -> None:  # fmt: skip
+        from shaping.agents.projection import read_model_card  # deferred: it imports shaping.agents.ppo
+
         self.path = Path(path)
         self._name = name or f"universal:{os.fspath(path)}"
         self._tenants = None
-        summary = self.path.parent / "summary.json"
-        meta = json.loads(summary.read_text()) if summary.is_file() else {}
-        if "layout" in meta:
-            lay = dict(meta["layout"])
-            layout = UniversalLayout(**{**lay, "per_class": tuple(lay["per_class"])})
-        self.layout = layout or UniversalLayout()
-        self.hidden_sizes = tuple(meta.get("hidden_sizes", hidden_sizes))
+        self.layout, self.hidden_sizes = read_model_card(self.path, layout, hidden_sizes)
         self._weights = load_weights(self.path)
         self._drivers = []
 

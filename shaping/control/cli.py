@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=POLICY_CHOICES,
                    help="what shapes adaptively: the static rules only, the --checkpoint's agent, or the rule-based "
                         "adaptive_heuristic (default: checkpoint with --checkpoint, else rules)")  # fmt: skip
-    p.add_argument("--checkpoint", help="agent checkpoint (PPO/DQN); default: run the static rules only")
+    p.add_argument("--checkpoint", help="agent checkpoint (PPO/DQN), or a global model (.npz of a federated round "
+                                        "or of pretraining, with its summary.json); default: the static rules only")
     p.add_argument("--rules", default="static_priority", help="baseline whose plan is the static rules (fallback)")
     p.add_argument("--interval-ms", type=float, help="control interval (default: the scenario's)")
     p.add_argument("--steps", type=int, help="stop after N intervals (default: run until SIGINT/SIGTERM)")

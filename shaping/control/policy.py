@@ -23,6 +23,7 @@ from torch import nn
 from shaping.agents.checkpoint import load_checkpoint
 from shaping.agents.envelope import Envelope, EnvelopeConfig, build_envelope, random_actions
 from shaping.agents.numpy_actor import NumpyActor, UnsupportedModelError
+from shaping.agents.projection import is_global_weights, tenant_model
 from shaping.control.backend import Observed
 from shaping.spec import ActionLayout, ShapingPlan, TenantSpec
 
@@ -195,7 +196,13 @@ class ModelPolicy:
         deterministic: bool = True,
         generator: torch.Generator | None = None,
     ) -> ModelPolicy:
-        """Load a checkpoint trained for ``spec`` (CheckpointMismatchError otherwise)."""
+        """Load a checkpoint trained for ``spec`` (CheckpointMismatchError otherwise), or a global model (a
+        weights .npz of a federated round or of pretraining, shaping.agents.projection) made the tenant's own."""
+        if is_global_weights(path):
+            model = tenant_model(path, spec)
+            env = build_envelope(spec, envelope)
+            return cls(model, spec, envelope=env, epsilon=epsilon, deterministic=deterministic, generator=generator,
+                       name=f"global:{os.fspath(path)}")  # fmt: skip
         ckpt = load_checkpoint(path, spec, envelope=envelope)
         return cls(
             ckpt.model, spec, envelope=getattr(ckpt.model, "envelope", None), epsilon=epsilon,

@@ -7,10 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from shaping.agents.global_model import get_weights, make_model, save_weights
+from shaping.agents.universal import UniversalLayout
 from shaping.control.cli import main
 from tests.control.conftest import small_scenario
 
@@ -111,3 +114,20 @@ def test_real_run_in_a_network_namespace(tenant_file, tmp_path):
         with IPRoute(netns=pair.a, flags=0) as ipr:  # --teardown left nothing of ours
             idx = ipr.link_lookup(ifname=pair.a_links[0])[0]
             assert not [m for m in ipr.get_qdiscs(idx) if m.get_attr("TCA_KIND") == "htb"]
+
+
+def test_a_global_model_drives_the_tenant(tmp_path, capsys):
+    # The committed pretrained model (its summary.json beside it), as a federated round's model would.
+    root = Path(__file__).resolve().parents[2]
+    model = root / "conf" / "models" / "universal.npz"
+    rc = main(["--tenant-config", "default", "--tenant", "gameco", "--iface", "fsm-g0", "--iface", "fsm-g1",
+               "--checkpoint", str(model), "--dry-run", "--steps", "3", "--interval-ms", "20"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["modes"] == {"adaptive": 3}
+    # Weights without their card do not fit the default hidden sizes: one line, exit 2.
+    save_weights(tmp_path / "round_0001.npz", get_weights(make_model(UniversalLayout(), (8,))))
+    rc = main(["--tenant-config", "default", "--tenant", "gameco", "--iface", "a", "--iface", "b",
+               "--checkpoint", str(tmp_path / "round_0001.npz"), "--dry-run", "--steps", "1"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "does not fit layout" in err[0], err
