@@ -1,4 +1,4 @@
-"""Tiny-budget runs of the hardening benchmarks: many watch streams from one tenant, and SIGKILL mid-write."""
+"""Tiny-budget runs of the hardening benchmarks: many watch streams from one tenant, SIGKILL mid-write, CLI start-up."""
 
 from __future__ import annotations
 
@@ -38,3 +38,13 @@ def test_help(module, capsys):
     with pytest.raises(SystemExit) as exit_:
         module.main(["--help"])
     assert exit_.value.code == 0 and "--quick" in capsys.readouterr().out
+
+
+def test_bench_cli_smoke(capsys):
+    from experiments import bench_cli
+
+    assert bench_cli.main(["--repeats", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for command in ("help", "read"):
+        assert 0 < out[command]["min_s"] <= out[command]["median_s"] <= out[command]["max_s"]
+    assert out["repeats"] == 1 and out["target_s"] == 0.5 and isinstance(out["met"], bool)
