@@ -27,8 +27,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from shaping.checks import above, at_least, check_privacy, check_tree, one_line, within
 from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
+from shaping.sim.scenarios import default_conf_dir
 
 T = TypeVar("T")
+
+#: The Hydra entry points' config directory (``@hydra.main(config_path=CONF_PATH)``): the repository's conf/,
+#: or an installed FedShape's package data (a relative "../conf" would point into site-packages).
+CONF_PATH = str(default_conf_dir())
 
 #: Known values of the string-typed choices (checked in __post_init__ so OmegaConf.to_object fails early).
 FL_STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "trimmed_mean", "krum")
