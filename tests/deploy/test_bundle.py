@@ -58,13 +58,15 @@ def test_the_wheel_carries_conf_as_package_data(tmp_path):
         shutil.copy2(REPO / name, src / name)
     for name in ("shaping", "fed_client", "fed_server", "experiments", "conf"):
         shutil.copytree(REPO / name, src / name, ignore=skip)
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                          str(tmp_path / "whl"), str(src)], capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    argv += ["-w", str(tmp_path / "whl")]
+    out = subprocess.run([*argv, str(src)], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     (wheel,) = (tmp_path / "whl").glob("fedshape-*.whl")
     with zipfile.ZipFile(wheel) as whl:
         names = set(whl.namelist())
-    conf = {f"shaping/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*") if p.is_file()}
+    files = [p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*") if p.is_file()]
+    conf = {f"shaping/conf/{name}" for name in files}
     assert conf and conf <= names
     assert "shaping/py.typed" in names and "shaping/sim/kernel_source.py" in names
 
