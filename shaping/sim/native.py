@@ -134,7 +134,8 @@ def build_library(
         if proc.returncode != 0:
             # A compiler's complaint can run to pages: its last lines hold the error.
             detail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-12:])
-            raise BuildError(f"{cxx} failed to build {source.name} (exit {proc.returncode}):\n{detail}")
+            said = f":\n{detail}" if detail else ""
+            raise BuildError(f"{cxx} failed to build {source.name} (exit {proc.returncode}){said}")
         os.replace(scratch, target)  # atomic: a reader sees no library or a whole one
     finally:
         Path(scratch).unlink(missing_ok=True)
