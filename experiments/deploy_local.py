@@ -361,6 +361,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--app", type=Path, default=Path("."), help="Flower app directory (default: this repo)")
     p.add_argument("--workdir", type=Path, required=True, help="certificates, Flower homes and logs go here")
     p.add_argument("--nodes", type=int, default=2, help="registered SuperNodes (partition-id 0..N-1)")
+    p.add_argument(
+        "--tenant", action="append", default=[], metavar="TENANT@SCENARIO",
+        help="a registered SuperNode that declares this tenant in its node config, as a deployed tenant does "
+        "(repeat; replaces --nodes)",
+    )
     p.add_argument("--unregistered", type=int, default=0, help="extra SuperNodes whose keys are NOT registered")
     p.add_argument("--port", type=int, default=19100, help="SuperLink port; SuperNodes use the next ports")
     p.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE", help="run config (repeat)")
@@ -385,14 +390,22 @@ def _pairs(items: Sequence[str]) -> dict[str, ConfigValue]:
     return {k: _config_value(v) for k, _, v in (item.partition("=") for item in items)}
 
 
+def node_specs(count: int, tenants: Sequence[str], extra: Mapping[str, ConfigValue]) -> list[NodeSpec]:
+    """The registered nodes: one per ``TENANT@SCENARIO`` with those in its node config (a deployment's
+    nodes), else `count` nodes told their partition-id (what the simulation gives a ClientApp)."""
+    if tenants:
+        pairs = [name.partition("@") for name in tenants]
+        return [NodeSpec(f"node-{i}", {"tenant": tenant, "scenario": scenario or "default", **extra})
+                for i, (tenant, _, scenario) in enumerate(pairs)]  # fmt: skip
+    return [NodeSpec(f"node-{i}", {"partition-id": i, "num-partitions": count, **extra}) for i in range(count)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: 0 when the run finished completed and every unregistered node was refused; 1 otherwise
     (with a line on stderr saying why), 2 for settings FedShape's apps refuse (before anything starts)."""
     args = _parse_args(argv)
     extra = _pairs(args.node_config)
-    nodes = [
-        NodeSpec(f"node-{i}", {"partition-id": i, "num-partitions": args.nodes, **extra}) for i in range(args.nodes)
-    ] + [
+    nodes = node_specs(args.nodes, args.tenant, extra) + [
         NodeSpec(f"intruder-{i}", {"partition-id": 0, "num-partitions": args.nodes, **extra}, registered=False)
         for i in range(args.unregistered)
     ]

@@ -1,4 +1,8 @@
-"""The tenants and scenarios the docs' federation examples name exist, so the examples run as written."""
+"""The tenants and scenarios the docs' federation examples name exist, so the examples run as written.
+
+Node configs (`--node-config 'tenant=... scenario=...'`), run configs (`tenants='[...]'`) and
+`deploy_local --tenant TENANT@SCENARIO`; upper-case names (NAME) are placeholders.
+"""
 
 from __future__ import annotations
 
@@ -36,11 +40,21 @@ def _run_config_tenants() -> list[tuple[str, dict[str, str]]]:
     return found
 
 
-EXAMPLES = _node_configs() + _run_config_tenants()
+def _deploy_local_tenants() -> list[tuple[str, dict[str, str]]]:
+    """(file, entry) of every `deploy_local --tenant TENANT@SCENARIO` in the docs."""
+    found = []
+    for doc in DOCS:
+        for tenant, scenario in re.findall(r"--tenant ([\w-]+)@([\w-]+)", doc.read_text()):
+            if not tenant.isupper():
+                found.append((doc.name, {"tenant": tenant, "scenario": scenario}))
+    return found
+
+
+EXAMPLES = _node_configs() + _run_config_tenants() + _deploy_local_tenants()
 
 
 def test_the_docs_have_federation_examples():
-    assert len(_node_configs()) >= 2 and _run_config_tenants()
+    assert len(_node_configs()) >= 2 and _run_config_tenants() and _deploy_local_tenants()
 
 
 @pytest.mark.parametrize(("doc", "example"), EXAMPLES, ids=[f"{d}:{e['tenant']}" for d, e in EXAMPLES])

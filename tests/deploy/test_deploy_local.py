@@ -233,3 +233,12 @@ def test_a_failed_run_exits_non_zero_although_flwr_run_exits_0(tmp_path, capsys,
     monkeypatch.setattr(deploy_local, "deploy", lambda *args, **kwargs: outcome.__class__(
         7, "finished:completed", {"node-0": 1}, [], {}, {}, {}))  # fmt: skip
     assert deploy_local.main(["--app", str(TINY_APP), "--workdir", str(tmp_path / "w")]) == 0
+
+
+def test_nodes_declare_their_tenants_as_deployed_tenants_do():
+    nodes = deploy_local.node_specs(2, ["gameco@default", "office@single_path"], {"num-envs": 2})
+    assert [(n.name, dict(n.node_config)) for n in nodes] == [
+        ("node-0", {"tenant": "gameco", "scenario": "default", "num-envs": 2}),
+        ("node-1", {"tenant": "office", "scenario": "single_path", "num-envs": 2}),
+    ]
+    assert deploy_local.node_specs(2, [], {})[1].node_config == {"partition-id": 1, "num-partitions": 2}
