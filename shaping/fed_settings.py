@@ -153,7 +153,17 @@ class RunSettings:
             else:
                 top[attr] = value
         s = replace(cls(), **top)  # all at once: __post_init__ checks the settings together, not key by key
-        return replace(s, ppo=replace(s.ppo, **ppo)) if ppo else s
+        if not ppo:
+            return s
+        try:
+            return replace(s, ppo=replace(s.ppo, **ppo))
+        except ValueError as err:
+            # PPOConfig names its fields as the Hydra schema does (agent.num_steps); a run config says train.*.
+            text = str(err)
+            for key, (attr, _, _) in KEYS.items():
+                if attr.startswith("ppo."):
+                    text = text.replace(f"agent.{attr[4:]} ", f"{key} ")
+            raise ValueError(text) from None
 
     def to_config(self) -> dict[str, Scalar]:
         """The flat keys of these settings (every key of KEYS); from_config(to_config()) gives them back."""

@@ -86,6 +86,8 @@ def test_central_dp_without_noise_cannot_start_from_a_flat_run_config():
         ({"fl.weighting": "tokens"}, r"^fl\.weighting must be examples or uniform, got 'tokens'$"),
         ({"train.local_iterations": 0}, r"^train\.local_iterations must be >= 1, got 0$"),
         ({"evaluation.envs": 0}, r"^evaluation\.envs must be >= 1, got 0$"),
+        ({"train.num_steps": 0}, r"^train\.num_steps must be >= 1, got 0$"),
+        ({"train.learning_rate": 0.0}, r"^train\.learning_rate must be > 0, got 0\.0$"),
         ({"seed": -1}, r"^seed must be >= 0, got -1$"),
         ({"train.hidden_sizes": "[]"}, r"^train\.hidden_sizes must list at least one layer"),
         ({"train.hidden_sizes": "[64, 0]"}, r"^train\.hidden_sizes entry must be >= 1, got 0$"),
