@@ -30,7 +30,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from experiments.config import exits_2_on_config_error, register_configs, to_typed
+from experiments.config import CONF_PATH, exits_2_on_config_error, register_configs, to_typed
 from shaping.checks import above, at_least
 from shaping import ENV_ID
 from shaping.agents.train import EvalResult, evaluate_agent, train_ppo
@@ -212,7 +212,7 @@ def register() -> None:
     ConfigStore.instance().store(name="bench_train_schema", node=BenchTrainConfig)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench_train")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="bench_train")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, print JSON."""

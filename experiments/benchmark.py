@@ -28,7 +28,13 @@ from omegaconf import DictConfig
 
 from experiments.benchmark_eval import EvalSettings, evaluate_suite, scenario_path
 from experiments.benchmark_report import markdown_report, write_plots
-from experiments.config import BenchmarkConfig, exits_2_on_config_error, register_configs, to_benchmark_config
+from experiments.config import (
+    CONF_PATH,
+    BenchmarkConfig,
+    exits_2_on_config_error,
+    register_configs,
+    to_benchmark_config,
+)
 from experiments.yardstick import annotate, heuristic_sanity, summarize, tuned_sanity
 from shaping.baselines import BASELINES
 from shaping.policies import make_policy
@@ -147,7 +153,7 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir: Path) -> dict[str, Any]:
     return doc
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="benchmark")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""

@@ -24,7 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.config import CompareConfig, exits_2_on_config_error, register_configs, to_compare_config
+from experiments.config import CONF_PATH, CompareConfig, exits_2_on_config_error, register_configs, to_compare_config
 from experiments.report import markdown_report, write_json, write_plots
 from shaping.evaluation import PolicyResult, evaluate_policies
 from shaping.policies import cannot_control, make_policy
@@ -97,7 +97,7 @@ def run_compare(cfg: CompareConfig, out_dir: Path) -> dict[str, PolicyResult]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="compare")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""

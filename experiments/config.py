@@ -28,8 +28,13 @@ from omegaconf.errors import OmegaConfBaseException
 from shaping.checks import above, at_least, check_privacy, check_tree, one_line, within
 from shaping.sim.scenarios import ScenarioFileError, UnknownScenarioError
 from shaping.config import DQNConfig, PPOConfig, RewardConfig, ScenarioConfig, TrainConfig
+from shaping.sim.scenarios import default_conf_dir
 
 T = TypeVar("T")
+
+#: The Hydra entry points' config directory (``@hydra.main(config_path=CONF_PATH)``): the repository's conf/,
+#: or an installed FedShape's package data (a relative "../conf" would point into site-packages).
+CONF_PATH = str(default_conf_dir())
 
 #: Known values of the string-typed choices (checked in __post_init__ so OmegaConf.to_object fails early).
 FL_STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "trimmed_mean", "krum")
@@ -116,7 +121,11 @@ class FLConfig:
     fraction_fit: float = 1.0
     """Fraction of clients sampled for training each round."""
     min_fit_clients: int = 2
-    """Fewest clients a training round needs."""
+    """Fewest clients a training round needs: a round whose other clients fail (or drop out of SecAgg+
+    within its threshold) still aggregates the updates it got."""
+    min_available_clients: int = 0
+    """Nodes the server waits for before the first round (0: min_fit_clients); the run's clients are the
+    nodes connected then (in a simulation: every tenant)."""
     local_epochs: int = 1
     """Local training epochs (PPO iterations) per round on each client."""
     proximal_mu: float = 0.0
@@ -150,7 +159,7 @@ class FLConfig:
         _check_choice("fl.strategy", self.strategy, FL_STRATEGIES)
         _check_choice("fl.weighting", self.weighting, ("examples", "uniform"))
         at_least("fl", self, 1, "rounds", "clients", "min_fit_clients", "local_epochs")
-        at_least("fl", self, 0, "krum_malicious")
+        at_least("fl", self, 0, "krum_malicious", "min_available_clients")
         within("fl", self, 0.0, 1.0, "fraction_fit", "server_momentum", "beta_1", "beta_2")
         above("fl", self, 0.0, "fraction_fit", "server_lr", "client_lr", "tau")
         at_least("fl", self, 0.0, "proximal_mu")

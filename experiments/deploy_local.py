@@ -23,6 +23,7 @@ import tomli_w
 
 from experiments.processes import ProcessGroup
 from shaping import pki
+from shaping.checks import one_line
 
 ConfigValue = str | int | float | bool
 CONNECTION = "fedshape-local"
@@ -320,6 +321,38 @@ def deploy(
     return RunOutcome(int(started["run-id"]), str(run["status"]), node_ids, listing["nodes"], refused, run, logs)
 
 
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_run_config(
+    app_dir: Path, run_config: Mapping[str, ConfigValue], app_config: Mapping[str, ConfigValue] | None = None
+) -> None:
+    """Refuse impossible settings of FedShape's own apps before any process starts.
+
+    The ServerApp would refuse them too, but only once the SuperLink, the nodes and the run are up, as a
+    failed run. Other apps (tests/deploy/tiny_app) are not checked: their settings are their own.
+
+    Raises:
+        ValueError: the first value out of range, naming its run-config key (shaping.fed_settings.RunSettings).
+    """
+    path = app_dir / "pyproject.toml"
+    if not path.is_file():
+        return  # deploy() says so, as a DeploymentError
+    app = tomllib.loads(path.read_text()).get("tool", {}).get("flwr", {}).get("app", {})
+    if not str(app.get("components", {}).get("serverapp", "")).startswith("fed_server."):
+        return
+    from shaping.fed_settings import RunSettings  # torch: only for FedShape's apps
+
+    RunSettings.from_config({**_flatten(app.get("config", {})), **(app_config or {}), **run_config})
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m experiments.deploy_local",
@@ -328,6 +361,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--app", type=Path, default=Path("."), help="Flower app directory (default: this repo)")
     p.add_argument("--workdir", type=Path, required=True, help="certificates, Flower homes and logs go here")
     p.add_argument("--nodes", type=int, default=2, help="registered SuperNodes (partition-id 0..N-1)")
+    p.add_argument(
+        "--tenant", action="append", default=[], metavar="TENANT@SCENARIO",
+        help="a registered SuperNode that declares this tenant in its node config, as a deployed tenant does "
+        "(repeat; replaces --nodes)",
+    )
     p.add_argument("--unregistered", type=int, default=0, help="extra SuperNodes whose keys are NOT registered")
     p.add_argument("--port", type=int, default=19100, help="SuperLink port; SuperNodes use the next ports")
     p.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE", help="run config (repeat)")
@@ -352,16 +390,30 @@ def _pairs(items: Sequence[str]) -> dict[str, ConfigValue]:
     return {k: _config_value(v) for k, _, v in (item.partition("=") for item in items)}
 
 
+def node_specs(count: int, tenants: Sequence[str], extra: Mapping[str, ConfigValue]) -> list[NodeSpec]:
+    """The registered nodes: one per ``TENANT@SCENARIO`` with those in its node config (a deployment's
+    nodes), else `count` nodes told their partition-id (what the simulation gives a ClientApp)."""
+    if tenants:
+        pairs = [name.partition("@") for name in tenants]
+        return [NodeSpec(f"node-{i}", {"tenant": tenant, "scenario": scenario or "default", **extra})
+                for i, (tenant, _, scenario) in enumerate(pairs)]  # fmt: skip
+    return [NodeSpec(f"node-{i}", {"partition-id": i, "num-partitions": count, **extra}) for i in range(count)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: 0 when the run finished completed and every unregistered node was refused."""
+    """Command line: 0 when the run finished completed and every unregistered node was refused; 1 otherwise
+    (with a line on stderr saying why), 2 for settings FedShape's apps refuse (before anything starts)."""
     args = _parse_args(argv)
     extra = _pairs(args.node_config)
-    nodes = [
-        NodeSpec(f"node-{i}", {"partition-id": i, "num-partitions": args.nodes, **extra}) for i in range(args.nodes)
-    ] + [
+    nodes = node_specs(args.nodes, args.tenant, extra) + [
         NodeSpec(f"intruder-{i}", {"partition-id": 0, "num-partitions": args.nodes, **extra}, registered=False)
         for i in range(args.unregistered)
     ]
+    try:
+        check_run_config(args.app, _pairs(args.run_config), _pairs(args.app_config))
+    except (ValueError, TypeError) as err:
+        print(f"deploy_local: {one_line(err)}", file=sys.stderr)
+        return 2
     try:
         outcome = deploy(
             args.workdir, args.app, nodes, _pairs(args.run_config), app_config=_pairs(args.app_config),
@@ -374,8 +426,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.summary:
         args.summary.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    refused = all(code not in (None, 0) for code in outcome.refused.values())
-    return 0 if outcome.status == "finished:completed" and refused else 1
+    # `flwr run` exits 0 whatever becomes of the run (flwr 1.42): the run's final status decides.
+    if outcome.status != "finished:completed":
+        print(f"deploy_local: run {outcome.run_id} ended {outcome.status} (logs in {args.workdir})", file=sys.stderr)
+        return 1
+    not_refused = [name for name, code in outcome.refused.items() if code in (None, 0)]
+    if not_refused:
+        print(f"deploy_local: unregistered nodes not refused: {not_refused}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from experiments.config import (
+    CONF_PATH,
     FLConfig,
     PrivacyConfig,
     exits_2_on_config_error,
@@ -427,7 +428,7 @@ def register() -> None:
     ConfigStore.instance().store(name="federated_schema", node=FederatedConfig)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="federated")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="federated")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate (exit 2 on a bad value), run."""

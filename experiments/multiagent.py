@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.config import FinalEvalConfig, exits_2_on_config_error, register_configs, to_typed
+from experiments.config import CONF_PATH, FinalEvalConfig, exits_2_on_config_error, register_configs, to_typed
 from experiments.threads import torch_threads
 from shaping.checks import at_least
 from shaping.agents.train_multi import MultiAgentPolicy, MultiTrainResult, train_multi
@@ -201,7 +201,7 @@ def register() -> None:
     ConfigStore.instance().store(name="multiagent_schema", node=MultiAgentConfig)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="multiagent")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="multiagent")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""

@@ -27,7 +27,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.config import PretrainConfig, exits_2_on_config_error, register_configs, to_typed
+from experiments.config import CONF_PATH, PretrainConfig, exits_2_on_config_error, register_configs, to_typed
 from experiments.threads import torch_threads
 from shaping.agents.policy import AgentPolicy
 from shaping.agents.train import TrainResult, train_ppo
@@ -196,7 +196,7 @@ def _run_pretrain(cfg: PretrainConfig, out_dir: Path) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="pretrain")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""

@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from experiments.config import exits_2_on_config_error, register_configs, to_typed
+from experiments.config import CONF_PATH, exits_2_on_config_error, register_configs, to_typed
 from experiments.threads import torch_threads
 from shaping.checks import above, at_least, within
 from experiments.fl_arms import initial_policy, static_baselines
@@ -308,7 +308,7 @@ def register() -> None:
     ConfigStore.instance().store(name="pretrain_universal_schema", node=UniversalPretrainConfig)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain_universal")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="pretrain_universal")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, print the summary's headline."""

@@ -25,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import exits_2_on_config_error, to_typed
+from experiments.config import CONF_PATH, exits_2_on_config_error, to_typed
 from shaping.testbed.report import markdown_report, write_plot
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def register() -> None:
     ConfigStore.instance().store(name="testbed_schema", node=TestbedConfig)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="testbed")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="testbed")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, print the JSON."""

@@ -28,7 +28,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.config import exits_2_on_config_error, register_configs, to_typed
+from experiments.config import CONF_PATH, exits_2_on_config_error, register_configs, to_typed
 from experiments.threads import torch_threads
 from shaping.checks import above, at_least
 from shaping.config import RewardConfig, ScenarioConfig
@@ -160,7 +160,7 @@ def register() -> None:
     ConfigStore.instance().store(name="train_sb3_schema", node=TrainSB3Config)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train_sb3")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="train_sb3")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run, print JSON."""

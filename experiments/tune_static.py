@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from experiments.config import TuneStaticConfig, exits_2_on_config_error, register_configs, to_typed
+from experiments.config import CONF_PATH, TuneStaticConfig, exits_2_on_config_error, register_configs, to_typed
 from shaping.config import ScenarioConfig
 from shaping.sim.scenarios import load_scenario
 from shaping.tuned import TunedPlan, TuneSettings, cache_key, default_cache_dir, load_or_tune, lookup
@@ -87,7 +87,7 @@ def run_tune_static(cfg: TuneStaticConfig) -> list[TunedPlan]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="tune_static")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="tune_static")
 @exits_2_on_config_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run."""

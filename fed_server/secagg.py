@@ -7,8 +7,6 @@ have no secure aggregation yet, so every run uses this path and plain runs just 
 
 from __future__ import annotations
 
-import math
-
 from flwr.app import Context
 from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.strategy import Strategy
@@ -21,21 +19,30 @@ CLIPPING_RANGE = 16.0
 QUANTIZATION_RANGE = 2**22
 
 
-def secaggplus_workflow(n_clients: int, timeout: float | None = None) -> SecAggPlusWorkflow:
-    """SecAgg+ with each client sharing its keys with about half the others, 2/3 of them needed to unmask."""
-    shares = max(3, math.ceil(n_clients / 2)) if n_clients > 3 else n_clients
-    threshold = max(2, math.ceil(2 * shares / 3))
+#: Each client shares its keys with about half the sampled clients, and 2/3 of those are needed to unmask.
+#: Fractions, so the protocol fits the clients sampled each round (Flower rounds the share count up to an
+#: odd one, at least 3, and the threshold to at least 2) rather than a count fixed before nodes join.
+SHARES_FRACTION = 0.5
+THRESHOLD_FRACTION = 2 / 3
+
+
+def secaggplus_workflow(timeout: float | None = None) -> SecAggPlusWorkflow:
+    """SecAgg+ with each client sharing its keys with about half the others, 2/3 of them needed to unmask.
+
+    A round survives dropouts while every remaining client keeps the threshold of its neighbours; below
+    that the workflow halts the round (fed_server.tracking then fails the run).
+    """
     return SecAggPlusWorkflow(
-        num_shares=shares,
-        reconstruction_threshold=threshold,
+        num_shares=SHARES_FRACTION,
+        reconstruction_threshold=THRESHOLD_FRACTION,
         clipping_range=CLIPPING_RANGE,
         quantization_range=QUANTIZATION_RANGE,
         timeout=timeout,
     )
 
 
-def run_legacy(grid: Grid, context: Context, strategy: Strategy, rounds: int, secure: bool, n_clients: int) -> None:
+def run_legacy(grid: Grid, context: Context, strategy: Strategy, rounds: int, secure: bool) -> None:
     """Run `rounds` rounds of the strategy through DefaultWorkflow, with SecAgg+ when secure."""
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
-    workflow = DefaultWorkflow(fit_workflow=secaggplus_workflow(n_clients)) if secure else DefaultWorkflow()
+    workflow = DefaultWorkflow(fit_workflow=secaggplus_workflow()) if secure else DefaultWorkflow()
     workflow(grid, legacy)

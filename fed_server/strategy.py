@@ -100,13 +100,39 @@ def mean_metrics(results: list[tuple[int, Metrics]]) -> Metrics:
     return {k: max(v) if k.endswith("epsilon") else sum(v) / len(v) for k, v in values.items()}
 
 
+def sampled_clients(s: RunSettings, n_clients: int) -> int:
+    """Clients sampled for training each round out of n_clients (what DP noise is calibrated to)."""
+    return max(1, round(s.fraction_fit * n_clients))
+
+
+def min_clients(s: RunSettings, n_clients: int) -> int:
+    """Fewest clients a round needs: fl.min_fit_clients, at most the run's n_clients."""
+    return max(1, min(s.min_fit_clients, n_clients))
+
+
+def min_results(s: RunSettings, n_clients: int) -> int:
+    """Fewest answers a round aggregates: min_clients, but every sampled client under client-level DP.
+
+    Central and distributed noise are calibrated to the mean of all sampled clients' updates: a mean of
+    fewer has a larger sensitivity (and fewer distributed noise shares), so the accounted epsilon would
+    understate what the round spent. Those rounds fail instead of aggregating.
+    """
+    return sampled_clients(s, n_clients) if s.client_level_dp else min_clients(s, n_clients)
+
+
 def base_strategy(s: RunSettings, initial: Parameters, n_clients: int,
                   on_fit_config: Callable[[int], dict[str, Scalar]]) -> Strategy:  # fmt: skip
-    """Flower's strategy for s.strategy; every client is evaluated each round."""
+    """Flower's strategy for s.strategy; every client still connected is evaluated each round.
+
+    A round waits for min_fit_clients nodes only (min_clients), not for all n_clients: a node that died is
+    not waited for (Flower's client manager would wait a day for it), and the failures a round tolerates are
+    counted by fed_server.tracking.TrackedStrategy, which needs min_clients answers.
+    """
+    least = min_clients(s, n_clients)
     common = {
-        "fraction_fit": s.fraction_fit, "fraction_evaluate": 1.0, "min_fit_clients": min(s.min_fit_clients, n_clients),
-        "min_evaluate_clients": n_clients, "min_available_clients": n_clients, "initial_parameters": initial,
-        "on_fit_config_fn": on_fit_config, "accept_failures": False,
+        "fraction_fit": s.fraction_fit, "fraction_evaluate": 1.0, "min_fit_clients": least,
+        "min_evaluate_clients": least, "min_available_clients": least, "initial_parameters": initial,
+        "on_fit_config_fn": on_fit_config, "accept_failures": True,
         "fit_metrics_aggregation_fn": mean_metrics, "evaluate_metrics_aggregation_fn": mean_metrics,
     }  # fmt: skip
     if s.strategy == "fedprox":
@@ -127,7 +153,7 @@ def base_strategy(s: RunSettings, initial: Parameters, n_clients: int,
 def build_strategy(s: RunSettings, initial: Parameters, n_clients: int) -> Strategy:
     """The strategy with its privacy wrapper, after check_compatible."""
     check_compatible(s)
-    sampled = max(1, round(s.fraction_fit * n_clients))
+    sampled = sampled_clients(s, n_clients)
 
     def fit_config(server_round: int) -> dict[str, Scalar]:
         cfg: dict[str, Scalar] = {"server_round": server_round}

@@ -7,6 +7,10 @@ After each aggregation it saves the global model and the server optimizer's stat
 (fed_server.checkpoints, fed_server.server_state) and, after each evaluation, appends a record to the
 history and rewrites the results file (JSON), so a run that dies mid-way leaves its rounds so far on
 disk, and a caller can tell a finished run (``status: completed``) from a failed one.
+
+A round tolerates clients that fail (a node killed mid-round, a ClientApp that raised, a SecAgg+ dropout)
+while at least ``min_results`` of them answered: it aggregates those and records the failures. Fewer, or a
+round that produced no aggregate at all (SecAgg+ halts below its reconstruction threshold), fail the run.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class TrackedStrategy(Strategy):
         checkpoint_dir: where the global model is saved every round ("" : nowhere).
         results_file: the JSON file rewritten every round ("" : none).
         history: records of the rounds before round_offset (resume).
+        settings: the run's settings, written to the results file.
+        min_results: fewest successful clients a training or evaluation round needs (fl.min_fit_clients).
         clock: time source (tests pass a fake one).
     """
 
@@ -49,6 +55,7 @@ class TrackedStrategy(Strategy):
         results_file: str = "",
         history: list[dict[str, Any]] | None = None,
         settings: dict[str, Any] | None = None,
+        min_results: int = 1,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__()
@@ -59,6 +66,7 @@ class TrackedStrategy(Strategy):
         self.results_file = results_file
         self.history: list[dict[str, Any]] = list(history or [])
         self.settings = settings or {}
+        self.min_results = min_results
         self.clock = clock
         self._current: dict[str, Any] = {}
         self._ckpt: GlobalCheckpoint | None = None
@@ -86,15 +94,17 @@ class TrackedStrategy(Strategy):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Aggregate, then checkpoint the new global model and note the clients' fit metrics."""
-        if failures:
-            raise RuntimeError(f"round {self.round_offset + server_round}: {len(failures)} client(s) failed: "
-                               f"{[str(f) for f in failures][:3]}")  # fmt: skip
+        """Aggregate what the clients that answered sent (at least min_results), then checkpoint the new
+        global model and note the clients' fit metrics and failures."""
         total = self.round_offset + server_round
-        params, metrics = self.inner.aggregate_fit(total, results, failures)
+        self._check_enough("training", total, len(results), failures)
+        # The failures are counted here: Flower's DP wrappers (flwr 1.42) drop a whole round that has any.
+        params, metrics = self.inner.aggregate_fit(total, results, [])
         self._current["fit_s"] = self.clock() - self._fit_start
         self._current["fit_clients"] = len(results)
         self._current["fit"] = [dict(res.metrics) for _, res in results]
+        if failures:
+            self._current["fit_failures"] = _describe(failures)
         if self.epsilon_of is not None:
             self._current["epsilon"] = self.epsilon_of(total)
         if params is not None and self.checkpoint_dir:
@@ -106,7 +116,14 @@ class TrackedStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        """The wrapped strategy's evaluation round."""
+        """The wrapped strategy's evaluation round, once this round's training produced an aggregate."""
+        if "fit_clients" not in self._current:
+            # The fit workflow never called aggregate_fit: SecAgg+ halted (fewer nodes than its threshold
+            # answered) or no client could be sampled. The global model did not move; and sampling for the
+            # evaluation would wait (Flower's client manager: up to a day) for nodes that are gone.
+            raise RuntimeError(f"round {self.round_offset + server_round}: training produced no aggregate "
+                               "(SecAgg+ halted below its reconstruction threshold, or no client was sampled); "
+                               "see the server log")  # fmt: skip
         return self.inner.configure_evaluate(self.round_offset + server_round, parameters, client_manager)
 
     def aggregate_evaluate(
@@ -116,10 +133,11 @@ class TrackedStrategy(Strategy):
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
         """Record each tenant's evaluation of the global model and write the results file."""
+        total = self.round_offset + server_round
+        self._check_enough("evaluation", total, len(results), failures)
         if failures:
-            total = self.round_offset + server_round
-            raise RuntimeError(f"round {total}: evaluation failed on {len(failures)} client(s)")
-        loss, metrics = self.inner.aggregate_evaluate(self.round_offset + server_round, results, failures)
+            self._current["eval_failures"] = _describe(failures)
+        loss, metrics = self.inner.aggregate_evaluate(total, results, [])
         per_tenant = {str(res.metrics.get("tenant", i)): dict(res.metrics) for i, (_, res) in enumerate(results)}
         self._current["eval"] = per_tenant
         self._current["round_s"] = self.clock() - self._fit_start
@@ -131,6 +149,12 @@ class TrackedStrategy(Strategy):
             write_latest(self.checkpoint_dir, self._ckpt)
         self.write()
         return loss, metrics
+
+    def _check_enough(self, what: str, total: int, answered: int,
+                      failures: list[tuple[ClientProxy, Any] | BaseException]) -> None:  # fmt: skip
+        if answered < self.min_results:
+            raise RuntimeError(f"round {total}: {what} needs {self.min_results} client(s), {answered} answered and "
+                               f"{len(failures)} failed: {_describe(failures)[:3]}")  # fmt: skip
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         """No server-side evaluation (tenants evaluate on their own held-out scenarios)."""
@@ -146,3 +170,15 @@ class TrackedStrategy(Strategy):
         tmp.write_text(json.dumps({"status": self.status, "settings": self.settings, "rounds": self.history},
                                   indent=1, default=str))  # fmt: skip
         tmp.replace(path)
+
+
+def _describe(failures: list[tuple[ClientProxy, Any] | BaseException]) -> list[str]:
+    """One line per failed client: the error Flower reported, or the node and status of a failed reply."""
+    out = []
+    for failure in failures:
+        if isinstance(failure, BaseException):
+            out.append(" ".join(str(failure).split()) or type(failure).__name__)
+        else:
+            proxy, res = failure
+            out.append(f"node {proxy.cid}: {res.status.code.name} {res.status.message}".strip())
+    return out

@@ -7,32 +7,57 @@ one-line error. Comparisons are written ``not value >= bound`` so that nan fails
 from __future__ import annotations
 
 import math
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The allowed range of one numeric setting; None leaves that side open."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    """Whether lo itself is refused (``> lo`` rather than ``>= lo``)."""
+    hi_open: bool = False
+    """Whether hi itself is refused (``< hi`` rather than ``<= hi``)."""
+
+    def holds(self, value: float) -> bool:
+        """Whether value is in range (nan never is)."""
+        if self.lo is not None and not (value > self.lo if self.lo_open else value >= self.lo):
+            return False
+        return self.hi is None or bool(value < self.hi if self.hi_open else value <= self.hi)
+
+    def describe(self) -> str:
+        """The range as the error messages state it: ``>= 1``, ``> 0``, ``in [0, 0.5)``."""
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+
+    def check(self, key: str, value: float | None) -> None:
+        """Raise ValueError naming key and value where value (None skipped) is out of range."""
+        if value is not None and not self.holds(value):
+            raise ValueError(f"{key} must be {self.describe()}, got {value}")
 
 
 def at_least(section: str, obj: object, minimum: float, *names: str) -> None:
     """Each named field (None skipped) must be >= minimum."""
     for name in names:
-        value = getattr(obj, name)
-        if value is not None and not value >= minimum:
-            raise ValueError(f"{section}.{name} must be >= {minimum:g}, got {value}")
+        Bound(minimum).check(f"{section}.{name}", getattr(obj, name))
 
 
 def above(section: str, obj: object, minimum: float, *names: str) -> None:
     """Each named field (None skipped) must be > minimum."""
     for name in names:
-        value = getattr(obj, name)
-        if value is not None and not value > minimum:
-            raise ValueError(f"{section}.{name} must be > {minimum:g}, got {value}")
+        Bound(minimum, lo_open=True).check(f"{section}.{name}", getattr(obj, name))
 
 
 def within(section: str, obj: object, lo: float, hi: float, *names: str) -> None:
     """Each named field (None skipped) must be in [lo, hi]."""
     for name in names:
-        value = getattr(obj, name)
-        if value is not None and not lo <= value <= hi:
-            raise ValueError(f"{section}.{name} must be in [{lo:g}, {hi:g}], got {value}")
+        Bound(lo, hi).check(f"{section}.{name}", getattr(obj, name))
 
 
 def check_tree(obj: Any, prefix: str = "") -> None:

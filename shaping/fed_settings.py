@@ -16,7 +16,7 @@ from typing import Any
 
 from shaping.agents.ppo import linear_lr
 from shaping.agents.universal import TenantTask, UniversalLayout
-from shaping.checks import check_privacy
+from shaping.checks import Bound, check_privacy
 from shaping.config import PPOConfig
 
 Scalar = bool | int | float | str
@@ -38,6 +38,7 @@ class RunSettings:
     rounds: int = 3
     fraction_fit: float = 1.0
     min_fit_clients: int = 2
+    min_available_clients: int = 0
     proximal_mu: float = 0.0
     server_lr: float = 1e-2
     server_momentum: float = 0.0
@@ -82,6 +83,21 @@ class RunSettings:
         # --run-config): the same privacy ranges hold here, so central DP without noise cannot start.
         check_privacy(self.privacy_mode, self.noise_multiplier, self.clipping_norm, self.delta, self.target_epsilon,
                       self.dpsgd_noise, self.dpsgd_max_grad_norm)  # fmt: skip
+        # The same holds for the other ranges: fl.rounds=0 or evaluation.envs=0 is refused here, before a
+        # round starts, with the run-config key named, instead of failing (or hanging) inside a round.
+        for key, bound in BOUNDS.items():
+            attr = KEYS[key][0]
+            bound.check(key, getattr(self.ppo, attr[4:]) if attr.startswith("ppo.") else getattr(self, attr))
+        if self.weighting not in ("examples", "uniform"):
+            raise ValueError(f"fl.weighting must be examples or uniform, got {self.weighting!r}")
+        for size in self.hidden_sizes:
+            Bound(1).check("train.hidden_sizes entry", size)
+        for index in self.attack_tenants:
+            Bound(0).check("attack.tenants entry", index)
+        if not self.hidden_sizes:
+            raise ValueError("train.hidden_sizes must list at least one layer, got []")
+        for task in self.tenants:
+            Bound(1).check(f"tenants: {task.name}'s num_envs", task.num_envs)
 
     @property
     def client_level_dp(self) -> bool:
@@ -137,7 +153,17 @@ class RunSettings:
             else:
                 top[attr] = value
         s = replace(cls(), **top)  # all at once: __post_init__ checks the settings together, not key by key
-        return replace(s, ppo=replace(s.ppo, **ppo)) if ppo else s
+        if not ppo:
+            return s
+        try:
+            return replace(s, ppo=replace(s.ppo, **ppo))
+        except ValueError as err:
+            # PPOConfig names its fields as the Hydra schema does (agent.num_steps); a run config says train.*.
+            text = str(err)
+            for key, (attr, _, _) in KEYS.items():
+                if attr.startswith("ppo."):
+                    text = text.replace(f"agent.{attr[4:]} ", f"{key} ")
+            raise ValueError(text) from None
 
     def to_config(self) -> dict[str, Scalar]:
         """The flat keys of these settings (every key of KEYS); from_config(to_config()) gives them back."""
@@ -202,6 +228,7 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
     "fl.rounds": ("rounds", _I, _same),
     "fl.fraction_fit": ("fraction_fit", _F, _same),
     "fl.min_fit_clients": ("min_fit_clients", _I, _same),
+    "fl.min_available_clients": ("min_available_clients", _I, _same),
     "fl.proximal_mu": ("proximal_mu", _F, _same),
     "fl.server_lr": ("server_lr", _F, _same),
     "fl.server_momentum": ("server_momentum", _F, _same),
@@ -241,4 +268,28 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Scalar]]] = {
     "output.results_file": ("results_file", _S, _same),
     "attack.scale": ("attack_scale", _F, _same),
     "attack.tenants": ("attack_tenants", _ints, _dump_ints),
+}
+
+#: Ranges of the numeric keys, checked by RunSettings (the Hydra schema of experiments.config checks the same
+#: values under its own names; the PPO keys are PPOConfig's, which checks itself).
+BOUNDS: dict[str, Bound] = {
+    "seed": Bound(0),
+    "fl.rounds": Bound(1),
+    "fl.fraction_fit": Bound(0.0, 1.0, lo_open=True),
+    "fl.min_fit_clients": Bound(1),
+    "fl.min_available_clients": Bound(0),
+    "fl.proximal_mu": Bound(0.0),
+    "fl.server_lr": Bound(0.0, lo_open=True),
+    "fl.server_momentum": Bound(0.0, 1.0),
+    "fl.client_lr": Bound(0.0, lo_open=True),
+    "fl.beta_1": Bound(0.0, 1.0),
+    "fl.beta_2": Bound(0.0, 1.0),
+    "fl.tau": Bound(0.0, lo_open=True),
+    "fl.trim_beta": Bound(0.0, 0.5, hi_open=True),
+    "fl.krum_malicious": Bound(0),
+    "train.local_iterations": Bound(1),
+    "evaluation.envs": Bound(1),
+    "evaluation.steps": Bound(0),
+    "evaluation.seed": Bound(0),
+    "init.norm_count": Bound(0.0),
 }

@@ -1,30 +1,32 @@
 """The simulator's sub-steps as one C++ kernel for the CPU (`Simulator(..., cpu_kernel=True)`).
 
 `shaping.sim.simulator.substep` stays the model's definition (and the GPU path); the kernel in
-`csrc/substeps.cpp` mirrors it operation by operation and runs all sub-steps of an interval for
+`kernel_source.SUBSTEPS_CPP` mirrors it operation by operation and runs all sub-steps of an interval for
 blocks of 8 environments whose state stays in cache, which torch.compile's loop nests over the
 whole batch cannot do (docs/simulator.md, section 13). tests/sim/test_cpu_kernel.py checks the
 two against each other.
 
 The kernel is built on first use by `shaping.sim.native` (a C++ compiler is needed; the build takes a
 few seconds and is cached under ~/.cache/fedshape/native) and called through ctypes, so it needs no
-Python bindings and runs without the GIL.
+Python bindings and runs without the GIL. Its source is a Python string (shaping.sim.kernel_source says
+why); where it cannot be built the simulator logs one warning per process and runs the torch sub-step.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import warnings
-from pathlib import Path
+import logging
 
 import torch
 
+from shaping.checks import one_line
 from shaping.sim import native, network
 from shaping.sim import simulator as sim
+from shaping.sim.kernel_source import SUBSTEPS_CPP
 from shaping.traffic import apps as A
 
-_SOURCE = Path(__file__).parent / "csrc" / "substeps.cpp"
+log = logging.getLogger(__name__)
 # -ffp-contract=off: no fused multiply-adds, so each operation rounds as torch's does and the kernel
 # agrees with the torch sub-step to the last bit or two (exp aside). FEDSHAPE_LIBMVEC: glibc's
 # vector expf (-lmvec).
@@ -54,7 +56,8 @@ class KernelUnavailable(RuntimeError):
 def _library() -> ctypes.CDLL:
     """Build (once per machine and source version) and load the kernel."""
     try:
-        path = native.build_library("fedshape_substeps", _SOURCE, _FLAGS, ["-fopenmp", "-lmvec"])
+        source = native.source_file("fedshape_substeps", SUBSTEPS_CPP)
+        path = native.build_library("fedshape_substeps", source, _FLAGS, ["-fopenmp", "-lmvec"])
     except (native.BuildError, OSError) as err:
         raise KernelUnavailable(
             f"the simulator's CPU kernel could not be built: {err}\n"
@@ -76,11 +79,16 @@ def ensure_built() -> None:
 
 @functools.cache
 def available() -> bool:
-    """Whether the kernel builds here; where it does not, warn once with the reason."""
+    """Whether the kernel builds here; where it does not, log one warning (per process) with the reason.
+
+    A log record rather than warnings.warn: a Flower ClientApp's or a Ray worker's warnings are easily lost,
+    and a silent fallback costs a deployment about 50 times the simulator's time.
+    """
     try:
         _library()
     except KernelUnavailable as err:
-        warnings.warn(f"{err}\nThe simulator falls back to the torch sub-step (slower).", stacklevel=2)
+        log.warning("%s The simulator falls back to the torch sub-step (about 17x slower).",
+                    one_line(err))  # fmt: skip
         return False
     return True
 

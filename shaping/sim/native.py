@@ -69,6 +69,28 @@ def _remove_stale_scratch(directory: Path, name: str, older_than_s: float = 3600
             pass
 
 
+def source_file(name: str, text: str, *, cache_dir: Path | None = None) -> Path:
+    """Write a C++ source held in a string to `cache_dir` (once per content) and return the file's path.
+
+    The path depends only on the content, so build_library's cache key (which includes the path) stays
+    the same from run to run. Written atomically, like the libraries: racing writers write the same bytes.
+    """
+    data = text.encode()
+    directory = cache_dir or default_cache_dir()
+    path = directory / f"{name}-{hashlib.sha256(data).hexdigest()[:20]}.cpp"
+    if path.is_file() and path.read_bytes() == data:
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=f".{name}-", suffix=".cpp.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(scratch, path)
+    finally:
+        Path(scratch).unlink(missing_ok=True)
+    return path
+
+
 def build_library(
     name: str,
     source: Path,
@@ -112,7 +134,8 @@ def build_library(
         if proc.returncode != 0:
             # A compiler's complaint can run to pages: its last lines hold the error.
             detail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-12:])
-            raise BuildError(f"{cxx} failed to build {source.name} (exit {proc.returncode}):\n{detail}")
+            said = f":\n{detail}" if detail else ""
+            raise BuildError(f"{cxx} failed to build {source.name} (exit {proc.returncode}){said}")
         os.replace(scratch, target)  # atomic: a reader sees no library or a whole one
     finally:
         Path(scratch).unlink(missing_ok=True)

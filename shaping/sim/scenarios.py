@@ -29,10 +29,20 @@ class UnknownScenarioError(FileNotFoundError):
 CONF_ENV = "FEDSHAPE_CONF"
 
 
+def default_conf_dir() -> Path:
+    """The conf/ directory FedShape ships: the package data of an installed FedShape (shaping/conf, which
+    setup.py maps from the repository's conf/), else the repository's conf/ beside the sources."""
+    here = Path(__file__).resolve()
+    # The package data first: a wheel's shaping/ sits in site-packages, whose parent holds no conf/; a
+    # checkout has no shaping/conf, so there the repository's conf/ is used (the one copy in git).
+    installed, checkout = here.parents[1] / "conf", here.parents[2] / "conf"
+    return installed if (installed / "scenario").is_dir() else checkout
+
+
 def conf_dir() -> Path:
-    """The conf/ directory: $FEDSHAPE_CONF, else the one beside the installed sources."""
+    """The conf/ directory: $FEDSHAPE_CONF, else default_conf_dir()."""
     env = os.environ.get(CONF_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+    path = Path(env) if env else default_conf_dir()
     if not (path / "scenario").is_dir():
         raise FileNotFoundError(
             f"no scenario directory under {path}; set {CONF_ENV} to the repository's conf/ directory"

@@ -210,3 +210,35 @@ def test_main_reports_a_missing_app(tmp_path, capsys):
     rc = deploy_local.main(["--app", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "w"), "--port", "19112"])
     assert rc == 1
     assert "not a Flower app" in capsys.readouterr().err
+
+
+def test_impossible_settings_of_fedshapes_apps_are_refused_before_anything_starts(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may start")
+
+    monkeypatch.setattr(deploy_local, "deploy", never)
+    rc = deploy_local.main(["--app", str(REPO), "--workdir", str(tmp_path / "w"), "--run-config", "fl.rounds=0"])
+    assert rc == 2
+    assert capsys.readouterr().err == "deploy_local: fl.rounds must be >= 1, got 0\n"
+    deploy_local.check_run_config(TINY_APP, {"num-server-rounds": 0})  # another app's settings are its own
+
+
+@pytest.mark.parametrize("status", ["finished:failed", "finished:stopped"])
+def test_a_failed_run_exits_non_zero_although_flwr_run_exits_0(tmp_path, capsys, monkeypatch, status):
+    outcome = deploy_local.RunOutcome(7, status, {"node-0": 1}, [], {}, {"status": status}, {})
+    monkeypatch.setattr(deploy_local, "deploy", lambda *args, **kwargs: outcome)
+    rc = deploy_local.main(["--app", str(TINY_APP), "--workdir", str(tmp_path / "w")])
+    assert rc == 1
+    assert f"deploy_local: run 7 ended {status}" in capsys.readouterr().err
+    monkeypatch.setattr(deploy_local, "deploy", lambda *args, **kwargs: outcome.__class__(
+        7, "finished:completed", {"node-0": 1}, [], {}, {}, {}))  # fmt: skip
+    assert deploy_local.main(["--app", str(TINY_APP), "--workdir", str(tmp_path / "w")]) == 0
+
+
+def test_nodes_declare_their_tenants_as_deployed_tenants_do():
+    nodes = deploy_local.node_specs(2, ["gameco@default", "office@single_path"], {"num-envs": 2})
+    assert [(n.name, dict(n.node_config)) for n in nodes] == [
+        ("node-0", {"tenant": "gameco", "scenario": "default", "num-envs": 2}),
+        ("node-1", {"tenant": "office", "scenario": "single_path", "num-envs": 2}),
+    ]
+    assert deploy_local.node_specs(2, [], {})[1].node_config == {"partition-id": 1, "num-partitions": 2}

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_manager import SimpleClientManager
 from flwr.server.strategy import FedAvg
 
 from fed_server.checkpoints import GlobalCheckpoint, load_latest, save_global
@@ -56,11 +57,32 @@ def test_tracked_strategy_checkpoints_records_and_continues_numbering(tmp_path):
     assert set(ck.history[-1]["eval"]) == {"a", "b"}
 
 
-def test_a_failed_client_fails_the_round_loudly(tmp_path):
+def test_a_round_aggregates_the_clients_that_answered_while_min_fit_clients_holds(tmp_path):
+    tracked = TrackedStrategy(FedAvg(), min_results=2, results_file=str(tmp_path / "r.json"))
+    tracked._current = {"round": 1}
+    params, _ = tracked.aggregate_fit(1, [_fit(1.0), _fit(3.0)], [RuntimeError("node 7 went offline")])
+    assert params is not None
+    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], 2.0)  # the two that answered
+    tracked.aggregate_evaluate(1, [_eval("a", 1.0), _eval("b", 0.0)], [RuntimeError("node 7 went offline")])
+    record = json.loads((tmp_path / "r.json").read_text())["rounds"][0]
+    assert record["fit_clients"] == 2 and record["fit_failures"] == ["node 7 went offline"]
+    assert record["eval_failures"] == ["node 7 went offline"]
+
+
+def test_a_round_with_fewer_answers_than_min_fit_clients_fails_loudly():
+    tracked = TrackedStrategy(FedAvg(), min_results=2)
+    tracked._current = {"round": 1}
+    expected = r"round 1: training needs 2 client\(s\), 1 answered and 1 failed: \['boom'\]"
+    with pytest.raises(RuntimeError, match=expected):
+        tracked.aggregate_fit(1, [_fit(1.0)], [RuntimeError("boom")])
+
+
+def test_a_round_without_an_aggregate_fails_the_run():
+    """SecAgg+ halts a round below its threshold without calling aggregate_fit: the evaluation refuses to start."""
     tracked = TrackedStrategy(FedAvg())
     tracked._current = {"round": 1}
-    with pytest.raises(RuntimeError, match="1 client"):
-        tracked.aggregate_fit(1, [_fit(1.0)], [RuntimeError("boom")])
+    with pytest.raises(RuntimeError, match="round 1: training produced no aggregate"):
+        tracked.configure_evaluate(1, ndarrays_to_parameters([]), SimpleClientManager())
 
 
 def _server(strategy: str, start: list[np.ndarray]):

@@ -72,3 +72,38 @@ def test_central_dp_without_noise_cannot_start_from_a_flat_run_config():
     with pytest.raises(ValueError, match=r"privacy\.target_epsilon must be > 0"):
         RunSettings.from_config({"privacy.target_epsilon": 0.0})
     assert RunSettings.from_config({"privacy.mode": "central", "privacy.noise_multiplier": 1.0}).noise_multiplier == 1
+
+
+@pytest.mark.parametrize(
+    ("flat", "message"),
+    [
+        ({"fl.rounds": 0}, r"^fl\.rounds must be >= 1, got 0$"),
+        ({"fl.rounds": "-3"}, r"^fl\.rounds must be >= 1, got -3$"),
+        ({"fl.fraction_fit": 0.0}, r"^fl\.fraction_fit must be in \(0, 1\], got 0\.0$"),
+        ({"fl.min_fit_clients": 0}, r"^fl\.min_fit_clients must be >= 1, got 0$"),
+        ({"fl.min_available_clients": -1}, r"^fl\.min_available_clients must be >= 0, got -1$"),
+        ({"fl.trim_beta": 0.5}, r"^fl\.trim_beta must be in \[0, 0\.5\), got 0\.5$"),
+        ({"fl.weighting": "tokens"}, r"^fl\.weighting must be examples or uniform, got 'tokens'$"),
+        ({"train.local_iterations": 0}, r"^train\.local_iterations must be >= 1, got 0$"),
+        ({"evaluation.envs": 0}, r"^evaluation\.envs must be >= 1, got 0$"),
+        ({"train.num_steps": 0}, r"^train\.num_steps must be >= 1, got 0$"),
+        ({"train.learning_rate": 0.0}, r"^train\.learning_rate must be > 0, got 0\.0$"),
+        ({"seed": -1}, r"^seed must be >= 0, got -1$"),
+        ({"train.hidden_sizes": "[]"}, r"^train\.hidden_sizes must list at least one layer"),
+        ({"train.hidden_sizes": "[64, 0]"}, r"^train\.hidden_sizes entry must be >= 1, got 0$"),
+        ({"tenants": '[{"scenario": "default", "tenant": "gameco", "num_envs": 0}]'},
+         r"^tenants: gameco@default's num_envs must be >= 1, got 0$"),
+    ],
+)
+def test_impossible_values_are_refused_with_one_line_naming_the_key(flat, message):
+    """flwr run --run-config bypasses the Hydra schema: the settings refuse what could never run."""
+    with pytest.raises(ValueError, match=message) as err:
+        RunSettings.from_config(flat)
+    assert "\n" not in str(err.value)
+
+
+def test_the_hydra_schema_refuses_zero_rounds_too():
+    from experiments.config import FLConfig
+
+    with pytest.raises(ValueError, match=r"^fl\.rounds must be >= 1, got 0$"):
+        FLConfig(rounds=0)

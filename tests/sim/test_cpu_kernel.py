@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,7 @@ def test_kernel_refuses_other_devices():
         Simulator(load_scenario("default"), batch_size=2, device="meta", cpu_kernel=True)
 
 
-def test_unavailable_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch):
+def test_unavailable_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     """Without a compiler the error names what to install and the fallback, before any step runs."""
     from shaping.sim import native
 
@@ -130,10 +131,14 @@ def test_unavailable_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch
         expected = r"(?s)no C\+\+ compiler.*apt-get install g\+\+.*cpu_kernel=False"
         with pytest.raises(cpu_kernel.KernelUnavailable, match=expected):
             Simulator(load_scenario("default"), batch_size=2, cpu_kernel=True)
-        # By default the simulator falls back to the torch sub-step, and says so.
-        with pytest.warns(UserWarning, match="falls back to the torch sub-step"):
+        # By default the simulator falls back to the torch sub-step, and logs it: once per process, in one line.
+        with caplog.at_level(logging.WARNING, logger="shaping.sim.cpu_kernel"):
             sim = Simulator(load_scenario("default"), batch_size=2)
-        assert not sim.uses_cpu_kernel
+            again = Simulator(load_scenario("default"), batch_size=2)
+        assert not sim.uses_cpu_kernel and not again.uses_cpu_kernel
+        fallbacks = [r for r in caplog.records if "falls back to the torch sub-step" in r.getMessage()]
+        assert len(fallbacks) == 1 and fallbacks[0].levelno == logging.WARNING
+        assert "no C++ compiler" in fallbacks[0].getMessage() and "\n" not in fallbacks[0].getMessage()
     finally:
         cpu_kernel._library.cache_clear()
         cpu_kernel.available.cache_clear()

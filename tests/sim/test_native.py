@@ -129,3 +129,12 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("FEDSHAPE_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert native.default_cache_dir() == tmp_path / "x" / "fedshape" / "native"
+
+
+def test_a_source_held_in_a_string_gets_one_file_per_content(tmp_path):
+    first = native.source_file("k", "int f() { return 1; }\n", cache_dir=tmp_path)
+    assert first.read_text() == "int f() { return 1; }\n"
+    assert native.source_file("k", "int f() { return 1; }\n", cache_dir=tmp_path) == first  # the same path
+    other = native.source_file("k", "int f() { return 2; }\n", cache_dir=tmp_path)
+    assert other != first and first.read_text() == "int f() { return 1; }\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])  # no scratch left

@@ -1,4 +1,17 @@
-// The simulator's fluid sub-steps as one CPU kernel: shaping.sim.simulator.substep, repeated
+"""The C++ source of the simulator's CPU kernel (built and loaded by shaping.sim.cpu_kernel), as a string.
+
+Why a Python module and not a .cpp file: Flower's app bundle (FAB), which `flwr run` ships to every
+SuperNode, keeps only the files its built-in patterns allow (flwr 1.42: *.py, *.toml, *.md, *.yaml, *.yml,
+*.json, *.jsonl, LICENSE; ``fab-include`` can narrow them, not widen them). A .cpp file never reached a
+deployed ClientApp, so every one of them ran the torch sub-step instead (a 3-node SecAgg+ round took
+98-100 s against about 2 s in simulation). As a module the source travels with the code that builds it,
+in the bundle and in the wheel alike.
+
+The torch function ``shaping.sim.simulator.substep`` is the reference; tests/sim/test_cpu_kernel.py
+checks the two against each other.
+"""
+
+SUBSTEPS_CPP = r"""// The simulator's fluid sub-steps as one CPU kernel: shaping.sim.simulator.substep, repeated
 // `substeps` times, for blocks of W environments whose classes stay in cache across all of them.
 //
 // Why it exists: compiled by torch.compile, the sub-step is a few loop nests over the whole batch
@@ -506,3 +519,4 @@ int fedshape_substeps(const float* const* inputs, const int64_t* strides, const 
   return 0;
 }
 }
+"""
