@@ -11,5 +11,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["shaping*", "fed_client*", "fed_server*", "experiments*"]), "shaping.conf"],
     package_dir={"shaping.conf": "conf"},
-    package_data={"shaping": ["py.typed"], "shaping.conf": ["**/*.yaml", "**/*.json"]},
+    package_data={"shaping": ["py.typed"], "shaping.conf": ["**/*.yaml", "**/*.json", "**/*.npz"]},
 )
