@@ -220,8 +220,9 @@ class ModelUpdater:
         self.swap_steps.append((swap.version, step))
         self.loop.metrics.model_version.labels(self.loop.spec.name).set(swap.version)
         self.log.info("tenant %s: model version %d controls from step %d", self.loop.spec.name, swap.version, step)
-        self._watching = swap
-        self.rollback.start()
+        if self.loop.n_sla > 0:  # without SLA classes there is no rate to watch, and the watch would never end
+            self._watching = swap
+            self.rollback.start()
 
     def _roll_back(self, swap: _Swap, step: int) -> None:
         t = self.loop.spec.name
