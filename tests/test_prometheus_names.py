@@ -27,6 +27,10 @@ def _agent_text() -> str:
     m.policy_seconds.labels("acme").observe(0.002)
     m.fallbacks.labels("acme", "policy stall").inc()
     m.steps.labels("acme", "adaptive").inc()
+    m.gate_verdicts.labels("acme", "rejected", "worse_than_rules").inc()
+    m.gate_seconds.labels("acme").observe(0.4)
+    m.gate_sla_rate.labels("acme", "candidate").set(0.1)
+    m.rollbacks.labels("acme").inc()
     return generate_latest(m.registry).decode()
 
 

@@ -22,12 +22,15 @@ from shaping.baselines import get_baseline
 from shaping.checks import one_line
 from shaping.config import ScenarioConfig
 from shaping.control.experience import ExperienceStore
+from shaping.control.gate import GateConfig, SafetyGate
 from shaping.control.guard import Guard
+from shaping.control.handover import ModelInbox
 from shaping.control.heuristic import HeuristicControlPolicy
 from shaping.control.kernel_backend import KernelBackend, KernelSetup, make_enforcer
 from shaping.control.loop import ControlLoop, LoopConfig, StepRecord
 from shaping.control.metrics import ControlMetrics
 from shaping.control.notify import SdNotifier
+from shaping.control.update import ModelUpdater, UpdateConfig
 from shaping.control.policy import ControlPolicy, ModelPolicy, StaticPolicy
 from shaping.control.watchdog import WatchdogConfig
 from shaping.monitor import (
@@ -93,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fall back above this SLA violation rate (default 0.5; 1, never, with adaptive_heuristic, "
                         "whose fallback would put the static routes back on a failed path)")  # fmt: skip
     p.add_argument("--recover-intervals", type=int, default=20, help="healthy intervals before adaptive again")
+    p.add_argument("--model-inbox", help="hand-over directory where the tenant's Flower client publishes new global "
+                                         "models: each is gated on the simulator twin, swapped in, rolled back if "
+                                         "the SLAs degrade")  # fmt: skip
+    p.add_argument("--gate-margin", type=float, default=0.02,
+                   help="SLA violation rate a new model may add on the twin over the policy in force and the rules")
+    p.add_argument("--gate-seeds", type=int, default=4, help="environments of the gate's twin")
+    p.add_argument("--gate-steps", type=int, default=60, help="intervals of the gate's twin episode")
+    p.add_argument("--rollback-intervals", type=int, default=20,
+                   help="intervals after a swap compared with as many before it")  # fmt: skip
+    p.add_argument("--rollback-margin", type=float, default=0.05,
+                   help="mean SLA violation rate a swapped-in model may add before it is rolled back")  # fmt: skip
     p.add_argument("--teardown", action="store_true", help="remove the tenant's shaping on exit")
     p.add_argument("--log-level", default="INFO", help="logging level")
     return p
@@ -165,7 +179,8 @@ class RunTotals:
         self.reward += rec.reward
 
 
-def _summary(totals: RunTotals, loop: ControlLoop, backend: KernelBackend) -> dict[str, Any]:
+def _summary(totals: RunTotals, loop: ControlLoop, backend: KernelBackend,
+             updater: ModelUpdater | None) -> dict[str, Any]:  # fmt: skip
     recorded = getattr(getattr(backend.enforcer, "backend", None), "log", None)
     return {
         "tenant": loop.spec.name,
@@ -177,6 +192,7 @@ def _summary(totals: RunTotals, loop: ControlLoop, backend: KernelBackend) -> di
         "mean_reward": totals.reward / totals.steps if totals.steps else None,
         "policy": loop.policy.name,
         "recorded_operations": len(recorded) if recorded is not None else None,
+        **({"model_update": updater.summary()} if updater is not None else {}),
     }  # fmt: skip
 
 
@@ -236,6 +252,22 @@ def agent_setup(args: argparse.Namespace) -> AgentSetup:
     return AgentSetup(scenario, spec, rules, KernelSetup(tuple(args.iface), args.netns), interval)
 
 
+def update_config(args: argparse.Namespace) -> UpdateConfig | None:
+    """The gate and rollback settings of --model-inbox (ValueError when out of range); None without it."""
+    if not args.model_inbox:
+        return None
+    gate = GateConfig(margin=args.gate_margin, seeds=args.gate_seeds, steps=args.gate_steps)
+    return UpdateConfig(gate=gate, rollback_intervals=args.rollback_intervals, rollback_margin=args.rollback_margin,
+                        epsilon=args.epsilon, deterministic=not args.sample)  # fmt: skip
+
+
+def build_updater(args: argparse.Namespace, config: UpdateConfig, setup: AgentSetup,
+                  loop: ControlLoop) -> ModelUpdater:  # fmt: skip
+    """The model updater of --model-inbox: the gate's twin is the tenant's scenario."""
+    gate = SafetyGate(setup.scenario, setup.spec.name, setup.static_plan, config.gate)
+    return ModelUpdater(loop, ModelInbox(args.model_inbox), gate, config)
+
+
 def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[str, Any]:
     """Run the agent as the parsed arguments say; returns the summary printed at the end.
 
@@ -249,6 +281,7 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     spec, rules, interval = setup.spec, setup.rules, setup.interval_s
     envelope = EnvelopeConfig()
     policy = build_policy(args, spec, rules)
+    updates = update_config(args)
     enforcer, classids = make_enforcer(spec, setup.kernel, dry_run=args.dry_run)
     backend = KernelBackend(spec, build_monitor(args, spec, classids), enforcer, teardown_on_close=args.teardown)
     registry = CollectorRegistry()
@@ -270,9 +303,12 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config, sleep=pacing_sleep,
                        metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))  # fmt: skip
     totals = RunTotals()
+    updater = build_updater(args, updates, setup, loop) if updates is not None else None
 
     def on_step(rec: StepRecord) -> None:
         totals.add(rec)
+        if updater is not None:
+            updater.on_step(rec)
         notifier.heartbeat()
 
     previous = {s: signal.signal(s, lambda *_: loop.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -285,14 +321,18 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
         LOG.info("tenant %s: %s on %s (netns %s), interval %.0f ms%s", spec.name, policy.name, ",".join(args.iface),
                  args.netns or "-", interval * 1e3, " [dry run]" if args.dry_run else "")  # fmt: skip
         notifier.ready()  # the first step follows: from now on a silence is a hang
+        if updater is not None:
+            updater.start()
         loop.run(args.steps, on_step=on_step)
     finally:
         notifier.stopping()
         for s, h in previous.items():
             signal.signal(s, h)
+        if updater is not None:
+            updater.close()
         loop.close()
         notifier.close()
-    return _summary(totals, loop, backend)
+    return _summary(totals, loop, backend, updater)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,8 @@ from shaping.units import BYTES_PER_S_PER_MBPS, S_PER_MS
 
 #: Buckets of the step and policy latencies, seconds (control intervals are ~100 ms).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: Buckets of the safety gate's time, seconds (a few short simulated episodes).
+GATE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class ControlMetrics:
@@ -52,6 +54,19 @@ class ControlMetrics:
                                       t, buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.policy_seconds = Histogram("fedshape_agent_policy_seconds", "Time the loop waited for the policy",
                                         t, buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.model_version = Gauge("fedshape_agent_model_version",
+                                   "Hand-over version of the model in force (0: the policy the agent started with)",
+                                   t, registry=r)  # fmt: skip
+        self.gate_verdicts = Counter("fedshape_agent_gate_verdicts",
+                                     "Safety gate verdicts on new models, by verdict (accepted, rejected) and reason",
+                                     [*t, "verdict", "reason"], registry=r)  # fmt: skip
+        self.gate_seconds = Histogram("fedshape_agent_gate_seconds", "Time of one safety gate (load and twin)", t,
+                                      buckets=GATE_BUCKETS, registry=r)  # fmt: skip
+        self.gate_sla_rate = Gauge("fedshape_agent_gate_sla_violation_ratio",
+                                   "SLA violation ratio on the simulator twin at the last gate, by policy "
+                                   "(candidate, in_force, rules)", [*t, "policy"], registry=r)  # fmt: skip
+        self.rollbacks = Counter("fedshape_agent_rollbacks", "Swapped-in models rolled back after the SLAs degraded",
+                                 t, registry=r)  # fmt: skip
         c = [*t, "class"]
         self.delivered = Gauge("fedshape_class_delivered_bytes_per_second", "Delivered rate per class", c,
                                registry=r)  # fmt: skip

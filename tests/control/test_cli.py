@@ -131,3 +131,15 @@ def test_a_global_model_drives_the_tenant(tmp_path, capsys):
                "--checkpoint", str(tmp_path / "round_0001.npz"), "--dry-run", "--steps", "1"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "does not fit layout" in err[0], err
+
+
+def test_a_model_inbox_is_wired_in_and_reported(tenant_file, tmp_path, capsys):
+    inbox = ["--model-inbox", str(tmp_path / "inbox"), "--gate-seeds", "1", "--gate-steps", "5"]
+    args = ["--tenant-config", str(tenant_file), "--tenant", "acme", "--iface", "a", "--iface", "b", "--dry-run"]
+    rc = main([*args, *inbox, "--steps", "3", "--interval-ms", "20", "--rollback-intervals", "4"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model_update"] == {"model_version": None, "gate": {}, "verdicts": [], "rollbacks": 0, "swaps": []}
+    rc = main([*args, *inbox, "--gate-seeds", "0", "--steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "gate needs margin >= 0, seeds >= 1" in err[0], err
