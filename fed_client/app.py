@@ -56,9 +56,11 @@ class TenantClient(NumPyClient):
     """Trains and evaluates the global policy on one tenant's environment (or recorded experience)."""
 
     def __init__(self, s: RunSettings, index: int, task: TenantTask, context: Context, store: str | None,
-                 state_file: str | None = None) -> None:  # fmt: skip
+                 state_file: str | None = None, inbox: str | None = None) -> None:  # fmt: skip
         self.s, self.index, self.task, self.context, self.store = s, index, task, context, store
         self.state_file = state_file
+        self.inbox = inbox
+        """The agent's model inbox (node config `model-inbox`), where each round's model is published."""
         self.state = context.state.config_records.setdefault(STATE_KEY, ConfigRecord({}))
         if state_file and not self.state:  # a restarted node, or a resumed run: pick up where it was
             saved = load_state(state_file)
@@ -101,6 +103,21 @@ class TenantClient(NumPyClient):
         if self.s.local_normalizer:
             self.state["norm_mean"] = norm.mean.tolist()
             self.state["norm_var"] = norm.var.tolist()
+
+    def _hand_over(self, version: int) -> None:
+        """Publish the round's global model, with this tenant's own normalizer statistics where they stay
+        local, to the agent on this host (shaping.control.handover: a directory, nothing on the network).
+        The agent gates it before it controls anything (shaping.control.gate)."""
+        from shaping.control.handover import publish_model  # deferred: only nodes with an agent beside them
+
+        card = {"layout": self.s.layout.to_config(), "hidden_sizes": list(self.s.hidden_sizes),
+                "source": f"federated round {version}", "tenant": self.task.name}  # fmt: skip
+        try:
+            path = publish_model(str(self.inbox), get_weights(self.model), card, version)
+        except (OSError, ValueError) as err:  # an older round evaluated again, a full disk: training goes on
+            log.warning("%s: the round %d model was not handed over: %s", self.task.name, version, err)
+            return
+        log.info("%s: round %d model handed over to the agent (%s)", self.task.name, version, path)
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         """The initial global weights (same seed on every party)."""
@@ -150,8 +167,11 @@ class TenantClient(NumPyClient):
         return [np.asarray(w, dtype=np.float32) for w in weights], n, metrics
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
-        """Greedy evaluation of the global policy on the tenant's held-out seeds."""
+        """Greedy evaluation of the global policy on the tenant's held-out seeds; first, with a model inbox, the
+        round's model is handed to the tenant's agent."""
         self._load(parameters)
+        if self.inbox:
+            self._hand_over(int(config.get("server_round", 0)))
         env = make_env(self.task, self.s.layout, self.s.eval_envs, episode_steps=max(self.s.eval_steps, 1))
         ev = evaluate(self.model, env, self.s.eval_steps, self.s.eval_seed)
         return -ev.reward, self.s.eval_envs * self.s.eval_steps, {
@@ -171,8 +191,11 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
         state_file = context.node_config.get("state-file") or (
             str(Path(s.client_state_dir) / f"tenant_{index:04d}.json") if s.client_state_dir and index >= 0 else None
         )
-        return TenantClient(s, index, task, context, str(store) if store else None,
-                            str(state_file) if state_file else None).to_client()  # fmt: skip
+        inbox = context.node_config.get("model-inbox")
+        return TenantClient(
+            s, index, task, context, str(store) if store else None, str(state_file) if state_file else None,
+            str(inbox) if inbox else None,
+        ).to_client()  # fmt: skip
 
     def attacker(context: Context) -> bool:
         s = settings_of(context)

@@ -120,6 +120,10 @@ def min_results(s: RunSettings, n_clients: int) -> int:
     return sampled_clients(s, n_clients) if s.client_level_dp else min_clients(s, n_clients)
 
 
+def _round_config(server_round: int) -> dict[str, Scalar]:
+    return {"server_round": server_round}
+
+
 def base_strategy(s: RunSettings, initial: Parameters, n_clients: int,
                   on_fit_config: Callable[[int], dict[str, Scalar]]) -> Strategy:  # fmt: skip
     """Flower's strategy for s.strategy; every client still connected is evaluated each round.
@@ -133,6 +137,8 @@ def base_strategy(s: RunSettings, initial: Parameters, n_clients: int,
         "fraction_fit": s.fraction_fit, "fraction_evaluate": 1.0, "min_fit_clients": least,
         "min_evaluate_clients": least, "min_available_clients": least, "initial_parameters": initial,
         "on_fit_config_fn": on_fit_config, "accept_failures": True,
+        # The round's number reaches the evaluation too: the client publishes the round's model under it.
+        "on_evaluate_config_fn": _round_config,
         "fit_metrics_aggregation_fn": mean_metrics, "evaluate_metrics_aggregation_fn": mean_metrics,
     }  # fmt: skip
     if s.strategy == "fedprox":

@@ -146,3 +146,32 @@ def test_a_tenant_trains_at_its_rounds_learning_rate(monkeypatch):
     for rnd in (1, 3):
         client.fit(client.get_parameters({}), {"server_round": rnd})
     assert rates == [1e-3, 0.5e-3]
+
+
+def test_each_evaluated_round_hands_its_model_to_the_agents_inbox(tmp_path):
+    """With node config `model-inbox`, evaluate publishes the round's model; the agent's inbox sees each new
+    round once, and the published file drives the tenant (its card names the run's layout and sizes)."""
+    from fed_client.app import TenantClient
+    from shaping.agents.projection import tenant_model
+    from shaping.agents.universal import TenantTask
+    from shaping.config import PPOConfig
+    from shaping.control.handover import ModelInbox
+    from shaping.sim.scenarios import load_scenario
+    from shaping.spec import tenant_spec
+
+    ppo = PPOConfig(num_steps=4, update_epochs=1, num_minibatches=1)
+    s = RunSettings(tenants=(TenantTask("single_path", "devops", 1),), local_iterations=1, ppo=ppo,
+                    hidden_sizes=(8,), eval_envs=1, eval_steps=2)  # fmt: skip
+    index, task = tenant_of(s, {"partition-id": 0})
+    client = TenantClient(s, index, task, _context(), None, None, str(tmp_path / "inbox"))
+    inbox = ModelInbox(tmp_path / "inbox")
+    weights = client.get_parameters({})
+    client.evaluate(weights, {"server_round": 1})
+    got = inbox.poll()
+    assert got is not None and got[0] == 1 and inbox.poll() is None
+    path = got[1]
+    client.evaluate(weights, {"server_round": 1})  # evaluated again: not newer, a warning, training goes on
+    client.evaluate(weights, {"server_round": 2})
+    assert inbox.poll()[0] == 2
+    model = tenant_model(path, tenant_spec(load_scenario("single_path"), "devops"))
+    assert model.hidden_sizes == (8,)
