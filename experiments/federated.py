@@ -18,11 +18,13 @@ Ray's known noise stays out of the log, and the log file holds no colour codes (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -45,6 +47,7 @@ from experiments.config import (
     to_typed,
 )
 from experiments.fl_yardstick import MEMBERS as YARDSTICK_MEMBERS
+from experiments.processes import die_with_parent
 from experiments.quiet import log_file, plain_log_files
 from experiments.threads import torch_threads
 from shaping.checks import above, at_least
@@ -293,14 +296,19 @@ def run_config(cfg: FederatedConfig, out_dir: Path) -> dict[str, Any]:
     return flat
 
 
-def _simulate(flat: dict[str, Any], n_tenants: int, sim: SimulationConfig, log_file: str | None = None) -> None:
-    """Child-process body: run the simulation, then exit hard so no Flower thread can keep the process alive."""
+def _simulate(
+    flat: dict[str, Any], n_tenants: int, sim: SimulationConfig, log_file: str | None = None, parent: int = 0
+) -> None:
+    """Child-process body: run the simulation, then exit hard so no Flower thread can keep the process alive;
+    if the parent dies first (a kill -9 of the run), the child and Ray's processes go with it."""
     from flwr.simulation import run_simulation
 
     from experiments.quiet import quiet_simulation
     from fed_client.app import make_client_app
     from fed_server.app import make_server_app
 
+    if parent:
+        die_with_parent(parent)
     code = 1
     try:
         quiet_simulation(log_file)
@@ -336,13 +344,19 @@ def run_flower(flat: dict[str, Any], n_tenants: int, sim: SimulationConfig) -> d
     results_file = Path(flat["output.results_file"])
     results_file.unlink(missing_ok=True)
     # The child is spawned, so it has no Hydra logging: it appends Flower's progress to the run's log file itself.
-    args = (flat, n_tenants, sim, log_file())
+    args = (flat, n_tenants, sim, log_file(), os.getpid())
     proc = multiprocessing.get_context("spawn").Process(target=_simulate, args=args)
     proc.start()
-    proc.join(sim.timeout_s)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(10)
+    timed_out = False
+    try:
+        proc.join(sim.timeout_s)
+        timed_out = proc.is_alive()
+    finally:
+        if proc.is_alive() and proc.pid is not None:  # the time limit, or Ctrl-C: the child leads its own group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.join(10)
+    if timed_out:
         raise RuntimeError(f"the federated run did not finish within simulation.timeout_s={sim.timeout_s}")
     if proc.exitcode != 0:
         raise RuntimeError(f"the federated run failed (exit code {proc.exitcode}; see the log above)")

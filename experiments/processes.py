@@ -1,4 +1,5 @@
-"""Supervised child processes: one log file and one session each, and a stop() that leaves nothing behind."""
+"""Supervised child processes: one log file and one session each, and a stop() that leaves nothing behind; and a
+child that takes its own descendants down with it when its parent dies (die_with_parent)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,47 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+
+def die_with_parent(
+    parent: int,
+    *,
+    poll_s: float = 0.25,
+    getppid: Callable[[], int] = os.getppid,
+    new_group: Callable[[], None] = lambda: os.setpgid(0, 0),
+    kill_group: Callable[[], None] = lambda: os.killpg(0, signal.SIGKILL),
+) -> threading.Thread:
+    """Call first in a child process: it leads a process group of its own, which what it starts joins (Ray's
+    GCS, raylet and workers do), and a daemon thread kills that whole group once the parent is gone.
+
+    A parent killed with SIGKILL runs no cleanup: without this its child, and everything the child started,
+    would run on (Ray's processes for a minute or more, the simulation to its end). Polling the parent's pid
+    costs nothing; the group is gone within poll_s of the parent's death.
+
+    Args:
+        parent: the parent's pid (os.getpid() in the parent, passed to the child: the child's own getppid()
+            may already be another process's if the parent died before the child started).
+        poll_s: how often the parent is looked for.
+        getppid, new_group, kill_group: the OS surfaces, for tests.
+    Returns:
+        The watching thread (started).
+    """
+    new_group()
+
+    def watch() -> None:
+        while getppid() == parent:
+            time.sleep(poll_s)
+        kill_group()
+
+    thread = threading.Thread(target=watch, name="die-with-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 @dataclass

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
 import pytest
 
-from experiments.processes import ProcessGroup
+from pathlib import Path
+
+from experiments.processes import ProcessGroup, die_with_parent
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _wait_for(predicate, timeout: float = 10.0) -> None:
@@ -48,3 +53,61 @@ def test_names_are_unique_and_exit_status_is_reported(tmp_path):
     with pytest.raises(ValueError, match="already started"):
         group.spawn("quick", ["true"], os.environ)
     group.stop()
+
+
+def test_a_child_and_what_it_started_die_with_its_parent(tmp_path):
+    """A parent killed with SIGKILL (no cleanup runs): its child, which called die_with_parent, and the child's
+    own child are gone within a second, as Ray's processes go with the federated run's simulation child."""
+    import signal
+
+    pids = tmp_path / "pids"
+    child = (f"import os, subprocess, sys, time; sys.path.insert(0, {str(ROOT)!r}); "
+             "from experiments.processes import die_with_parent; die_with_parent(int(sys.argv[1]), poll_s=0.05); "
+             "g = subprocess.Popen(['sleep', '60']); "
+             f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{g.pid}}'); time.sleep(60)")  # fmt: skip
+    parent = ("import os, subprocess, sys, time; "
+              "subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid())]); time.sleep(60)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", parent, child])
+    try:
+        _wait_for(lambda: pids.is_file() and len(pids.read_text().split()) == 2)
+        family = [int(p) for p in pids.read_text().split()]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        _wait_for(lambda: not any(_alive(p) for p in family), timeout=3.0)
+        assert not any(_alive(p) for p in family)
+    finally:
+        proc.kill()
+
+
+def test_die_with_parent_polls_the_parent_and_kills_its_group_once():
+    calls: list[str] = []
+    parents = iter([7, 7, 1])
+    thread = die_with_parent(7, poll_s=0.0, getppid=lambda: next(parents), new_group=lambda: calls.append("group"),
+                             kill_group=lambda: calls.append("kill"))  # fmt: skip
+    thread.join(2.0)
+    assert calls == ["group", "kill"] and not thread.is_alive()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, reaped by init shortly, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_bench_orphans_counts_descendants_by_start_time():
+    from experiments.bench_orphans import descendants, start_time
+
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & exec sleep 30"])
+    try:
+        _wait_for(lambda: len(descendants(child.pid)) == 1)
+        (grandchild, started), = descendants(child.pid).items()
+        assert start_time(grandchild) == started and start_time(child.pid) is not None
+    finally:
+        child.kill()
+        child.wait()
+        os.kill(grandchild, 9)
+    _wait_for(lambda: start_time(grandchild) is None)
+    assert start_time(grandchild) is None
