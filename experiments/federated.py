@@ -103,9 +103,9 @@ class FedTrainConfig:
 class FedEvalConfig:
     """Evaluation of each arm on each tenant's held-out seeds."""
 
-    envs: int = 4
+    envs: int = 8
     """Environments per evaluation."""
-    steps: int = 60
+    steps: int = 20
     """Control steps per evaluation."""
     seed: int = 1000
     """Seed of the held-out evaluation (training seeds start at `seed`)."""

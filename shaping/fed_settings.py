@@ -35,7 +35,7 @@ class RunSettings:
     """Everything a round needs, from the run config (see conf/federated.yaml for each key's meaning)."""
 
     strategy: str = "fedavg"
-    rounds: int = 3
+    rounds: int = 4
     fraction_fit: float = 1.0
     min_fit_clients: int = 2
     min_available_clients: int = 0
@@ -61,8 +61,8 @@ class RunSettings:
     anneal_lr: bool = False
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(num_steps=32, learning_rate=3e-4))
     hidden_sizes: tuple[int, ...] = (64, 64)
-    eval_envs: int = 4
-    eval_steps: int = 60
+    eval_envs: int = 8
+    eval_steps: int = 20
     eval_seed: int = 1000
     seed: int = 0
     tenants: tuple[TenantTask, ...] = DEFAULT_TENANTS
