@@ -23,6 +23,7 @@ from typing import Any
 
 import matplotlib
 from matplotlib.axes import Axes
+from matplotlib.patches import Patch
 from matplotlib.figure import Figure  # built without pyplot: no display, no global figure state
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from experiments.yardstick import best_member
@@ -314,11 +315,46 @@ def epsilon_figure(results: dict[str, Any]) -> Figure | None:
     return fig
 
 
+def yardstick_figure(results: dict[str, Any]) -> Figure | None:
+    """Per tenant, the SLA violation rate of the final global model, of the model it started from and of every
+    yardstick member, as grouped bars (the best member outlined); None when the run has no comparison."""
+    yard = results.get("yardstick")
+    if not yard or not yard["tenants"]:
+        return None
+    rows = ["federated", "initial", *yard["members"]]
+    tenants = list(yard["tenants"])
+    fig = Figure(figsize=(max(8.0, 2.2 * len(tenants)), 4.5))
+    ax = _axes(fig, "The final global model against the yardstick, each tenant on its own scenario\n"
+                    "SLA violation rate (lower is better); outlined: the best yardstick member", "SLA violation rate")
+    width = 0.8 / len(rows)
+    colours = matplotlib.color_sequences["tab10"]
+    for i, row in enumerate(rows):
+        xs, ys, edges = [], [], []
+        for t, tenant in enumerate(tenants):
+            cell = yard["tenants"][tenant]["results"].get(row, {})
+            if cell.get("applicable"):
+                xs.append(t + (i - (len(rows) - 1) / 2) * width)
+                ys.append(cell["sla_violation_rate"])
+                edges.append("k" if row == best_member(yard["tenants"][tenant]["results"], yard["members"]) else "none")
+        if xs:
+            ax.bar(xs, ys, width, color=colours[i % len(colours)], edgecolor=edges, linewidth=1.5)
+    ax.set_xticks(range(len(tenants)), tenants, fontsize=8)
+    ax.set_xlabel("tenant")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    # Legend patches of their own: a bar's outline marks the best member on one tenant, not in the legend.
+    handles = [Patch(facecolor=colours[i % len(colours)], label=row) for i, row in enumerate(rows)]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
 def figures(results: dict[str, Any]) -> dict[str, Figure]:
-    """file name -> figure: reward.png, sla.png, and epsilon.png when the run accounted privacy."""
+    """file name -> figure: reward.png, sla.png; epsilon.png when the run accounted privacy; yardstick.png when
+    it compared the final model with the yardstick."""
     out = {"reward.png": metric_figure(results, "reward"), "sla.png": metric_figure(results, "sla_violation_rate")}
     if (eps := epsilon_figure(results)) is not None:
         out["epsilon.png"] = eps
+    if (yard := yardstick_figure(results)) is not None:
+        out["yardstick.png"] = yard
     return out
 
 

@@ -238,3 +238,25 @@ def test_the_yardstick_verdict_opens_the_report_tenant_by_tenant():
 
 def test_no_yardstick_no_section():
     assert "against the yardstick" not in markdown(_results())
+    assert "yardstick.png" not in figures(_results())
+
+
+def test_the_yardstick_plot_has_a_bar_per_policy_and_tenant_and_outlines_the_best_member():
+    res = _results()
+    res["yardstick"] = {
+        "members": ["static_priority", "tuned_static"], "seeds": 4, "steps": None, "seed": 0,
+        "tenants": {
+            "big@default": {"results": {"federated": _row(0.05), "initial": _row(0.2), "static_priority": _row(0.1),
+                                        "tuned_static": _row(0.08)}},
+            "small@edge": {"results": {"federated": _row(0.3), "static_priority": _row(0.1),
+                                       "tuned_static": {"applicable": False, "reason": "no cached plan"}}},
+        },
+    }  # fmt: skip
+    ax = figures(res)["yardstick.png"].axes[0]
+    bars = ax.patches
+    assert len(bars) == 6  # 4 on big, 2 on small (no initial model nor tuned_static there)
+    outlined = sorted(round(b.get_height(), 3) for b in bars if b.get_linewidth() > 0 and b.get_edgecolor()[3] > 0)
+    assert outlined == [0.08, 0.1]  # tuned_static on big, static_priority on small
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["federated", "initial", "static_priority",
+                                                                    "tuned_static"]  # fmt: skip
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["big@default", "small@edge"]
