@@ -210,19 +210,23 @@ def _row(sla: float, util: float = 0.5) -> dict[str, Any]:
     return {"applicable": True, "sla_violation_rate": sla, "utilization": util}
 
 
+def _yardstick(odd: bool = True) -> dict[str, Any]:
+    """A comparison of two members on two tenants (a third, `odd`, that the model cannot drive)."""
+    tenants = {
+        "big@default": {"results": {"federated": _row(0.05), "initial": _row(0.2), "static_priority": _row(0.1),
+                                    "tuned_static": _row(0.08)}},
+        "small@edge": {"results": {"federated": _row(0.3), "static_priority": _row(0.1),
+                                   "tuned_static": {"applicable": False, "reason": "no cached plan"}}},
+    }  # fmt: skip
+    if odd:
+        tenants["odd@edge"] = {"results": {"federated": {"applicable": False, "reason": "too many classes"},
+                                           "static_priority": _row(0.1)}}  # fmt: skip
+    return {"members": ["static_priority", "tuned_static"], "seeds": 4, "steps": None, "seed": 0, "tenants": tenants}
+
+
 def test_the_yardstick_verdict_opens_the_report_tenant_by_tenant():
     res = _results(epsilon=1.5)
-    res["yardstick"] = {
-        "members": ["static_priority", "tuned_static"], "seeds": 4, "steps": None, "seed": 0,
-        "tenants": {
-            "big@default": {"results": {"federated": _row(0.05), "initial": _row(0.2), "static_priority": _row(0.1),
-                                        "tuned_static": _row(0.08)}},
-            "small@edge": {"results": {"federated": _row(0.3), "static_priority": _row(0.1),
-                                       "tuned_static": {"applicable": False, "reason": "no cached plan"}}},
-            "odd@edge": {"results": {"federated": {"applicable": False, "reason": "too many classes"},
-                                     "static_priority": _row(0.1)}},
-        },
-    }  # fmt: skip
+    res["yardstick"] = _yardstick()
     text = markdown(res)
     assert text.index("against the yardstick") < text.index("against the best static baseline")
     assert "The final global model **beats the yardstick on 1 of 3 tenants**" in text
@@ -243,15 +247,7 @@ def test_no_yardstick_no_section():
 
 def test_the_yardstick_plot_has_a_bar_per_policy_and_tenant_and_outlines_the_best_member():
     res = _results()
-    res["yardstick"] = {
-        "members": ["static_priority", "tuned_static"], "seeds": 4, "steps": None, "seed": 0,
-        "tenants": {
-            "big@default": {"results": {"federated": _row(0.05), "initial": _row(0.2), "static_priority": _row(0.1),
-                                        "tuned_static": _row(0.08)}},
-            "small@edge": {"results": {"federated": _row(0.3), "static_priority": _row(0.1),
-                                       "tuned_static": {"applicable": False, "reason": "no cached plan"}}},
-        },
-    }  # fmt: skip
+    res["yardstick"] = _yardstick(odd=False)
     ax = figures(res)["yardstick.png"].axes[0]
     bars = ax.patches
     assert len(bars) == 6  # 4 on big, 2 on small (no initial model nor tuned_static there)
