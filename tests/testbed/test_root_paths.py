@@ -85,7 +85,7 @@ def test_probes_see_a_scheduled_failure_in_its_first_interval(pbench: Bench) -> 
     report = {k: (r["probe_loss"], r["path_source"], r["probes"]) for k, r in rows.items()}
     for k in range(6, 12):  # every interval of the failure, from its first: (nearly) all probes decided are lost
         assert rows[k]["path_source"][1] == "probe", report
-        assert rows[k]["probe_loss"][1] >= 0.9 and rows[k]["obs_path_loss"][1] >= 0.9, report
+        assert rows[k]["probe_loss"][1] >= 0.9 and rows[k]["obs_path_loss"][1] >= 0.9, (k, report)
     # Its delay is the wait of the probes declared lost (>= the 50 ms timeout). The last failed interval is
     # left out: it ends with the milliseconds after the path's return, in which an answer may come.
     for k in range(6, 11):
