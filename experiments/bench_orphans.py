@@ -21,39 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from experiments.processes import descendants, start_time
+
 #: The target: every descendant gone within this many seconds of the kill.
 TARGET_S = 10.0
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), None when it is gone or a
-    zombie (the kernel only keeps its exit status)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
-
-
-def descendants(root: int) -> dict[int, int]:
-    """Every living descendant of root: pid -> start time."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out: dict[int, int] = {}
-    stack = list(children.get(root, []))
-    while stack:
-        pid = stack.pop()
-        started = start_time(pid)
-        if started is not None:
-            out[pid] = started
-        stack += children.get(pid, [])
-    return out
 
 
 def run(kill_after: float, limit: float) -> dict[str, object]:

@@ -50,6 +50,36 @@ def die_with_parent(
     return thread
 
 
+def start_time(pid: int, proc_root: Path = Path("/proc")) -> str | None:
+    """The start time of a live process (field 22 of /proc/PID/stat: tells a reused pid apart), or None when
+    it is gone or a zombie."""
+    try:
+        fields = (proc_root / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None  # dead, waiting for its (new) parent to reap it
+    return fields[19]
+
+
+def descendants(pid: int, proc_root: Path = Path("/proc")) -> dict[int, str]:
+    """Children, grandchildren, ... of ``pid`` that are alive, with their start times."""
+    children: dict[int, list[int]] = {}
+    for entry in proc_root.iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        if (start := start_time(child, proc_root)) is not None:
+            found[child] = start
+            todo += children.get(child, [])
+    return found
+
+
 @dataclass
 class _Proc:
     popen: subprocess.Popen[bytes]
@@ -114,30 +144,11 @@ class ProcessGroup:
 
     def start_time(self, pid: int) -> str | None:
         """The start time of a live process (tells a reused pid apart), or None when it is gone or a zombie."""
-        try:
-            fields = (self._proc_root / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        if fields[0] in ("Z", "X"):
-            return None  # dead, waiting for its (new) parent to reap it
-        return fields[19]  # field 22 of /proc/PID/stat: starttime
+        return start_time(pid, self._proc_root)
 
     def descendants(self, pid: int) -> dict[int, str]:
         """Children, grandchildren, ... of ``pid``, with their start times."""
-        children: dict[int, list[int]] = {}
-        for entry in self._proc_root.iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    children.setdefault(ppid, []).append(int(entry.name))
-        found: dict[int, str] = {}
-        todo = list(children.get(pid, []))
-        while todo:
-            child = todo.pop()
-            if (start := self.start_time(child)) is not None:
-                found[child] = start
-                todo += children.get(child, [])
-        return found
+        return descendants(pid, self._proc_root)
 
     def _wait_gone(self, family: Mapping[int, str], timeout: float) -> set[int]:
         deadline = self._clock() + timeout
