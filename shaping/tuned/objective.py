@@ -12,7 +12,7 @@ seeds of each environment's rate) and their mean reward per step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -127,6 +127,20 @@ class CandidateEvaluator:
         per_env = rate.cpu().double().view(n, s)
         reward = (reward_sum.cpu().double() / self.steps).view(n, s)
         return Scores(per_env.mean(1).numpy(), reward.mean(1).numpy())
+
+
+def evaluate_named(
+    ev: CandidateEvaluator, candidates: Mapping[str, tuple[Sequence[ShapingPlan], bool]]
+) -> dict[str, tuple[float, float]]:
+    """(SLA violation rate, mean reward) of named candidates, each its plans per controlled tenant and its CoDel
+    setting; one batch per setting (the simulator's CoDel switch is per batch), in the candidates' order."""
+    scores: dict[str, tuple[float, float]] = {}
+    for aqm in (False, True):
+        names = [n for n, (_, a) in candidates.items() if a == aqm]
+        if names:
+            rate, reward = ev.evaluate(ev.from_plans([candidates[n][0] for n in names]), aqm)
+            scores.update({n: (float(r), float(w)) for n, r, w in zip(names, rate, reward, strict=True)})
+    return {n: scores[n] for n in candidates}
 
 
 def place(plans: PlanBatch, controlled: PlanBatch, idx: torch.Tensor) -> PlanBatch:

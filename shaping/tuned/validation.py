@@ -22,7 +22,7 @@ from shaping.baselines import BASELINES
 from shaping.config import RewardConfig, ScenarioConfig
 from shaping.evaluation import resolve_controlled_indices
 from shaping.spec import ShapingPlan, scenario_specs
-from shaping.tuned.objective import CandidateEvaluator
+from shaping.tuned.objective import CandidateEvaluator, evaluate_named
 
 #: Base seed of the validation environments: far from TRAIN_SEED (1,000,000) and from the evaluation's 0.
 VALIDATION_SEED = 2_000_000
@@ -91,14 +91,8 @@ def validate(
     ev = CandidateEvaluator(scenario, indices, settings.seeds, steps, settings.seed, reward or RewardConfig(), device)
     candidates: dict[str, tuple[tuple[ShapingPlan, ...], bool]] = {SEARCH: (tuple(search_plans), search_aqm)}
     candidates.update({f"baseline:{n}": (tuple(b.plan(spec) for spec in specs), b.aqm) for n, b in BASELINES.items()})
-    scores: dict[str, tuple[float, float]] = {}
-    for aqm in (False, True):  # the simulator's CoDel switch is per batch: one batch per setting
-        names = [n for n, (_, a) in candidates.items() if a == aqm]
-        if names:
-            rate, rew = ev.evaluate(ev.from_plans([candidates[n][0] for n in names]), aqm)
-            scores.update({n: (float(r), float(w)) for n, r, w in zip(names, rate, rew, strict=True)})
-    # Strict ordering on (rate, -reward), search first: of equal candidates the search's winner stays.
-    ordered = [SEARCH, *(n for n in candidates if n != SEARCH)]
-    winner = min(ordered, key=lambda n: (scores[n][0], -scores[n][1]))
+    scores = evaluate_named(ev, candidates)
+    # min keeps the first of equal keys, and the search's winner is first: of equal candidates it stays.
+    winner = min(scores, key=lambda n: (scores[n][0], -scores[n][1]))
     plans, aqm = candidates[winner]
-    return Validation(settings, steps, {n: scores[n] for n in ordered}, winner, plans, aqm)
+    return Validation(settings, steps, scores, winner, plans, aqm)
