@@ -11,12 +11,16 @@ scaling, seeded resets, evaluation, the CSV log, the wall-clock stop)::
 
 The best model (by the mean greedy evaluation reward over the tasks) and the last are written with
 save_set_policy.
+
+Before PPO the model can start from behaviour cloning (``clone_teachers``): on each task, the static
+baseline that serves that tenant best (``pick_teachers``, scored on seeds of its own) is the teacher, so the
+model learns which rule fits which traffic instead of one rule for all.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from shaping.agents.imitation import CloneStats, clone_actions
 from shaping.agents.ppo import collect_rollout, linear_lr, make_optimizer, ppo_update, set_lr
 from shaping.agents.set_policy import BoundSetPolicy, SetActorCritic, SetPolicyConfig, bind, save_set_policy
 from shaping.agents.train import (
@@ -37,7 +42,9 @@ from shaping.agents.train import (
     wall_clock_spent,
 )
 from shaping.agents.universal import TenantTask
+from shaping.baselines import get_baseline
 from shaping.config import PPOConfig, RewardConfig, TrainConfig
+from shaping.spec import ActionLayout, TenantSpec
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.vector_env import ShapingVectorEnv
 
@@ -80,6 +87,56 @@ def evaluate_tasks(
         agent.eval()
         out[task.name] = evaluate_agent(env, agent, train.eval_steps, train.eval_seed)
     return out
+
+
+def baseline_action(spec: TenantSpec, baseline: str) -> torch.Tensor:
+    """(D,) the tenant's flat action that encodes a static baseline's plan.
+
+    Raises:
+        ValueError: the baseline runs CoDel on its leaves (fq_codel), which no action expresses.
+    """
+    base = get_baseline(baseline)
+    if base.aqm:
+        raise ValueError(f"baseline {baseline!r} runs CoDel, which no action expresses: it cannot be a teacher")
+    return torch.as_tensor(ActionLayout(spec).encode(base.plan(spec)))
+
+
+def _constant(action: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda obs: action.to(obs.device).expand(obs.shape[0], -1)
+
+
+def pick_teachers(
+    tasks: Sequence[TenantTask], candidates: Sequence[str], *, envs: int = 8, steps: int = 100, seed: int = 20_000,
+    reward: RewardConfig | None = None,
+) -> list[str]:
+    """Per task, the candidate baseline with the lowest SLA violation rate (ties: the highest reward), each run
+    as its constant action for `steps` steps of a batch of `envs` seeded environments (use seeds that neither
+    training nor evaluation uses)."""
+    if not candidates:
+        raise ValueError("pick_teachers needs at least one candidate baseline")
+    picks = []
+    for task in tasks:
+        env = ShapingVectorEnv(envs, load_scenario(task.scenario), tenant=task.tenant, reward=reward,
+                               max_episode_steps=steps)  # fmt: skip
+        spec = env.view.observation.spec
+        scores = {}
+        for name in candidates:
+            res = evaluate_agent(env, _constant(baseline_action(spec, name)), steps, seed)
+            scores[name] = (res.sla_violation_rate, -res.reward)
+        picks.append(min(candidates, key=lambda name: scores[name]))
+    return picks
+
+
+def clone_teachers(
+    model: SetActorCritic, tasks: Sequence[TenantTask], teachers: Sequence[str], iterations: int, cfg: PPOConfig,
+    *, seed: int = 0, smoothing: float = 0.2, reward: RewardConfig | None = None,
+) -> CloneStats:
+    """Behaviour cloning of each task's teacher baseline into the shared model (shaping.agents.imitation),
+    one rollout of cfg.num_steps steps per task in turn; returns the last iteration's fit."""
+    envs = [ShapingVectorEnv(t.num_envs, load_scenario(t.scenario), tenant=t.tenant, reward=reward) for t in tasks]
+    agents = [bind(model, env.view.observation.spec) for env in envs]
+    actions = [baseline_action(agent.binding.spec, name) for agent, name in zip(agents, teachers, strict=True)]
+    return clone_actions(model, agents.__getitem__, envs, actions, iterations, cfg, seed=seed, smoothing=smoothing)
 
 
 def train_set_ppo(

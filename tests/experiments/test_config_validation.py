@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from experiments import bench_train, federated, multiagent, pretrain_universal, testbed, train_sb3
+from experiments import bench_train, federated, multiagent, pretrain_universal, testbed, train_sb3, train_set
 from shaping.sim.scenarios import load_scenario
 from experiments.config import (
     BenchmarkConfig,
@@ -37,13 +37,14 @@ SCHEMAS: dict[str, type] = {
     "multiagent": multiagent.MultiAgentConfig,
     "testbed": testbed.TestbedConfig,
     "train_sb3": train_sb3.TrainSB3Config,
+    "train_set": train_set.TrainSetConfig,
 }
 
 
 @pytest.fixture(scope="module", autouse=True)
 def hydra_conf():
     register_configs()
-    for module in (federated, pretrain_universal, bench_train, multiagent, testbed, train_sb3):
+    for module in (federated, pretrain_universal, bench_train, multiagent, testbed, train_sb3, train_set):
         module.register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         yield
@@ -86,6 +87,11 @@ def test_every_primary_config_passes(name: str):
         ("pretrain_universal", ["variants.num_envs=0"], "variants.num_envs must be >= 1"),
         ("tune_static", ["search.population=0"], "search.population must be >= 1"),
         ("bench_train", ["num_envs=0"], "bench_train.num_envs must be >= 1"),
+        ("train_set", ["families=[heldout_lte_edge]"], "family 'heldout_lte_edge' is held out"),
+        ("train_set", ["families=[nope]"], "family 'nope' is unknown"),
+        ("train_set", ["ppo.total_timesteps=0"], "ppo.total_timesteps must be >= 1"),
+        ("train_set", ["model.n_heads=3"], "d_model 64 is not a multiple of n_heads 3"),
+        ("train_set", ["teacher.smoothing=1"], "teacher.smoothing must be in [0, 0.99]"),
     ],
 )
 def test_bad_values_are_refused_by_key(name: str, overrides: list[str], message: str):

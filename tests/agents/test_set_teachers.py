@@ -1,0 +1,60 @@
+"""Each task's best static baseline as its teacher, and behaviour cloning of those teachers into the set policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shaping.agents.set_policy import SetActorCritic, SetPolicyConfig, bind
+from shaping.agents.train import evaluate_agent
+from shaping.agents.train_set import baseline_action, clone_teachers, pick_teachers
+from shaping.agents.universal import TenantTask
+from shaping.config import PPOConfig
+from shaping.sim.scenarios import load_scenario
+from shaping.sim.vector_env import ShapingVectorEnv
+from shaping.spec import ActionLayout, tenant_spec
+
+FAST = PPOConfig(num_steps=8, learning_rate=1e-2, update_epochs=4, num_minibatches=2)
+SMALL = SetPolicyConfig(d_model=32, n_heads=2, d_ff=64, d_key=16)
+
+
+def test_baseline_action_encodes_the_plan_and_refuses_codel():
+    spec = tenant_spec(load_scenario("default"), "gameco")
+    action = baseline_action(spec, "static_priority")
+    assert action.shape == (len(ActionLayout(spec).nvec),)
+    assert not torch.equal(action, baseline_action(spec, "fifo"))
+    with pytest.raises(ValueError, match="CoDel"):
+        baseline_action(spec, "fq_codel")
+
+
+def test_the_teacher_is_the_candidate_with_the_fewest_sla_violations():
+    tasks = [TenantTask("small_congested", "shop", 2), TenantTask("default", "gameco", 2)]
+    candidates = ["fifo", "static_priority", "greedy_premium"]
+    picks = pick_teachers(tasks, candidates, envs=2, steps=20, seed=3)
+    assert len(picks) == len(tasks) and set(picks) <= set(candidates)
+    for task, pick in zip(tasks, picks, strict=True):
+        env = ShapingVectorEnv(2, load_scenario(task.scenario), tenant=task.tenant, max_episode_steps=20)
+        spec = env.view.observation.spec
+        sla = {}
+        for name in candidates:
+            action = baseline_action(spec, name)
+            sla[name] = evaluate_agent(env, lambda obs, a=action: a.expand(obs.shape[0], -1), 20, 3).sla_violation_rate
+        assert sla[pick] == min(sla.values())
+    assert pick_teachers(tasks[:1], ["fair_share"], envs=1, steps=2) == ["fair_share"]
+
+
+def test_cloning_teaches_each_tenant_its_own_teacher():
+    tasks = [TenantTask("small_congested", "shop", 4), TenantTask("edge_gaming", "mobilegames", 4)]
+    teachers = ["static_priority", "fair_share"]
+    torch.manual_seed(0)
+    model = SetActorCritic(SMALL)
+    stats = clone_teachers(model, tasks, teachers, 24, FAST, seed=1, smoothing=0.0)
+    assert stats.iterations == 24 and stats.accuracy > 0.9
+    for task, teacher in zip(tasks, teachers, strict=True):
+        env = ShapingVectorEnv(4, load_scenario(task.scenario), tenant=task.tenant)
+        agent = bind(model, env.view.observation.spec)
+        target = baseline_action(agent.binding.spec, teacher)
+        env.reset_torch(seed=123)  # seeds never trained on
+        obs = env.step_torch(target.expand(env.num_envs, -1)).obs
+        teachable = agent._allowed[torch.arange(len(target)), target]  # choices the envelope allows
+        assert float((agent.act(obs) == target)[:, teachable].float().mean()) > 0.9
