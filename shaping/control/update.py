@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,12 +99,30 @@ class RollbackMonitor:
         return sum(after) / len(after) > sum(before) / len(before) + self.margin
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """What the agent reports about its model updates (the rules service's ``ModelStatus``)."""
+
+    version: int | None
+    """The hand-over version in force (None: the policy the agent started with)."""
+    installed_at: float | None
+    """Wall-clock time (seconds since the epoch) the version in force took control; None: never swapped."""
+    last_verdict: tuple[int, GateVerdict, float] | None
+    """(candidate version, verdict, wall-clock time) of the last gate; None: no model delivered yet."""
+    counts: dict[str, int]
+    """Verdicts so far: ``accepted`` and ``rejected:<reason>``."""
+    rollbacks: int
+    last_rollback: tuple[int, int, float] | None
+    """(version rolled back, version in force again (0: the starting policy), wall-clock time); None: none."""
+
+
 @dataclass
 class _Swap:
     policy: ControlPolicy
     version: int
     previous: ControlPolicy
     previous_version: int | None
+    previous_installed_at: float | None
 
 
 class ModelUpdater:
@@ -116,12 +135,14 @@ class ModelUpdater:
         config: rollback and loading settings.
         load: turns a delivered model into a policy (default ModelPolicy.from_checkpoint for the loop's tenant).
         logger: where swaps and rollbacks are logged.
+        wall_clock: seconds since the epoch, for the times in ``state()`` (the status report).
     """
 
     def __init__(self, loop: ControlLoop, inbox: ModelInbox, gate: SafetyGate, config: UpdateConfig | None = None, *,
                  load: Callable[[ModelUpdate], ControlPolicy] | None = None,
-                 logger: logging.Logger = LOG) -> None:  # fmt: skip
+                 logger: logging.Logger = LOG, wall_clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         self.loop, self.inbox, self.gate = loop, inbox, gate
+        self.wall_clock = wall_clock
         self.config = config or UpdateConfig()
         self.load = load or self._load_model
         self.log = logger
@@ -133,6 +154,10 @@ class ModelUpdater:
         self.verdicts: deque[tuple[int, GateVerdict]] = deque(maxlen=RECENT_VERDICTS)
         self.counts: Counter[str] = Counter()
         self.rollbacks = 0
+        self.installed_at: float | None = None
+        """Wall-clock time the version in force took control (None: the policy the agent started with)."""
+        self.last_verdict: tuple[int, GateVerdict, float] | None = None
+        self.last_rollback: tuple[int, int, float] | None = None
         self.swap_steps: list[tuple[int, int]] = []
         """(version, step) of every model that took control (rollbacks included)."""
         self._thread: threading.Thread | None = None
@@ -172,7 +197,8 @@ class ModelUpdater:
         return ((self._thread is not None and self._thread.is_alive()) or self._pending is not None
                 or self._watching is not None)  # fmt: skip
 
-    def _judge(self, update: ModelUpdate, in_force: ControlPolicy, in_force_version: int | None) -> None:
+    def _judge(self, update: ModelUpdate, in_force: ControlPolicy, in_force_version: int | None,
+               in_force_since: float | None) -> None:
         """Load and gate one version (background thread); hand an accepted one to the loop."""
         mx, t = self.loop.metrics, self.loop.spec.name
         try:
@@ -190,9 +216,10 @@ class ModelUpdater:
                 mx.gate_sla_rate.labels(t, who).set(rate)
         with self._lock:
             self.verdicts.append((update.version, verdict))
+            self.last_verdict = (update.version, verdict, self.wall_clock())
             self.counts["accepted" if verdict.accepted else f"rejected:{verdict.reason}"] += 1
             if verdict.accepted:
-                self._pending = _Swap(candidate, update.version, in_force, in_force_version)
+                self._pending = _Swap(candidate, update.version, in_force, in_force_version, in_force_since)
                 self.loop.swap_policy(candidate)
 
     def on_step(self, rec: StepRecord) -> None:
@@ -213,10 +240,12 @@ class ModelUpdater:
             update = self.inbox.poll()
             if update is not None:
                 self.log.info("tenant %s: model version %d received: %s", t, update.version, update.path)
-                self._spawn(lambda: self._judge(update, self.loop.policy, self.version))
+                in_force, version, since = self.loop.policy, self.version, self.installed_at
+                self._spawn(lambda: self._judge(update, in_force, version, since))
 
     def _took_control(self, swap: _Swap, step: int) -> None:
-        self.version, self.previous = swap.version, swap.previous
+        with self._lock:
+            self.version, self.previous, self.installed_at = swap.version, swap.previous, self.wall_clock()
         self.swap_steps.append((swap.version, step))
         self.loop.metrics.model_version.labels(self.loop.spec.name).set(swap.version)
         self.log.info("tenant %s: model version %d controls from step %d", self.loop.spec.name, swap.version, step)
@@ -226,12 +255,17 @@ class ModelUpdater:
 
     def _roll_back(self, swap: _Swap, step: int) -> None:
         t = self.loop.spec.name
-        self.rollbacks += 1
+        with self._lock:
+            self.rollbacks += 1
+            self.last_rollback = (swap.version, swap.previous_version or 0, self.wall_clock())
         self.loop.metrics.rollbacks.labels(t).inc()
         self.log.warning("tenant %s: model version %d degraded the SLAs over %d intervals; rolling back to %s at "
                          "step %d", t, swap.version, self.rollback.intervals, swap.previous.name, step)  # fmt: skip
         self.loop.swap_policy(swap.previous)
-        self.version, self.previous = swap.previous_version, None
+        with self._lock:
+            # The restored version reads as installed when it first took control, as before the swap.
+            self.version, self.previous = swap.previous_version, None
+            self.installed_at = swap.previous_installed_at
         self.loop.metrics.model_version.labels(t).set(swap.previous_version or 0)
         self.swap_steps.append((swap.previous_version or 0, step + 1))
 
@@ -239,6 +273,12 @@ class ModelUpdater:
         """Wait for a gate under way (it cannot be interrupted; its verdict is then discarded with the loop)."""
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def state(self) -> ModelState:
+        """A consistent snapshot of the version in force, the last verdict and the rollbacks (any thread)."""
+        with self._lock:
+            return ModelState(self.version, self.installed_at, self.last_verdict, dict(self.counts), self.rollbacks,
+                              self.last_rollback)
 
     def summary(self) -> dict[str, Any]:
         """Model version in force, verdict counts, recent verdicts and rollbacks, for the agent's exit summary."""

@@ -9,6 +9,8 @@ a new loop from the factory. The last rules seen are kept in a local file, so an
 while the service is down enforces them too; the loop simply goes on when the service goes away.
 The third thread follows `WatchAppMetrics`: the application metrics the tenant pushed through the
 Client API go into the monitor's AppMetrics (`put`, as if pushed on its local socket), FPS as FPS/60.
+With `make_updater`, each loop gets a ModelUpdater (federated models from the hand-over inbox, gated,
+swapped in, rolled back), stepped after every control step; its state goes into the status report.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import grpc
 
 from shaping.config import ScenarioConfig
 from shaping.control import ControlLoop, ControlPolicy, Guard, Mode, Observed, StaticPolicy
+from shaping.control.update import ModelState, ModelUpdater
 from shaping.monitor.appmetrics import AppMetricError, AppMetrics
 from shaping.rules.codec import rules_from_dict, rules_to_dict
 from shaping.rules.compile import CompiledRules, compile_rules
@@ -41,6 +44,8 @@ LOG = logging.getLogger("fedshape.agent")
 LoopFactory = Callable[[CompiledRules], ControlLoop]
 #: The AppMetrics a loop observes, or None (see `monitor_app_metrics`).
 AppSink = Callable[[ControlLoop], AppMetrics | None]
+#: The model updater of a new loop (None: no model hand-over for these rules, e.g. no adaptive entity).
+UpdaterFactory = Callable[[ControlLoop, CompiledRules], ModelUpdater | None]
 
 #: Frames per second that read as application metric 1 (the spec's metric of a game is FPS/60).
 FPS_FULL = 60.0
@@ -72,6 +77,25 @@ def monitor_app_metrics(loop: ControlLoop) -> AppMetrics | None:
         if backend is None:
             break
     return None
+
+
+def model_status(state: ModelState) -> pb.ModelStatus:
+    """The report's ModelStatus of an updater's state (times on the agent's wall clock, 0 when never)."""
+    rejected = {key.removeprefix("rejected:"): n for key, n in state.counts.items() if key.startswith("rejected:")}
+    status = pb.ModelStatus(version=state.version or 0, installed_at=state.installed_at or 0.0,
+                            accepted=state.counts.get("accepted", 0), rejected=sum(rejected.values()),
+                            rejections=[pb.RejectionCount(reason=r, count=n) for r, n in sorted(rejected.items())],
+                            rollbacks=state.rollbacks)
+    if state.last_verdict is not None:
+        version, v, at = state.last_verdict
+        rates = {name: rate for name, rate in (("candidate_sla_violation", v.candidate),
+                 ("in_force_sla_violation", v.in_force), ("rules_sla_violation", v.rules)) if rate is not None}
+        status.last_verdict.CopyFrom(pb.GateVerdict(candidate_version=version, accepted=v.accepted, reason=v.reason,
+                                                    detail=v.detail[:500], decided_at=at, **rates))
+    if state.last_rollback is not None:
+        version, restored, at = state.last_rollback
+        status.last_rollback.CopyFrom(pb.ModelRollback(version=version, restored_version=restored, rolled_back_at=at))
+    return status
 
 
 def rules_guard(compiled: CompiledRules, loop: ControlLoop | None = None) -> Guard:
@@ -128,17 +152,23 @@ class TenantAgent:
         retry_s: first reconnect delay; doubles up to 5 s.
         clock: monotonic clock.
         app_sink: where pushed application metrics go for a loop (None: not followed).
+        make_updater: builds the model updater of each new loop (None: no model hand-over); a new spec builds a
+            new loop, whose updater starts from the policy the factory gave it and counts its verdicts afresh.
     """
 
     def __init__(self, stub: Any, tenant: str, scenario: ScenarioConfig, make_loop: LoopFactory, *,
                  interval_s: float = 0.1, state_path: Path | None = None, report_every_s: float = 1.0,
                  retry_s: float = 0.2, clock: Callable[[], float] = time.monotonic,
-                 logger: logging.Logger = LOG, app_sink: AppSink | None = monitor_app_metrics) -> None:
+                 logger: logging.Logger = LOG, app_sink: AppSink | None = monitor_app_metrics,
+                 make_updater: UpdaterFactory | None = None) -> None:
         self.stub, self.tenant, self.scenario, self.make_loop = stub, tenant, scenario, make_loop
         self.interval_s, self.state_path = interval_s, state_path
         self.report_every_s, self.retry_s = report_every_s, retry_s
         self.clock, self.log, self.app_sink = clock, logger, app_sink
+        self.make_updater = make_updater
         self.loop: ControlLoop | None = None
+        self.updater: ModelUpdater | None = None
+        """The current loop's model updater (None: no model hand-over)."""
         self.compiled: CompiledRules | None = None
         self.connected = threading.Event()
         """Set while the watch stream is open."""
@@ -254,15 +284,31 @@ class TenantAgent:
             if not compiled.any_adaptive:
                 self.loop.policy = self.loop.fallback
         else:
+            if self.updater is not None:
+                self.updater.close(0)  # a gate under way ends on its own; its verdict goes to the old loop
             if self.loop is not None:
                 self.loop.close()
             self.loop = self.make_loop(compiled)
             self._tap = _Tap(self.loop.backend)
             self.loop.backend = self._tap
             self._new_sink()
+            self.updater = self._new_updater(compiled)
         self.compiled = compiled
         self.installed.append((compiled.revision, self.clock()))
         self.log.info("tenant %s: enforcing rules revision %d", self.tenant, compiled.revision)
+
+    def _new_updater(self, compiled: CompiledRules) -> ModelUpdater | None:
+        """The new loop's model updater, started; None without a factory, or when it fails (the loop goes on)."""
+        if self.make_updater is None or self.loop is None:
+            return None
+        try:
+            updater = self.make_updater(self.loop, compiled)
+            if updater is not None:
+                updater.start()
+        except Exception:
+            self.log.exception("tenant %s: no model updates for revision %d", self.tenant, compiled.revision)
+            return None
+        return updater
 
     def _control(self) -> None:
         next_t = self.clock()
@@ -273,7 +319,9 @@ class TenantAgent:
                 self._install(pending)
             if self.loop is not None and (pending is not None or self.clock() >= next_t):
                 try:
-                    self.loop.step()
+                    rec = self.loop.step()
+                    if self.updater is not None:
+                        self.updater.on_step(rec)
                 except Exception:
                     self.log.exception("tenant %s: control step failed; retrying next interval", self.tenant)
                 now = self.clock()
@@ -300,10 +348,12 @@ class TenantAgent:
                     name=c.name, offered_mbps=float(m.offered_mbps[i]), delivered_mbps=float(m.delivered_mbps[i]),
                     loss=float(m.loss[i]), delay_p99_ms=float(m.delay_p99_ms[i]), app_metric=float(m.app_metric[i]),
                     sla_ok=not bad[i], sla_detail="" if not bad[i] else "SLA violated this interval"))
+        updater = self.updater
         return pb.AgentStatus(
             tenant=self.tenant, applied_revision=compiled.revision, reward=rec.reward,
             fallback=rec.mode is Mode.FALLBACK, fallback_reason=rec.reason[:500], mode=mode, classes=classes,
             steps=loop.steps, sla_ok_fraction=1.0 - (rec.sla_rate or 0.0),
+            model=model_status(updater.state()) if updater is not None else None,
         )
 
     def _maybe_report(self) -> None:
@@ -337,9 +387,11 @@ class TenantAgent:
             stream.cancel()
         for th in self._threads:
             th.join(5)
+        if self.updater is not None:
+            self.updater.close(5)
         if close_loop and self.loop is not None:
             self.loop.close()
 
 
-__all__ = ["FPS_FULL", "AppSink", "LoopFactory", "TenantAgent", "app_values", "build_loop", "monitor_app_metrics",
-           "rules_guard"]
+__all__ = ["FPS_FULL", "AppSink", "LoopFactory", "TenantAgent", "UpdaterFactory", "app_values", "build_loop",
+           "model_status", "monitor_app_metrics", "rules_guard"]

@@ -26,6 +26,8 @@ from shaping.service.notify import Notifier
 from shaping.store import NotFoundError, RulesStore
 
 STATUS_MODES = ("", "static", "adaptive", "mixed")
+#: Distinct rejection reasons a model report may count (the gate has five).
+MAX_REJECTION_REASONS = 16
 
 
 def _short(name: str) -> str:
@@ -101,6 +103,26 @@ def check_status(status: pb.AgentStatus, config: ServiceConfig) -> None:
         raise RulesError("status values must be finite numbers")
     if status.applied_revision < 0 or status.steps < 0:
         raise RulesError("status applied_revision and steps must be >= 0")
+    if status.HasField("model"):
+        check_model_status(status.model, config)
+
+
+def check_model_status(model: pb.ModelStatus, config: ServiceConfig) -> None:
+    """RulesError unless the model part of an agent's report is bounded, finite and not negative."""
+    limits = config.limits
+    reasons = [r.reason for r in model.rejections]
+    if len(reasons) > MAX_REJECTION_REASONS or len(set(reasons)) < len(reasons):
+        raise RulesError(f"status model rejections must name distinct reasons, at most {MAX_REJECTION_REASONS}")
+    v = model.last_verdict
+    if any(len(r) > limits.max_name_len for r in (*reasons, v.reason)) or len(v.detail) > 500:
+        raise RulesError(f"status model reasons must be at most {limits.max_name_len} characters, detail 500")
+    counts = [model.version, model.accepted, model.rejected, model.rollbacks, v.candidate_version,
+              model.last_rollback.version, model.last_rollback.restored_version, *(r.count for r in model.rejections)]
+    times = [model.installed_at, v.decided_at, model.last_rollback.rolled_back_at]
+    rates = [getattr(v, f) for f in ("candidate_sla_violation", "in_force_sla_violation", "rules_sla_violation")]
+    if min(counts) < 0 or not all(math.isfinite(t) and t >= 0 for t in times) \
+            or not all(math.isfinite(r) and 0.0 <= r <= 1.0 for r in rates):
+        raise RulesError("status model versions and counts must be >= 0, times finite and >= 0, rates in [0, 1]")
 
 
 class ServicerBase:

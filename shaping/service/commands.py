@@ -50,15 +50,45 @@ def show_rules(rules: pb.RuleSet, out: TextIO) -> None:
           file=out)
 
 
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def last_verdict(s: pb.AgentStatus) -> str:
+    """The last gate verdict in a few words (``-``: none, or an agent without model hand-over)."""
+    if not s.model.HasField("last_verdict"):
+        return "-"
+    v = s.model.last_verdict
+    return f"v{v.candidate_version} {'accepted' if v.accepted else 'rejected'} ({v.reason})"
+
+
+def show_model(s: pb.AgentStatus, out: TextIO) -> None:
+    """Print the model hand-over part of a status report (nothing for an agent without one)."""
+    if not s.HasField("model"):
+        return
+    m = s.model
+    if m.version:
+        in_force = f"version {m.version}" + (f" since {_when(m.installed_at)}" if m.installed_at else "")
+    else:
+        in_force = "the starting policy"
+    print(f"model {in_force}  last verdict {last_verdict(s)}  accepted {m.accepted}  rejected {m.rejected}"
+          f"  rollbacks {m.rollbacks}", file=out)
+    if m.HasField("last_rollback"):
+        r = m.last_rollback
+        print(f"last rollback: version {r.version} -> {r.restored_version or 'the starting policy'}"
+              f" at {_when(r.rolled_back_at)}", file=out)
+
+
 def show_status(s: pb.AgentStatus, out: TextIO) -> None:
     """Print an agent status report."""
-    when = "never" if s.reported_at == 0 else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.reported_at))
+    when = "never" if s.reported_at == 0 else _when(s.reported_at)
     print(f"tenant {s.tenant}  mode {s.mode or '-'}  revision {s.applied_revision}  reward {s.reward:.3f}"
           f"  fallback {'yes (' + s.fallback_reason + ')' if s.fallback else 'no'}"
           f"  reported {when}{' (stale)' if s.stale else ''}", file=out)
     print(table([(c.name, f"{c.delivered_mbps:.2f}", f"{c.delay_p99_ms:.1f}", f"{c.loss:.4f}", f"{c.app_metric:.2f}",
                   "ok" if c.sla_ok else f"VIOLATED {c.sla_detail}") for c in s.classes],
                 ("CLASS", "DELIVERED_MBPS", "P99_MS", "LOSS", "APP", "SLA")), file=out)
+    show_model(s, out)
 
 
 def load_rules_file(path: Path, tenant: str) -> pb.RuleSet:
@@ -140,10 +170,12 @@ def provider_command(stub: Any, args: Any, out: TextIO) -> None:
     cmd: str = args.pcmd
     if cmd == "tenants":
         rows = [(t.name, f"{t.cap_mbps:g}", t.revision, t.entities, t.classes, t.adaptive_entities,
-                 "stale" if t.agent.stale else "ok", "yes" if t.agent.fallback else "no", f"{t.agent.reward:.3f}")
+                 "stale" if t.agent.stale else "ok", "yes" if t.agent.fallback else "no", f"{t.agent.reward:.3f}",
+                 t.agent.model.version if t.agent.HasField("model") else "-", last_verdict(t.agent),
+                 t.agent.model.rollbacks if t.agent.HasField("model") else "-")
                 for t in stub.ListTenants(ppb.ListTenantsRequest()).tenants]
         print(table(rows, ("TENANT", "CAP_MBPS", "REV", "ENTITIES", "CLASSES", "ADAPTIVE", "AGENT", "FALLBACK",
-                           "REWARD")), file=out)
+                           "REWARD", "MODEL", "LAST_VERDICT", "ROLLBACKS")), file=out)
     elif cmd == "create":
         t = stub.CreateTenant(ppb.CreateTenantRequest(name=args.name, cap_mbps=args.cap, address_space=args.space))
         print(f"created tenant {t.name} (cap {t.cap_mbps:g} Mbit/s)", file=out)

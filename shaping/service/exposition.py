@@ -6,13 +6,16 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
 from shaping.service.client import agent_status
 from shaping.service.config import ServiceConfig
 from shaping.store import RulesStore
 from shaping.units import BYTES_PER_S_PER_MBPS, S_PER_MS
+
+_Family = GaugeMetricFamily | CounterMetricFamily
 
 
 class ServiceCollector(Collector):
@@ -26,7 +29,7 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """One family per metric, labelled by tenant (and class, and metric name), in base units."""
         t = ["tenant"]
-        fam = {
+        fam: dict[str, _Family] = {
             "cap": GaugeMetricFamily("fedshape_tenant_cap_bytes_per_second", "Tenant's paid egress rate",
                                      labels=t),
             "rev": GaugeMetricFamily("fedshape_rules_revision", "Revision of the tenant's rules", labels=t),
@@ -47,6 +50,14 @@ class ServiceCollector(Collector):
                                            labels=[*t, "class"]),
             "app": GaugeMetricFamily("fedshape_app_metric", "Application metric pushed by the tenant",
                                      labels=[*t, "class", "name"]),
+            "model": GaugeMetricFamily("fedshape_agent_model_version",
+                                       "Hand-over version of the model in force (0: the policy the agent started with)",
+                                       labels=t),
+            "verdicts": CounterMetricFamily("fedshape_agent_gate_verdicts",
+                                            "Safety gate verdicts on new models, by verdict and reason",
+                                            labels=[*t, "verdict", "reason"]),
+            "rollbacks": CounterMetricFamily("fedshape_agent_rollbacks",
+                                             "Swapped-in models rolled back after the SLAs degraded", labels=t),
             "epsilon": GaugeMetricFamily("fedshape_tenant_privacy_epsilon",
                                          "Privacy budget spent on the tenant's data (epsilon)", labels=t),
         }
@@ -68,6 +79,8 @@ class ServiceCollector(Collector):
                     fam["p99"].add_metric([n, c.name], c.delay_p99_ms * S_PER_MS)
                     fam["loss"].add_metric([n, c.name], c.loss)
                     fam["class_sla"].add_metric([n, c.name], float(c.sla_ok))
+                if a.HasField("model"):
+                    _model_metrics(fam, n, a.model)
             for klass, named in self.store.app_metrics(n).items():
                 for name, (value, _) in named.items():
                     fam["app"].add_metric([n, klass, name], value)
@@ -81,6 +94,15 @@ class ServiceCollector(Collector):
                                     value=float(fed[0].get("round", 0)))
             yield GaugeMetricFamily("fedshape_federation_epsilon", "Privacy budget spent by the global model (epsilon)",
                                     value=float(fed[0].get("epsilon_spent", 0.0)))
+
+
+def _model_metrics(fam: dict[str, _Family], tenant: str, m: pb.ModelStatus) -> None:
+    """The model hand-over part of an agent's report, under the agent's own metric names and labels."""
+    fam["model"].add_metric([tenant], m.version)
+    fam["verdicts"].add_metric([tenant, "accepted", "ok"], m.accepted)
+    for r in m.rejections:
+        fam["verdicts"].add_metric([tenant, "rejected", r.reason], r.count)
+    fam["rollbacks"].add_metric([tenant], m.rollbacks)
 
 
 def service_registry(store: RulesStore, config: ServiceConfig, registry: CollectorRegistry | None = None,

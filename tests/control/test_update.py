@@ -137,3 +137,38 @@ def test_load_errors_are_rejected_with_their_reason(spec, tmp_path):
     (version, verdict), = updater.verdicts
     assert version == 4 and verdict.reason == "load_error" and "model-4.npz does not fit" in verdict.detail
     assert updater.version is None and updater.summary()["gate"] == {"rejected:load_error": 1}
+
+
+def test_state_keeps_install_times_and_the_last_rollback_on_the_wall_clock(spec, tmp_path):
+    backend = FakeBackend(spec)
+    rules = get_baseline("static_priority").plan(spec)
+    loop = ControlLoop(backend, StaticPolicy(spec, rules, name="start"), rules, config=LoopConfig(
+        realtime=False, watchdog=WatchdogConfig(sla_threshold=1.0)))
+    wall = iter(range(100, 10_000, 100))  # 100, 200, ... at each reading
+    updater = ModelUpdater(loop, ModelInbox(tmp_path), _AcceptAll(), UpdateConfig(rollback_intervals=3),
+                           load=lambda update: ScriptedPolicy(spec, lambda observed: rules, name=f"v{update.version}"),
+                           wall_clock=lambda: float(next(wall)))  # fmt: skip
+    state = updater.state()
+    assert (state.version, state.installed_at, state.last_verdict, state.rollbacks) == (None, None, None, 0)
+
+    def publish_and_take(version: int) -> None:
+        publish_model(tmp_path, [np.zeros(2, dtype=np.float32)], CARD, version)
+        updater.on_step(loop.step())  # polled: the gate accepts
+        _wait_idle(updater)
+        for _ in range(4):  # the swap, and a rollback watch of 3 quiet intervals
+            updater.on_step(loop.step())
+
+    publish_and_take(1)  # verdict at 100, installed at 200
+    publish_and_take(2)  # verdict at 300, installed at 400
+    assert updater.state().installed_at == 400.0
+    backend.violating = True
+    publish_model(tmp_path, [np.zeros(2, dtype=np.float32)], CARD, 3)
+    updater.on_step(loop.step())
+    _wait_idle(updater)  # verdict at 500
+    for _ in range(5):  # installed at 600, then 3 degraded intervals: rolled back at 700
+        updater.on_step(loop.step())
+    state = updater.state()
+    assert state.rollbacks == 1 and state.last_rollback == (3, 2, 700.0)
+    assert state.version == 2 and state.installed_at == 400.0  # version 2 again, as installed the first time
+    version, verdict, at = state.last_verdict
+    assert (version, verdict.accepted, at) == (3, True, 500.0) and state.counts == {"accepted": 3}

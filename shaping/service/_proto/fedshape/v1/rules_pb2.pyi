@@ -133,8 +133,66 @@ class ClassStatus(_message.Message):
     sla_detail: str
     def __init__(self, name: _Optional[str] = ..., offered_mbps: _Optional[float] = ..., delivered_mbps: _Optional[float] = ..., loss: _Optional[float] = ..., delay_p99_ms: _Optional[float] = ..., app_metric: _Optional[float] = ..., sla_ok: _Optional[bool] = ..., sla_detail: _Optional[str] = ...) -> None: ...
 
+class GateVerdict(_message.Message):
+    __slots__ = ("candidate_version", "accepted", "reason", "detail", "candidate_sla_violation", "in_force_sla_violation", "rules_sla_violation", "decided_at")
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_SLA_VIOLATION_FIELD_NUMBER: _ClassVar[int]
+    IN_FORCE_SLA_VIOLATION_FIELD_NUMBER: _ClassVar[int]
+    RULES_SLA_VIOLATION_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    candidate_version: int
+    accepted: bool
+    reason: str
+    detail: str
+    candidate_sla_violation: float
+    in_force_sla_violation: float
+    rules_sla_violation: float
+    decided_at: float
+    def __init__(self, candidate_version: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., candidate_sla_violation: _Optional[float] = ..., in_force_sla_violation: _Optional[float] = ..., rules_sla_violation: _Optional[float] = ..., decided_at: _Optional[float] = ...) -> None: ...
+
+class ModelRollback(_message.Message):
+    __slots__ = ("version", "restored_version", "rolled_back_at")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_AT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    restored_version: int
+    rolled_back_at: float
+    def __init__(self, version: _Optional[int] = ..., restored_version: _Optional[int] = ..., rolled_back_at: _Optional[float] = ...) -> None: ...
+
+class RejectionCount(_message.Message):
+    __slots__ = ("reason", "count")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    count: int
+    def __init__(self, reason: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("version", "installed_at", "last_verdict", "accepted", "rejected", "rejections", "rollbacks", "last_rollback")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_VERDICT_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    installed_at: float
+    last_verdict: GateVerdict
+    accepted: int
+    rejected: int
+    rejections: _containers.RepeatedCompositeFieldContainer[RejectionCount]
+    rollbacks: int
+    last_rollback: ModelRollback
+    def __init__(self, version: _Optional[int] = ..., installed_at: _Optional[float] = ..., last_verdict: _Optional[_Union[GateVerdict, _Mapping]] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[RejectionCount, _Mapping]]] = ..., rollbacks: _Optional[int] = ..., last_rollback: _Optional[_Union[ModelRollback, _Mapping]] = ...) -> None: ...
+
 class AgentStatus(_message.Message):
-    __slots__ = ("tenant", "applied_revision", "reward", "fallback", "fallback_reason", "mode", "classes", "reported_at", "stale", "steps", "sla_ok_fraction")
+    __slots__ = ("tenant", "applied_revision", "reward", "fallback", "fallback_reason", "mode", "classes", "reported_at", "stale", "steps", "sla_ok_fraction", "model")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +204,7 @@ class AgentStatus(_message.Message):
     STALE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     SLA_OK_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     applied_revision: int
     reward: float
@@ -157,7 +216,8 @@ class AgentStatus(_message.Message):
     stale: bool
     steps: int
     sla_ok_fraction: float
-    def __init__(self, tenant: _Optional[str] = ..., applied_revision: _Optional[int] = ..., reward: _Optional[float] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., mode: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ClassStatus, _Mapping]]] = ..., reported_at: _Optional[float] = ..., stale: _Optional[bool] = ..., steps: _Optional[int] = ..., sla_ok_fraction: _Optional[float] = ...) -> None: ...
+    model: ModelStatus
+    def __init__(self, tenant: _Optional[str] = ..., applied_revision: _Optional[int] = ..., reward: _Optional[float] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., mode: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ClassStatus, _Mapping]]] = ..., reported_at: _Optional[float] = ..., stale: _Optional[bool] = ..., steps: _Optional[int] = ..., sla_ok_fraction: _Optional[float] = ..., model: _Optional[_Union[ModelStatus, _Mapping]] = ...) -> None: ...
 
 class TenantRef(_message.Message):
     __slots__ = ("tenant",)
