@@ -38,7 +38,7 @@ from experiments.config import (
 from experiments.yardstick import annotate, heuristic_sanity, summarize, tuned_sanity
 from shaping.baselines import BASELINES
 from shaping.policies import make_policy
-from shaping.sim.scenarios import available_scenarios
+from shaping.sim.scenarios import UnknownScenarioError, available_scenarios
 from shaping.sim.suite import suite_dir, suite_index
 
 log = logging.getLogger(__name__)
@@ -47,19 +47,32 @@ log = logging.getLogger(__name__)
 def benchmark_files(cfg: BenchmarkConfig) -> list[str]:
     """The scenario files of a benchmark: cfg.scenarios when listed, else the suite's in its index's order.
 
+    A listed name is conf/scenario/NAME.yaml, or else the suite's NAME.yaml (so one scenario of the suite can
+    be run alone by its name).
+
     Raises:
-        FileNotFoundError: a listed scenario, the suite or one of its files does not exist.
+        UnknownScenarioError: a listed scenario, the suite or one of its files does not exist (one line).
     """
+    suite_root = suite_dir(cfg.suite) if cfg.suite else None
     if cfg.scenarios:
-        files = [scenario_path(ref) for ref in cfg.scenarios]
+        files = [_listed(ref, suite_root) for ref in cfg.scenarios]
     else:
-        assert cfg.suite is not None  # BenchmarkConfig refuses neither
-        root = suite_dir(cfg.suite)
-        files = [root / entry["file"] for entry in suite_index(cfg.suite)["scenarios"]]
+        assert suite_root is not None and cfg.suite is not None  # BenchmarkConfig refuses neither
+        files = [suite_root / entry["file"] for entry in suite_index(cfg.suite)["scenarios"]]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"no scenario file {missing}; scenarios under conf/scenario: {available_scenarios()}")
+        where = f"conf/scenario ({', '.join(available_scenarios())})"
+        if suite_root is not None:
+            where += f" or the {cfg.suite} suite ({suite_root})"
+        raise UnknownScenarioError(f"no scenario file {', '.join(missing)}; names are looked up in {where}")
     return [str(f) for f in files]
+
+
+def _listed(ref: str, suite_root: Path | None) -> Path:
+    path = scenario_path(ref)
+    if not path.is_file() and suite_root is not None and path.suffix == ".yaml" and Path(ref).suffix == "":
+        return suite_root / f"{ref}.yaml"
+    return path
 
 
 def evaluated_refs(cfg: BenchmarkConfig) -> list[str]:
