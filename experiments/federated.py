@@ -11,7 +11,7 @@ reward.png, sla.png, epsilon.png (when privacy is accounted), plus the global ch
 Ray's known noise stays out of the log, and the log file holds no colour codes (experiments.quiet).
 
     python -m experiments.federated                                  # 4 tenants, 4 rounds, a few minutes
-    python -m experiments.federated --config-name federated_targets  # the budget of the measured targets
+    python -m experiments.federated experiment=federated_targets     # the budget of the measured targets
     python -m experiments.federated fl=fedprox privacy=central_dp fl.rounds=10
     python -m experiments.federated privacy=distributed_dp           # SecAgg+ with distributed DP
 """

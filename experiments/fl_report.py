@@ -75,7 +75,7 @@ def target_epsilon(settings: dict[str, Any]) -> float | None:
 
 
 def targets(results: dict[str, Any], small: Sequence[str]) -> dict[str, Any]:
-    """The federation's accuracy targets (conf/federated_targets.yaml) on the final round (None: not measured)."""
+    """The federation's targets (conf/experiment/federated_targets.yaml) on the final round (None: not measured)."""
     fed = arm_means(results["federated"])
     cen = arm_means(results.get("centralized", []))
     loc_small = arm_means(results.get("local_only", []), small)

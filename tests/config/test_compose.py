@@ -23,7 +23,10 @@ from experiments.config import (
     register_configs,
     to_benchmark_config,
     to_compare_config,
+    to_typed,
 )
+from experiments.federated import FederatedConfig
+from experiments.federated import register as register_federated
 from shaping.config import RewardConfig, ScenarioConfig
 from shaping.baselines import BASELINES
 from shaping.policies import make_policy
@@ -43,6 +46,8 @@ GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
     "shaper": (ShaperConfig,),
 }
 GROUPS = {*GROUP_SCHEMAS, "scenario", "experiment"}
+#: The primary config of an experiment/ file (the first word of its name) -> that config's schema.
+EXPERIMENT_SCHEMAS: dict[str, type] = {"compare": CompareConfig, "federated": FederatedConfig}
 #: Directories of conf/ that are data, not config groups: the generated scenario suites (shaping.sim.suite) and
 #: tuned_static's cache of searched plans (shaping.tuned.cache) and the committed pretrained model (models/).
 DATA_DIRS = {"suite", "tuned_static", "models"}
@@ -55,6 +60,7 @@ def options(group: str) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def hydra_conf():
     register_configs()
+    register_federated()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         yield
 
@@ -174,10 +180,14 @@ def test_compare_controlled_override():
 
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_composes(name):
-    obj = to_compare_config(compose("compare", overrides=[f"experiment={name}"]))
-    assert obj.policies
-    for ref in obj.policies:
-        make_policy(ref)
+    """Each experiment/ file is composed with the primary config its name starts with (compare_*, federated_*)."""
+    primary = name.split("_")[0]
+    assert primary in EXPERIMENT_SCHEMAS, f"conf/experiment/{name}.yaml names no primary config"
+    obj = to_typed(compose(primary, overrides=[f"experiment={name}"]), EXPERIMENT_SCHEMAS[primary])
+    if isinstance(obj, CompareConfig):
+        assert obj.policies
+        for ref in obj.policies:
+            make_policy(ref)
 
 
 def test_experiments_override_deltas():

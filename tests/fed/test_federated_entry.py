@@ -126,28 +126,29 @@ def test_tiny_secagg_distributed_dp_run_writes_the_report(tmp_path):
     assert "federated_vs_centralized" in res["targets"]
 
 
-def _primary(name: str, *overrides: str) -> FederatedConfig:
-    """A primary config of conf/ composed as experiments.federated composes it, as its dataclass."""
+def _composed(*overrides: str) -> FederatedConfig:
+    """conf/federated.yaml with these command-line overrides (``experiment=NAME``: a variant of
+    conf/experiment/), composed as experiments.federated composes it, as its dataclass."""
     register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        conf = OmegaConf.to_object(compose(config_name=name, overrides=list(overrides)))
+        conf = OmegaConf.to_object(compose(config_name="federated", overrides=list(overrides)))
     assert isinstance(conf, FederatedConfig)
     return conf
 
 
 def test_targets_config_overrides_only_the_budget_of_the_default():
-    default = _primary("federated")
-    targets = _primary("federated_targets", "fl.rounds=3")
+    default = _composed()
+    targets = _composed("experiment=federated_targets", "fl.rounds=3")
     assert (targets.fl.rounds, targets.evaluation.envs, targets.evaluation.steps) == (3, 4, 60)
     assert targets.tenants == default.tenants and targets.train == default.train
     assert targets.privacy == default.privacy and targets.fl.strategy == default.fl.strategy
 
 
 def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_path):
-    targets = _primary("federated_targets")
-    unset = _primary("federated_pretrained")
-    conf = _primary("federated_pretrained", "init.weights=/w.npz")
-    population = _primary("federated_population_dp", "init.weights=/w.npz")
+    targets = _composed("experiment=federated_targets")
+    unset = _composed("experiment=federated_pretrained")
+    conf = _composed("experiment=federated_pretrained", "init.weights=/w.npz")
+    population = _composed("experiment=federated_population_dp", "init.weights=/w.npz")
     assert conf.init.weights == "/w.npz" and conf.fl.local_normalizer
     assert (conf.fl.strategy, conf.fl.server_lr) == ("fedavgm", 2.0)
     # The DP population falls back to plain FedAvg, the one strategy central DP accepts here.
@@ -168,8 +169,8 @@ def test_pretrained_config_needs_the_weights_and_keeps_the_targets_tenants(tmp_p
 
 
 def test_scratch_config_is_the_pretrained_federation_without_the_start_and_with_more_rounds():
-    scratch = _primary("federated_scratch")
-    pretrained = _primary("federated_pretrained", "init.weights=/w.npz")
+    scratch = _composed("experiment=federated_scratch")
+    pretrained = _composed("experiment=federated_pretrained", "init.weights=/w.npz")
     assert scratch.init.weights == "" and scratch.fl.rounds == 24
     assert scratch.fl.strategy == pretrained.fl.strategy and scratch.fl.server_lr == pretrained.fl.server_lr
     assert scratch.fl.weighting == pretrained.fl.weighting == "uniform"
@@ -180,8 +181,8 @@ def test_scratch_config_is_the_pretrained_federation_without_the_start_and_with_
 
 
 def test_scratch_long_config_runs_longer_with_the_sum_of_the_updates_an_annealed_rate_and_a_shared_normalizer():
-    scratch = _primary("federated_scratch")
-    long = _primary("federated_scratch_long")
+    scratch = _composed("experiment=federated_scratch")
+    long = _composed("experiment=federated_scratch_long")
     assert (long.fl.rounds, long.fl.server_lr) == (72, float(len(long.tenants)))
     assert long.train.anneal_lr and not scratch.train.anneal_lr
     assert scratch.fl.local_normalizer and not long.fl.local_normalizer
