@@ -5,8 +5,9 @@ training family (shaping.sim.families; never a held-out family), each controlled
 Each task's best static baseline (scored on seeds of its own) is cloned into the one shared model, then PPO
 trains it on every task in turn for a fixed number of environment steps. The best model is chosen on the
 tasks' evaluation seeds. Writes into the output directory (Hydra's run directory unless output_dir is set):
-best.pt and last.pt (``set:PATH`` for experiments.benchmark), train.csv, train.png, summary.json (the
-config, the tasks and their teachers, the fit of the cloning, the evaluations) and scenarios/*.yaml.
+best.pt and last.pt (``set:PATH`` for experiments.benchmark), cloned.pt (PPO's start), train.csv,
+train.png, summary.json (the config, the tasks and their teachers, the fit of the cloning, the
+evaluations) and scenarios/*.yaml.
 
     python -m experiments.train_set                                    # the default budget (docs/results.md)
     python -m experiments.train_set ppo.total_timesteps=50000 scenarios_per_family=2   # a quick look
@@ -30,7 +31,7 @@ from omegaconf import DictConfig
 
 from experiments.config import CONF_PATH, exits_2_on_config_error, register_configs, to_typed
 from experiments.threads import torch_threads
-from shaping.agents.set_policy import SetActorCritic, SetPolicyConfig
+from shaping.agents.set_policy import SetActorCritic, SetPolicyConfig, save_set_policy
 from shaping.agents.train_set import clone_teachers, pick_teachers, train_set_ppo
 from shaping.agents.universal import TenantTask
 from shaping.checks import above, at_least, within
@@ -189,7 +190,7 @@ def run_train_set(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
 
 def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     tasks = training_tasks(cfg, out_dir / "scenarios")
     log.info("%d tasks from %d scenarios", len(tasks), len({t.scenario for t in tasks}))
     p = cfg.ppo
@@ -209,6 +210,8 @@ def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
         cloned = clone_teachers(model, tasks, teachers, te.iterations, clone_cfg, seed=cfg.seed,
                                 smoothing=te.smoothing)  # fmt: skip
         log.info("cloned: %s", cloned)
+        # PPO's start, kept so a benchmark can tell what PPO added to the cloned teachers.
+        save_set_policy(out_dir / "cloned.pt", model, {"tasks": [_label(t) for t in tasks], "cloning": asdict(cloned)})
     ev = cfg.evaluation
     # The wall-clock cap covers the whole run: what the teachers took is deducted from PPO's share.
     left = None if cfg.max_wall_s is None else max(cfg.max_wall_s - (time.perf_counter() - start), 1e-3)
@@ -219,6 +222,7 @@ def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
     planned = max(1, round(ppo.total_timesteps / (cfg.num_envs * ppo.num_steps)))
     summary: dict[str, Any] = {
         "best": str(result.best_path) if result.best_path else None,
+        "cloned": str(out_dir / "cloned.pt") if cloned else None,
         "last": str(result.last_path) if result.last_path else None,
         "config": asdict(cfg),
         "tasks": [{"task": _label(t), "teacher": teachers[i] if teachers else None} for i, t in enumerate(tasks)],
@@ -228,6 +232,8 @@ def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
         "env_steps": result.env_steps,
         "stopped_early": result.iterations < planned,
         "wall_s": round(time.perf_counter() - start, 1),
+        # On a shared machine the wall time follows the load; the process's CPU time much less so.
+        "cpu_s": round(time.process_time() - cpu_start, 1),
         "ppo_wall_s": round(result.wall_s, 1),
         "best_eval": asdict(result.best_eval) if result.best_eval else None,
         "evals": {_label(t): asdict(result.evals[t.name]) for t in tasks if t.name in result.evals},

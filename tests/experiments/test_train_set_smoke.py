@@ -27,7 +27,7 @@ def test_entry_point_trains_on_training_families_and_writes_a_model_the_benchmar
     proc = subprocess.run([sys.executable, "-m", "experiments.train_set", *overrides], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("best.pt", "last.pt", "train.csv", "train.png", "summary.json"):
+    for name in ("best.pt", "last.pt", "cloned.pt", "train.csv", "train.png", "summary.json"):
         assert (out / name).stat().st_size > 0, name
     doc = json.loads((out / "summary.json").read_text())
     scenarios = sorted(p.stem for p in (out / "scenarios").glob("*.yaml"))
