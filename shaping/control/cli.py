@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--report-interval-s", type=float, default=1.0,
                          help="how often the agent reports its status to the service")
     service.add_argument("--state-file", type=Path,
-                         help="JSON file of the last rules received: enforced at once when the agent restarts while "
-                              "the service is down (default: not kept)")
+                         help="JSON file of the last rules received: enforced at once when the agent restarts, and "
+                              "the agent starts from it when the service does not answer (default: not kept)")
     p.add_argument("--netns", help="network namespace (under /run/netns) of the interfaces; default: this one")
     p.add_argument("--iface", required=True, action="append",
                    help="interface of a path, once per path of the scenario, in path order")  # fmt: skip

@@ -48,6 +48,11 @@ UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 class ServiceError(Exception):
     """The rules service refused the agent, could not be reached, or the agent stopped on its rules."""
 
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+        """The service did not answer (rather than refused)."""
+
 
 def _refusal(target: str, tenant: str, err: grpc.RpcError, attempts: int, tls: bool) -> str:
     code, details = err.code(), err.details() or ""
@@ -81,7 +86,8 @@ def check_service(stub: Any, target: str, tenant: str, attempts: int, *, tls: bo
             return rules
         except grpc.RpcError as err:
             if err.code() not in UNREACHABLE or attempt >= attempts:
-                raise ServiceError(_refusal(target, tenant, err, attempt, tls)) from None
+                raise ServiceError(_refusal(target, tenant, err, attempt, tls),
+                                   unreachable=err.code() in UNREACHABLE) from None
             LOG.warning("rules service at %s unreachable (%s), attempt %d of %d; retrying in %.1f s", target,
                         err.code().name, attempt, attempts, delay)
             sleep(delay)
@@ -166,13 +172,24 @@ def _check_args(args: argparse.Namespace) -> tuple[ScenarioConfig, float]:
     return scenario, (args.interval_ms or scenario.control_interval_ms) / 1e3
 
 
-def _first_rules(loops: ServiceLoops, rules: pb.RuleSet, scenario: ScenarioConfig) -> None:
-    """Build the policy for the rules the service holds now, so a checkpoint that fits no tenant fails at start."""
+def _first_rules(args: argparse.Namespace, stub: Any, loops: ServiceLoops, scenario: ScenarioConfig) -> int | None:
+    """The revision the service holds now (None: unreachable, the --state-file's rules enforced meanwhile).
+
+    The policy is built for those rules, so that a checkpoint that fits no tenant fails at start.
+    """
+    try:
+        rules = check_service(stub, args.service, args.tenant, args.connect_attempts, tls=args.pki is not None)
+    except ServiceError as err:
+        if not (err.unreachable and args.state_file is not None and args.state_file.exists()):
+            raise
+        LOG.warning("%s; enforcing the rules kept in %s until it answers", err, args.state_file)
+        return None
     try:
         compiled = compile_rules(rules_from_pb(rules), scenario)
     except RulesError:
-        return  # no classes yet (or rules of another scenario): the agent waits for rules it can enforce
+        return rules.revision  # no classes yet: the agent waits for rules it can enforce
     loops.policy(compiled)
+    return rules.revision
 
 
 def run_service(args: argparse.Namespace, notifier: SdNotifier | None = None,
@@ -199,8 +216,7 @@ def run_service(args: argparse.Namespace, notifier: SdNotifier | None = None,
         previous = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         stub = client_stub(channel)
-        rules = check_service(stub, args.service, args.tenant, args.connect_attempts, tls=args.pki is not None)
-        _first_rules(loops, rules, scenario)
+        revision = _first_rules(args, stub, loops, scenario)
         if args.metrics_port is not None:
             served = CollectorRegistry()
             served.register(loops.metrics)
@@ -208,16 +224,21 @@ def run_service(args: argparse.Namespace, notifier: SdNotifier | None = None,
         agent = TenantAgent(stub, args.tenant, scenario, loops.make_loop, interval_s=interval,
                             state_path=args.state_file, report_every_s=args.report_interval_s,
                             make_updater=loops.make_updater).start()
-        LOG.info("tenant %s: rules from %s (revision %d), interfaces %s (netns %s), interval %.0f ms%s", args.tenant,
-                 args.service, rules.revision, ",".join(args.iface), args.netns or "-", interval * 1e3,
+        LOG.info("tenant %s: rules from %s (revision %s), interfaces %s (netns %s), interval %.0f ms%s", args.tenant,
+                 args.service, revision, ",".join(args.iface), args.netns or "-", interval * 1e3,
                  " [dry run]" if args.dry_run else "")
         notifier.ready()
-        # Heartbeats from here while the agent's threads run; the budget counts the steps of every loop.
+        # Heartbeats from here while the control thread makes progress (or waits for rules it can enforce): a hung
+        # step stops them. The budget counts the steps of every loop.
+        last = -1
         while not done.wait(min(0.25, interval / 4)):
             if agent.failure is not None:
                 break
-            notifier.heartbeat()
-            if args.steps is not None and loops.steps >= args.steps:
+            steps = loops.steps
+            if steps != last or agent.loop is None:
+                notifier.heartbeat()
+                last = steps
+            if args.steps is not None and steps >= args.steps:
                 break
     finally:
         notifier.stopping()

@@ -253,3 +253,26 @@ def test_sigterm_stops_the_deployed_agent_gracefully(with_acme, scenario_file):
     assert proc.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["tenant"] == "acme" and summary["steps"] > 0
+
+
+def test_with_a_state_file_an_unreachable_service_leaves_the_kept_rules_in_force(with_acme, scenario_file, tmp_path,
+                                                                                 capsys, caplog):
+    state = tmp_path / "rules.json"
+    argv = _args(with_acme.target, scenario_file, "--steps", "3", "--state-file", str(state))
+    assert agent_main(argv) == 0
+    kept = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["revision"]
+    with_acme.server.stop(0)
+    assert agent_main(argv) == 0  # the service is gone: the kept rules are enforced, the watch retried meanwhile
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["revisions"] == [kept] and summary["steps"] >= 3 and summary["reports_failed"] >= 1
+    assert f"enforcing the rules kept in {state}" in caplog.text
+    state.unlink()
+    assert agent_main(argv) == 1  # nothing kept: unreachable is an error
+    assert "unreachable after 2 attempts" in _one_line_error(capsys)
+
+
+def test_rules_the_loop_cannot_be_built_for_stop_the_agent_with_one_line(with_acme, scenario_file, capsys):
+    # A probe of a class the tenant's rules do not have: the loop of those rules cannot be built.
+    assert agent_main(_args(with_acme.target, scenario_file, "--steps", "3", "--probe", "nope=tcp:127.0.0.1:9")) == 1
+    err = _one_line_error(capsys)
+    assert err.startswith("fedshape-agent: error: tenant acme: stopped:") and "unknown class 'nope'" in err
