@@ -108,6 +108,15 @@ class _CurrentRegistry:
             yield from registry.collect()
 
 
+def _recorded(loop: ControlLoop | None) -> int:
+    """Operations the recording backend under a loop took (through the agent's wrappers); 0 on the kernel."""
+    backend: Any = loop.backend if loop is not None else None
+    while backend is not None and not hasattr(backend, "enforcer"):
+        backend = getattr(backend, "inner", None)
+    log = getattr(getattr(getattr(backend, "enforcer", None), "backend", None), "log", None)
+    return len(log) if log is not None else 0
+
+
 class ServiceLoops:
     """Builds the loop and model updater of each rules revision the way the scenario-file mode builds its own."""
 
@@ -116,13 +125,20 @@ class ServiceLoops:
         self.kernel = KernelSetup(tuple(args.iface), args.netns)
         self.updates = update_config(args)
         self.metrics = _CurrentRegistry()
-        self.loops: list[ControlLoop] = []
-        """Every loop built, in order (the steps of all of them are the agent's steps)."""
+        self.loop: ControlLoop | None = None
+        """The last loop built."""
+        self.earlier = (0, 0)
+        """Steps and recorded operations (dry runs) of the loops before it: an agent runs for months."""
 
     @property
     def steps(self) -> int:
         """Control steps taken by all the loops built."""
-        return sum(loop.steps for loop in self.loops)
+        return self.earlier[0] + (self.loop.steps if self.loop is not None else 0)
+
+    @property
+    def recorded_operations(self) -> int:
+        """Operations the recording backends of all the loops built took (0 unless a dry run)."""
+        return self.earlier[1] + _recorded(self.loop)
 
     def policy(self, compiled: CompiledRules) -> ControlPolicy:
         """The policy of --policy/--checkpoint for the rules' spec (ValueError when it does not fit)."""
@@ -148,7 +164,9 @@ class ServiceLoops:
         loop = build_loop(compiled, backend, policy, config=config, store=store,
                           metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))
         self.metrics.registry = registry
-        self.loops.append(loop)
+        if self.loop is not None:
+            self.earlier = (self.steps, self.recorded_operations)
+        self.loop = loop
         return loop
 
     def make_updater(self, loop: ControlLoop, compiled: CompiledRules) -> ModelUpdater | None:
@@ -255,9 +273,7 @@ def run_service(args: argparse.Namespace, notifier: SdNotifier | None = None,
 
 
 def _summary(args: argparse.Namespace, agent: TenantAgent, loops: ServiceLoops) -> dict[str, Any]:
-    loop = loops.loops[-1] if loops.loops else None
-    recorded = [getattr(getattr(lp.backend, "inner", lp.backend), "enforcer", None) for lp in loops.loops]
-    logs = [getattr(getattr(e, "backend", None), "log", None) for e in recorded]
+    loop = loops.loop
     return {
         "tenant": args.tenant,
         "service": args.service,
@@ -266,7 +282,7 @@ def _summary(args: argparse.Namespace, agent: TenantAgent, loops: ServiceLoops) 
         "revisions": [revision for revision, _ in agent.installed],
         "policy": loop.policy.name if loop is not None else None,
         "reports_failed": agent.reports_failed,
-        "recorded_operations": sum(len(log) for log in logs if log is not None) if args.dry_run else None,
+        "recorded_operations": loops.recorded_operations if args.dry_run else None,
         **({"model_update": agent.updater.summary()} if agent.updater is not None else {}),
     }
 
