@@ -68,19 +68,9 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    from shaping.pki import check_validity, read_credentials
-    from shaping.service.channel import ClientTLS, connect
+    from shaping.service.channel import open_channel
 
-    if args.pki is None:
-        return connect(args.target, identity=args.identity)
-    role, _, name = args.identity.partition("/")
-    creds = read_credentials(args.pki, f"{role}-{name}")
-    ca_pem = (args.pki / "ca.pem").read_bytes()
-    # An expired certificate fails the TLS handshake, which gRPC reports as "Socket closed": say it first.
-    check_validity(creds.cert_pem, str(args.pki / f"{role}-{name}.pem"))
-    check_validity(ca_pem, str(args.pki / "ca.pem"))
-    return connect(args.target, tls=ClientTLS(ca_pem, creds.cert_pem, creds.key_pem,
-                                              server_name=args.server_name_override))
+    return open_channel(args.target, args.identity, pki=args.pki, server_name=args.server_name_override)
 
 
 def _tenant_parser(sub: argparse._SubParsersAction) -> None:

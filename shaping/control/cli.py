@@ -1,4 +1,9 @@
-"""``python -m shaping.control`` / ``fedshape-agent``: run the control loop for one tenant on a real interface."""
+"""``python -m shaping.control`` / ``fedshape-agent``: run the control loop for one tenant on a real interface.
+
+Two modes: from a scenario file (--tenant-config: the tenant and its static rules are in the file), or
+from the rules service (--service: the tenant's rules, modes and QoS come from the Client API, which
+shows the agent's reports; shaping.service.agent_run).
+"""
 
 from __future__ import annotations
 
@@ -65,8 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedshape-agent",
         description="Run FedShape's control loop (observe, policy, guard, apply) for one tenant on real interfaces.",
     )
-    p.add_argument("--tenant-config", required=True, help="scenario YAML file (or conf/scenario name) of the tenant")
-    p.add_argument("--tenant", help="tenant name in the file (default: the only tenant)")
+    p.add_argument("--tenant-config", help="scenario YAML file (or conf/scenario name) of the tenant; with --service: "
+                                           "the service's scenario (provider paths, action levels), its tenants "
+                                           "ignored (default: the built-in one, as `fedshape serve`)")
+    p.add_argument("--tenant", help="tenant name in the file (default: the only tenant); with --service: the tenant "
+                                    "whose rules the agent enforces (required)")
+    service = p.add_argument_group("rules service", "run from the tenant's rules in the rules service")
+    service.add_argument("--service", metavar="HOST:PORT",
+                         help="rules service address: watch the tenant's rules there and report the agent's status")
+    service.add_argument("--pki", type=Path, default=os.environ.get("FEDSHAPE_PKI"),
+                         help="directory of `fedshape-pki` files: mTLS with PKI/ca.pem and PKI/tenant-NAME.pem/.key "
+                              "(env FEDSHAPE_PKI); without it: a plaintext loopback service (--insecure-loopback)")
+    service.add_argument("--server-name-override", help="name to check the service's certificate against")
+    service.add_argument("--connect-attempts", type=int, default=5,
+                         help="tries to reach the service at start, 0.5 s apart doubling up to 8 s, before giving up")
+    service.add_argument("--report-interval-s", type=float, default=1.0,
+                         help="how often the agent reports its status to the service")
+    service.add_argument("--state-file", type=Path,
+                         help="JSON file of the last rules received: enforced at once when the agent restarts, and "
+                              "the agent starts from it when the service does not answer (default: not kept)")
     p.add_argument("--netns", help="network namespace (under /run/netns) of the interfaces; default: this one")
     p.add_argument("--iface", required=True, action="append",
                    help="interface of a path, once per path of the scenario, in path order")  # fmt: skip
@@ -75,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "adaptive_heuristic (default: checkpoint with --checkpoint, else rules)")  # fmt: skip
     p.add_argument("--checkpoint", help="agent checkpoint (PPO/DQN), or a global model (.npz of a federated round "
                                         "or of pretraining, with its summary.json); default: the static rules only")
-    p.add_argument("--rules", default="static_priority", help="baseline whose plan is the static rules (fallback)")
+    p.add_argument("--rules", default="static_priority",
+                   help="baseline whose plan is the static rules (fallback); with --service the rules are the tenant's")
     p.add_argument("--interval-ms", type=float, help="control interval (default: the scenario's)")
     p.add_argument("--steps", type=int, help="stop after N intervals (default: run until SIGINT/SIGTERM)")
     p.add_argument("--dry-run", action="store_true", help="record the operations instead of changing the kernel")
@@ -196,8 +219,14 @@ def _summary(totals: RunTotals, loop: ControlLoop, backend: KernelBackend,
     }  # fmt: skip
 
 
-def build_policy(args: argparse.Namespace, spec: TenantSpec, rules: ShapingPlan) -> ControlPolicy:
-    """The policy --policy names (with --checkpoint, --epsilon, --sample for an agent)."""
+def build_policy(args: argparse.Namespace, spec: TenantSpec, rules: ShapingPlan,
+                 rules_name: str | None = None) -> ControlPolicy:
+    """The policy --policy names (with --checkpoint, --epsilon, --sample for an agent).
+
+    Args:
+        rules: the static rules (what --policy rules runs).
+        rules_name: the name of that policy (default ``rules:`` and the --rules baseline).
+    """
     kind = args.policy or ("checkpoint" if args.checkpoint else "rules")
     if kind == "checkpoint":
         if not args.checkpoint:
@@ -207,7 +236,7 @@ def build_policy(args: argparse.Namespace, spec: TenantSpec, rules: ShapingPlan)
         raise ValueError(f"--checkpoint runs an agent: it does not go with --policy {kind}")
     if kind == "adaptive_heuristic":
         return HeuristicControlPolicy(spec)
-    return StaticPolicy(spec, rules, name=f"rules:{args.rules}")
+    return StaticPolicy(spec, rules, name=rules_name or f"rules:{args.rules}")
 
 
 def sla_threshold(args: argparse.Namespace) -> float:
@@ -242,6 +271,12 @@ class AgentSetup:
 
 def agent_setup(args: argparse.Namespace) -> AgentSetup:
     """The tenant, its static rules, interfaces and interval from the parsed arguments (ValueError when wrong)."""
+    if args.service:
+        # Only fedshape-supervise gets here with --service: its static rules would have to come from the service.
+        raise ValueError("an agent run from the rules service (--service) has no static rules in a file to fall back "
+                         "to: run it without fedshape-supervise")
+    if not args.tenant_config:
+        raise ValueError("give --tenant-config FILE (the tenant's scenario), or --service HOST:PORT --tenant NAME")
     scenario = load_scenario(args.tenant_config)
     spec = _pick_tenant(scenario, args.tenant)
     if len(args.iface) != len(spec.paths):
@@ -261,10 +296,16 @@ def update_config(args: argparse.Namespace) -> UpdateConfig | None:
                         epsilon=args.epsilon, deterministic=not args.sample)  # fmt: skip
 
 
-def build_updater(args: argparse.Namespace, config: UpdateConfig, setup: AgentSetup,
+def build_updater(args: argparse.Namespace, config: UpdateConfig, scenario: ScenarioConfig, static_plan: ShapingPlan,
                   loop: ControlLoop) -> ModelUpdater:  # fmt: skip
-    """The model updater of --model-inbox: the gate's twin is the tenant's scenario."""
-    gate = SafetyGate(setup.scenario, setup.spec.name, setup.static_plan, config.gate)
+    """The model updater of --model-inbox for `loop`'s tenant.
+
+    Args:
+        config: the gate and rollback settings (`update_config`).
+        scenario: the gate's twin: a scenario holding the tenant.
+        static_plan: the static rules as the loop applies them in fallback (guarded).
+    """
+    gate = SafetyGate(scenario, loop.spec.name, static_plan, config.gate)
     return ModelUpdater(loop, ModelInbox(args.model_inbox), gate, config)
 
 
@@ -303,7 +344,7 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     loop = ControlLoop(backend, policy, rules, envelope=envelope, store=store, config=config, sleep=pacing_sleep,
                        metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))  # fmt: skip
     totals = RunTotals()
-    updater = build_updater(args, updates, setup, loop) if updates is not None else None
+    updater = build_updater(args, updates, setup.scenario, setup.static_plan, loop) if updates is not None else None
 
     def on_step(rec: StepRecord) -> None:
         totals.add(rec)
@@ -336,11 +377,21 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, run, print a JSON summary; 2 on a configuration error."""
+    """Entry point: parse, run, print a JSON summary; 2 on a configuration error, 1 when the rules service refuses
+    the agent or cannot be reached."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = run(args, SdNotifier.from_environ(os.environ))
+        if args.service:
+            from shaping.service.agent_run import ServiceError, run_service
+
+            try:
+                summary = run_service(args, SdNotifier.from_environ(os.environ))
+            except ServiceError as err:  # the service refused us or never answered: not a configuration error
+                print(f"fedshape-agent: error: {one_line(err)}", file=sys.stderr)
+                return 1
+        else:
+            summary = run(args, SdNotifier.from_environ(os.environ))
     except (ValueError, FileNotFoundError, LookupError, PermissionError) as err:
         print(f"fedshape-agent: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shaping.config import ClassConfig, EntityConfig, QoSConfig, ScenarioConfig, TenantConfig
 from shaping.rules.model import ClassRule, Limits, RuleSet
@@ -22,6 +22,9 @@ class CompiledRules:
     """The static plan: enforced for static classes and as the fallback of adaptive ones."""
     adaptive: tuple[bool, ...]
     """Per class: whether its entity is in Adaptive Shaping mode."""
+    scenario: ScenarioConfig = field(compare=False, repr=False)
+    """The provider's scenario with this tenant, as its rules describe it, alone in it: what the simulator (the
+    safety gate's twin) runs for the tenant."""
 
     @property
     def any_adaptive(self) -> bool:
@@ -120,4 +123,5 @@ def compile_rules(rules: RuleSet, scenario: ScenarioConfig, limits: Limits | Non
         spec=spec,
         plan=plan,
         adaptive=tuple(modes[c.entity] == "adaptive" for c in rules.classes),
+        scenario=dataclasses.replace(scenario, tenants=[tenant_config(rules)]),
     )

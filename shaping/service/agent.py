@@ -186,6 +186,8 @@ class TenantAgent:
         self._tap: _Tap | None = None
         self._last_report = -float("inf")
         self.reports_failed = 0
+        self.failure: Exception | None = None
+        """What stopped the agent: the loop of new rules could not be built (the factory raised); None while fine."""
         if state_path is not None and state_path.exists():
             self._offer(rules_from_dict(json.loads(state_path.read_text())), save=False)
 
@@ -288,6 +290,7 @@ class TenantAgent:
                 self.updater.close(0)  # a gate under way ends on its own; its verdict goes to the old loop
             if self.loop is not None:
                 self.loop.close()
+            self.loop, self.updater, self._tap = None, None, None  # closed: not stepped, reported or closed again
             self.loop = self.make_loop(compiled)
             self._tap = _Tap(self.loop.backend)
             self.loop.backend = self._tap
@@ -316,7 +319,14 @@ class TenantAgent:
             with self._lock:
                 pending, self._pending = self._pending, None
             if pending is not None and (self.compiled is None or pending.revision != self.compiled.revision):
-                self._install(pending)
+                try:
+                    self._install(pending)
+                except Exception as err:
+                    # The old loop is closed already; going on would step it. Stop, and let the caller say why.
+                    self.log.exception("tenant %s: no loop for rules revision %d", self.tenant, pending.revision)
+                    self.failure = err
+                    self._stop.set()
+                    return
             if self.loop is not None and (pending is not None or self.clock() >= next_t):
                 try:
                     rec = self.loop.step()

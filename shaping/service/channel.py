@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -56,6 +57,32 @@ def connect(target: str, *, tls: ClientTLS | None = None, identity: str | None =
     if identity is not None:
         channel = grpc.intercept_channel(channel, _Identity(identity))
     return channel
+
+
+def open_channel(target: str, identity: str, *, pki: Path | None = None,
+                 server_name: str | None = None) -> grpc.Channel:
+    """A channel to `target` speaking as `identity`, with the `fedshape-pki` files of `pki` (mTLS) or without.
+
+    Args:
+        target: the service address (host:port).
+        identity: "tenant/NAME" or "provider/NAME"; with `pki` it picks PKI/<role>-<name>.pem and .key.
+        pki: directory of `fedshape-pki` files (ca.pem and the caller's pair); None: plaintext loopback, the
+            identity sent in a header.
+        server_name: name to check the server certificate against, when it differs from the dialled host.
+    Raises:
+        PKIError: a certificate that is missing, unreadable, expired or not yet valid.
+    """
+    from shaping.pki import check_validity, read_credentials
+
+    if pki is None:
+        return connect(target, identity=identity)
+    role, _, name = identity.partition("/")
+    creds = read_credentials(pki, f"{role}-{name}")
+    ca_pem = (pki / "ca.pem").read_bytes()
+    # An expired certificate fails the TLS handshake, which gRPC reports as "Socket closed": say it first.
+    check_validity(creds.cert_pem, str(pki / f"{role}-{name}.pem"))
+    check_validity(ca_pem, str(pki / "ca.pem"))
+    return connect(target, tls=ClientTLS(ca_pem, creds.cert_pem, creds.key_pem, server_name=server_name))
 
 
 def client_stub(channel: grpc.Channel) -> client_pb2_grpc.ClientServiceStub:

@@ -268,6 +268,8 @@ def test_cli_configuration_errors_exit_2_with_one_line(tmp_path, capsys):
     assert main(["--", "--tenant-config", str(tmp_path / "none.yaml"), "--iface", "x", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedshape-supervise: error:") and "\n" not in err
+    assert main(["--", "--service", "127.0.0.1:1", "--tenant", "acme", "--iface", "x", "--dry-run"]) == 2
+    assert "run it without fedshape-supervise" in capsys.readouterr().err
 
 
 def test_the_agent_re_reads_the_kernel_before_its_next_apply_when_asked(spec):

@@ -62,3 +62,10 @@ def test_entity_only_rule_set_still_checks_entities(rules, scenario):
     bad = replace(rules.entities[0], kind="router")
     with pytest.raises(RulesError, match="kind 'router'"):
         validate_rules(replace(rules, entities=(bad,), classes=()), scenario)
+
+
+def test_the_compiled_scenario_is_the_provider_s_with_the_tenant_alone(rules, scenario):
+    compiled = compile_rules(rules, replace(scenario, tenants=[tenant_config(replace(rules, tenant="other"))]))
+    assert compiled.scenario.paths == scenario.paths
+    assert compiled.scenario.tenants == [tenant_config(rules)]
+    assert tenant_spec(compiled.scenario, "acme") == compiled.spec  # what the gate's twin simulates
