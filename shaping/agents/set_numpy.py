@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from shaping.agents.numpy_actor import NumpyActor
 from shaping.agents.set_policy import LEVEL_FIELDS, AttentionLayer, BoundSetPolicy, SetActorCritic, bind
-from shaping.agents.set_tokens import CLASS_DIM, PATH_DIM, PATH_DYNAMIC, TENANT_DIM
+from shaping.agents.set_tokens import CLASS_DIM, PATH_DIM, PATH_DYNAMIC, TENANT_DIM, TenantStructure
 from shaping.spec import ACTION_FIELDS, TenantSpec
 
 Array = np.ndarray[Any, Any]
@@ -141,6 +142,7 @@ class SetNumpyActor(NumpyActor):
         self.allowed = binding.allowed.numpy().copy()
         self._mask = np.where(self.allowed, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
         self._width = width
+        self._one = _OneObservation(self, model)
 
     @staticmethod
     def _snapshot_layer(layer: nn.Module, heads: int) -> tuple[Array, ...]:
@@ -208,8 +210,13 @@ class SetNumpyActor(NumpyActor):
         return x, on_path
 
     def scores(self, obs: Array | torch.Tensor) -> Array:
-        """(..., D, width) masked logits; -inf outside the envelope and padding."""
-        return self._logits(*self._encode(np.asarray(obs, dtype=np.float32)))
+        """(..., D, width) masked logits; -inf outside the envelope and padding. One observation (obs_dim,)
+        takes the single-observation path (_OneObservation), which the greedy ``act`` and the log-probabilities
+        of the control loop's step share."""
+        x = np.asarray(obs, dtype=np.float32)
+        if x.ndim == 1 and x.shape[0] == self.obs_dim:
+            return self._one(x)
+        return self._logits(*self._encode(x))
 
     def _logits(self, x: Array, on_path: Array) -> Array:
         c, k, nl = self.n_classes, self._k, self._n_levels
@@ -241,6 +248,241 @@ class SetNumpyActor(NumpyActor):
         if x.shape[-1] != self.obs_dim:
             raise ValueError(f"observation of length {x.shape[-1]}, the tenant's layout has {self.obs_dim}")
         return x
+
+
+def _centered(w: Array, b: Array) -> tuple[Array, Array]:
+    """``x @ w + b`` followed by the removal of its mean over the outputs, as one affine map."""
+    return w - w.mean(1, keepdims=True), b - b.mean()
+
+
+def _augmented(w: Array, b: Array) -> Array:
+    """(out, in + 1) float32 ``[w.T | b]``: times an input with a last row of ones, the layer with its bias."""
+    return _f32(np.hstack([w.T, b[:, None]]))
+
+
+def _buffer(rows: int, cols: int, last: float | None = None) -> Array:
+    """A float32 (rows, cols) buffer; ``last``: the value its last row keeps (ones under an input: the bias)."""
+    out = np.empty((rows, cols), dtype=np.float32)
+    if last is not None:
+        out[-1] = last
+    return out
+
+
+_Step = tuple[Callable[..., Any], tuple[Any, ...]]
+#: Softmax denominators below this (after a shift by the largest score of all heads and queries) may have
+#: lost terms to underflow: the attention is then redone with each query's own largest score.
+_TINY = np.float32(2.0**-64)
+
+
+def _attend(q: Array, k: Array, v: Array, s: Array, top: Array, o: Array) -> None:
+    """Into ``o`` (h, dh + 1, queries): every head's softmax-weighted values (v's last row of ones gives the
+    denominators) from (h, dh, queries) queries, (h, keys, dh) keys and (h, dh + 1, keys) values; ``s``
+    (h, keys, queries) and ``top`` (h, 1, queries) are scratch. The scores are shifted by their overall maximum
+    (one reduction instead of one per query; softmax does not depend on the shift) unless that underflows."""
+    np.matmul(k, q, out=s)
+    np.subtract(s, s.max(), out=s)
+    np.exp(s, out=s)
+    np.matmul(v, s, out=o)
+    if o[:, -1].min() < _TINY:
+        np.matmul(k, q, out=s)
+        np.maximum.reduce(s, axis=1, keepdims=True, out=top)
+        np.subtract(s, top, out=s)
+        np.exp(s, out=s)
+        np.matmul(v, s, out=o)
+
+
+def _relu(x: Array, zeros: Array) -> None:
+    """In place; against an array of zeros, which numpy 2.4 runs several times faster than against 0.0."""
+    np.maximum(x, zeros, out=x)
+
+
+class _OneObservation:
+    """The masked logits of one observation (the control loop's call) as a fixed list of numpy calls on
+    preallocated buffers: at 21 tokens a numpy call costs about a microsecond whatever its arithmetic, so the
+    maths is arranged for as few calls as it allows.
+
+    - Tokens are feature-major, (features, N): LayerNorms and softmaxes reduce over the leading axis, the
+      heads' outputs concatenate by reshape, and a layer's bias rides on a row of ones under its input.
+    - The residual stream is kept centered (every layer writing to it has the mean of its outputs removed):
+      it is only ever read through LayerNorms, which then reduce to a scale by 1 / sqrt(mean(x^2) + eps).
+    - The tenant's constant features (applications, SLAs, published paths, counts) are folded into the
+      encoders' first-layer biases; one gather reads the varying ones from the observation.
+    - Each head's values carry a row of ones, so the softmax's denominators come out of the same matmul.
+    - The logits are one gather into the padded (D, width) array, forbidden choices and padding reading a
+      -inf slot (the envelope's mask); no value head.
+
+    The buffers make an instance serve one thread at a time.
+    """
+
+    def __init__(self, actor: SetNumpyActor, model: SetActorCritic) -> None:
+        st = actor.structure
+        self._c, self._p = st.n_classes, st.n_paths
+        self._n = n = 1 + st.n_classes + st.n_paths
+        self._obs_dim = st.obs_dim
+        d = model.config.d_model
+        # The observation, the tenant's constants and a zero: every token feature is one gather from it.
+        self._ext = np.concatenate([np.zeros(st.obs_dim), st.consts, [0.0]]).astype(np.float32)
+        self._obs = self._ext[: st.obs_dim]
+        self._y = _buffer(d, n)  # the residual stream, centered
+        self._mean = _f32(np.append(np.full(d, 1.0 / d), 1.0)[None])
+        self._var = _buffer(1, n)
+        self._xn = _buffer(d + 1, n, last=1.0)
+        self._steps: list[_Step] = []
+        self._encoder(model, st)
+        for layer in model.layers:
+            self._layer(layer)
+        self._heads(actor, model)
+
+    def __call__(self, obs: Array) -> Array:
+        """(D, width) masked logits of one (obs_dim,) float32 observation."""
+        self._obs[...] = obs
+        for op, args in self._steps:
+            op(*args)
+        return self._flat[self._scatter]
+
+    def _norm(self, norm: nn.Module) -> None:
+        """Steps of a LayerNorm of the stream into ``_xn`` (its gain and bias are in the next layer): the squares
+        over a row of eps, whose mean with a 1 in the last place is mean(x^2) + eps."""
+        _, _, eps = _affine(norm)
+        sq = _buffer(self._y.shape[0] + 1, self._n, last=eps)
+        y, var = self._y, self._var
+        self._steps += [
+            (np.multiply, (y, y, sq[:-1])),
+            (np.matmul, (self._mean, sq, var)),
+            (np.sqrt, (var, var)),
+            (np.divide, (y, var, self._xn[:-1])),
+        ]
+
+    def _encoder(self, model: SetActorCritic, st: TenantStructure) -> None:
+        """Steps of the three token encoders as one first layer over a (K, N) matrix of the varying features:
+        rows of the classes' (then the four of the path each class is on), of the paths' (then the share of
+        classes on the path), of the tenant's own, then the tenant's means of the class and path rows."""
+        c, p, n, od = self._c, self._p, self._n, self._obs_dim
+
+        def varying(index: Array) -> list[int]:  # features that read the observation for some token
+            return [j for j in range(index.shape[1]) if (index[:, j] < od).any()]
+
+        n_cls, n_path, own = st.class_index.shape[1], st.path_index.shape[1], len(st.tenant_index)
+        dyn_c, dyn_p, dyn_t = varying(st.class_index), varying(st.path_index), varying(st.tenant_index[None])
+        n_pd = len(PATH_DYNAMIC)
+        if dyn_p[:n_pd] != list(range(n_pd)):
+            raise ValueError("the measured path features are not read from the observation")
+        cls_rows, path_rows = [*dyn_c, *range(n_cls, CLASS_DIM)], [*dyn_p, n_path]
+        jc, jp, jt = len(cls_rows), len(path_rows), len(dyn_t)
+        k = jc + jp + jt + jc + jp
+        cls, paths = slice(1, 1 + c), slice(1 + c, n)
+        gidx = np.full(k * n + p * c, self._ext.shape[0] - 1, dtype=np.int64)  # the zero by default
+        cells = gidx[: k * n].reshape(k, n)
+        cells[: len(dyn_c), cls] = st.class_index[:, dyn_c].T
+        cells[jc : jc + len(dyn_p), paths] = st.path_index[:, dyn_p].T
+        cells[jc + jp : jc + jp + jt, 0] = st.tenant_index[dyn_t]
+        gidx[k * n :] = st.plan_path_index.T.ravel()
+        gathered = np.empty(gidx.shape[0], dtype=np.float32)
+        z = gathered[: k * n].reshape(k, n)
+        self._on_path = on_path = gathered[k * n :].reshape(p, c)  # (P, C)
+        pool = _f32(np.concatenate([[0.0], np.full(c, 1.0 / c), np.full(p, 1.0 / p)])[:, None])
+
+        val = self._ext.astype(np.float64)
+        (tw1, tb1, tw2, tb2), (cw1, cb1, cw2, cb2), (pw1, pb1, pw2, pb2) = (
+            _dense(m[0]) + _dense(m[2]) for m in (model.tenant_encoder, model.class_encoder, model.path_encoder)
+        )
+        t_cls, t_path = own + np.array(cls_rows), own + CLASS_DIM + np.array(path_rows)
+        w1 = _f32(np.hstack([cw1[cls_rows].T, pw1[path_rows].T, tw1[dyn_t].T, tw1[t_cls].T, tw1[t_path].T]))
+        # Biases per token: the layer's, plus the constant features times their weights.
+        fixed_c = np.array([j for j in range(n_cls) if j not in dyn_c], dtype=np.int64)
+        fixed_p = np.array([j for j in range(n_path) if j not in dyn_p], dtype=np.int64)
+        fixed_t = np.array([j for j in range(own) if j not in dyn_t], dtype=np.int64)
+        cls_const, path_const = val[st.class_index[:, fixed_c]], val[st.path_index[:, fixed_p]]  # (C or P, fixed)
+        b1 = np.empty((tb1.shape[0], n))
+        b1[:, cls] = (cb1 + cls_const @ cw1[fixed_c]).T
+        b1[:, paths] = (pb1 + path_const @ pw1[fixed_p]).T
+        b1[:, 0] = (
+            tb1 + val[st.tenant_index[fixed_t]] @ tw1[fixed_t]
+            + cls_const.mean(0) @ tw1[own + fixed_c] + path_const.mean(0) @ tw1[own + CLASS_DIM + fixed_p]
+        )  # fmt: skip
+        hid = _buffer(tb1.shape[0] + 1, n, last=1.0)
+        y = self._y
+        self._steps += [
+            (np.take, (self._ext, gidx, None, gathered, "wrap")),  # every index is in range: "wrap" is unbuffered
+            (np.matmul, (z[jc : jc + n_pd, paths], on_path, z[jc - n_pd : jc, cls])),  # the class's path
+            (np.matmul, (np.full((1, c), 1.0 / c, dtype=np.float32), on_path.T, z[jc + jp - 1 : jc + jp, paths])),
+            (np.matmul, (z[: jc + jp], pool, z[jc + jp + jt :, :1])),  # the tenant's means
+            (np.matmul, (w1, z, hid[:-1])),
+            (np.add, (hid[:-1], _f32(b1), hid[:-1])),
+            (np.tanh, (hid[:-1], hid[:-1])),
+        ]
+        for (w2, b2), band in zip(((tw2, tb2), (cw2, cb2), (pw2, pb2)), (slice(0, 1), cls, paths), strict=True):
+            self._steps.append((np.matmul, (_augmented(*_centered(w2, b2)), hid[:, band], y[:, band])))
+
+    def _layer(self, layer: nn.Module) -> None:
+        """Steps of an attention layer: QKV (queries scaled; each head's values, then a row of ones), the
+        softmax over the keys (the leading axis of the scores), the centered output and feed-forward block."""
+        assert isinstance(layer, AttentionLayer)
+        w, b = _dense(layer.qkv)
+        d, n, h = w.shape[0], self._n, layer.n_heads
+        dh = d // h
+        w[:, :d] /= math.sqrt(dh)
+        b[:d] /= math.sqrt(dh)
+        g, beta, _ = _affine(layer.norm1)
+        qkv_w = np.hstack([(g[:, None] * w).T, (beta @ w + b)[:, None]])  # (3d, d + 1)
+        ones = np.zeros((h, 1, d + 1))
+        ones[..., -1] = 1.0
+        values = np.concatenate([qkv_w[2 * d :].reshape(h, dh, d + 1), ones], 1).reshape(-1, d + 1)
+        qkv = _buffer(2 * d + h * (dh + 1), n)
+        q, k_t = qkv[:d].reshape(h, dh, n), qkv[d : 2 * d].reshape(h, dh, n)
+        v = qkv[2 * d :].reshape(h, dh + 1, n)
+        s = np.empty((h, n, n), dtype=np.float32)  # (heads, keys, queries)
+        top = np.empty((h, 1, n), dtype=np.float32)
+        o = np.empty((h, dh + 1, n), dtype=np.float32)  # weighted values, then the softmax's denominators
+        att = _buffer(d + 1, n, last=1.0)
+        tmp = _buffer(d, n)
+        g2, beta2, _ = _affine(layer.norm2)
+        w1, b1 = _dense(layer.ff1)
+        ff = _buffer(w1.shape[1] + 1, n, last=1.0)
+        y, xn = self._y, self._xn
+        self._norm(layer.norm1)
+        self._steps += [
+            (np.matmul, (_f32(np.vstack([qkv_w[: 2 * d], values])), xn, qkv)),
+            (_attend, (q, np.swapaxes(k_t, 1, 2), v, s, top, o)),
+            (np.divide, (o[:, :dh], o[:, dh:], att[:-1].reshape(h, dh, n))),
+            (np.matmul, (_augmented(*_centered(*_dense(layer.out))), att, tmp)),
+            (np.add, (y, tmp, y)),
+        ]
+        self._norm(layer.norm2)
+        self._steps += [
+            (np.matmul, (_augmented(g2[:, None] * w1, beta2 @ w1 + b1), xn, ff[:-1])),
+            (_relu, (ff[:-1], np.zeros_like(ff[:-1]))),
+            (np.matmul, (_augmented(*_centered(*_dense(layer.ff2))), ff, tmp)),
+            (np.add, (y, tmp, y)),
+        ]
+
+    def _heads(self, actor: SetNumpyActor, model: SetActorCritic) -> None:
+        """Steps of the heads (the actor's matrix, feature-major) and the gather of the padded logits: the level
+        and root logits from the heads' rows, the path logits from their own block, the forbidden from -inf."""
+        c, p, n = self._c, self._p, self._n
+        nl, k = actor._n_levels, actor._k
+        heads_w = _augmented(actor._heads_w, actor._heads_b)
+        rows = heads_w.shape[0]
+        self._flat = flat = np.empty(rows * n + p * c + 1, dtype=np.float32)
+        flat[-1] = -np.inf
+        r = flat[: rows * n].reshape(rows, n)
+        path = flat[rows * n : -1].reshape(p, c)
+        stay_path = _buffer(p, c)
+        self._norm(model.norm)
+        self._steps += [
+            (np.matmul, (heads_w, self._xn, r)),
+            (np.matmul, (r[nl + k : nl + 2 * k, 1 + c :].T, r[nl : nl + k, 1 : 1 + c], path)),
+            (np.multiply, (self._on_path, actor._stay, stay_path)),
+            (np.add, (path, stay_path, path)),
+        ]
+        nf, width, inf = len(ACTION_FIELDS), actor._width, flat.shape[0] - 1
+        index = np.full((len(actor.nvec), width), inf, dtype=np.int64)
+        body = index[:-1].reshape(c, nf * width)
+        for i in range(c):
+            body[i, actor._level_pos] = np.arange(nl) * n + 1 + i
+            body[i, actor._path_pos] = rows * n + np.arange(p) * c + i
+        index[-1, : actor._n_root] = (nl + 2 * k + np.arange(actor._n_root)) * n
+        self._scatter = np.where(actor.allowed, index, inf)
 
 
 def benchmark(actor: SetNumpyActor, n: int = 2000, warmup: int = 200, seed: int = 0) -> dict[str, float]:

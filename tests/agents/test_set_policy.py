@@ -11,7 +11,7 @@ import torch
 from shaping.agents import build_envelope
 from shaping.agents.envelope import Envelope
 from shaping.agents.ppo import collect_rollout, make_optimizer, ppo_update
-from shaping.agents.set_numpy import SetNumpyActor, benchmark, benchmark_layout, widened_spec
+from shaping.agents.set_numpy import SetNumpyActor, _attend, benchmark, benchmark_layout, widened_spec
 from shaping.agents.set_policy import (
     SetActorCritic,
     SetPolicyConfig,
@@ -173,6 +173,61 @@ def test_numpy_matches_torch(model: SetActorCritic, n_classes: int, n_paths: int
     np.testing.assert_allclose(np_value, value.numpy(), rtol=1e-5, atol=1e-5)
     assert (actor.act(obs.numpy()) == agent.act(obs).numpy()).all()
     assert (actor.act(obs[0].numpy()) == agent.act(obs[0]).numpy()).all()  # one observation
+
+
+def random_envelope(spec: TenantSpec, seed: int) -> Envelope:
+    """An envelope keeping about half of every dimension's choices (at least one)."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = []
+    for n in ActionLayout(spec).nvec:
+        keep = torch.rand(int(n), generator=gen) < 0.5
+        keep[int(torch.randint(int(n), (), generator=gen))] = True
+        masks.append(tuple(bool(k) for k in keep))
+    return Envelope(tuple(masks))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_observation_greedy_matches_torch(model: SetActorCritic, seed: int) -> None:
+    """The single-observation path (act and scores of one observation) on random tenants: every tenant of the
+    default scenario (own VMs, apps and SLAs) widened to random counts, under its envelope or a random one."""
+    rng = np.random.default_rng(seed)
+    tenants = scenario_specs(load_scenario("default"))
+    for i in range(4):
+        n_classes, n_paths = (16, 4) if seed == 0 and i == 0 else (int(rng.integers(1, 17)), int(rng.integers(1, 5)))
+        spec = widened_spec(tenants[int(rng.integers(len(tenants)))], n_classes, n_paths)
+        envelope = random_envelope(spec, seed * 10 + i) if i % 2 else None
+        agent = bind(model, spec, envelope)
+        actor = SetNumpyActor(agent)
+        obs = random_obs(spec, 8, seed * 10 + i)
+        with torch.no_grad():
+            logits = agent.masked_logits(obs).numpy()
+            greedy = agent.act(obs).numpy()
+        for j in range(len(obs)):
+            one = obs[j].numpy()
+            np.testing.assert_array_equal(actor.act(one), greedy[j])
+            scores = actor.scores(one)
+            finite = np.isfinite(logits[j])
+            assert (np.isfinite(scores) == finite).all()
+            np.testing.assert_allclose(scores[finite], logits[j][finite], rtol=1e-5, atol=1e-5)
+        assert agent.envelope.contains(torch.as_tensor(np.stack([actor.act(o) for o in obs.numpy()]))).all()
+
+
+def test_attention_shift_falls_back_when_a_query_underflows() -> None:
+    """Scores shifted by their overall maximum: a query whose scores all lie ~200 below it would underflow to
+    0 / 0; the attention is then redone with each query's own maximum, as torch's softmax computes it."""
+    rng = np.random.default_rng(0)
+    h, dh, n = 2, 3, 5
+    q = rng.standard_normal((h, dh, n)).astype(np.float32)
+    k = rng.standard_normal((h, n, dh)).astype(np.float32)
+    q[:, :, 0] *= 200.0  # query 0 scores up to hundreds; the others a few units
+    k[:, 0, :] = np.abs(k[:, 0, :]) * np.sign(q[:, :, 0])  # key 0 aligned with query 0: its score is the largest
+    v = np.concatenate([rng.standard_normal((h, dh, n)), np.ones((h, 1, n))], 1).astype(np.float32)
+    s, top, o = np.empty((h, n, n), np.float32), np.empty((h, 1, n), np.float32), np.empty((h, dh + 1, n), np.float32)
+    _attend(q, k, v, s, top, o)
+    att = torch.softmax(torch.as_tensor(k) @ torch.as_tensor(q), 1)  # over the keys
+    expected = (torch.as_tensor(v[:, :dh]) @ att).numpy()
+    np.testing.assert_allclose(o[:, :dh] / o[:, dh:], expected, rtol=1e-5, atol=1e-5)
+    assert ((k @ q).max() - (k @ q).max(1)).max() > 110  # the overall shift would have underflowed
 
 
 def test_masks_respected(model: SetActorCritic) -> None:
