@@ -2,8 +2,10 @@
 
 A snapshot of a BoundSetPolicy (weights, the tenant's token structure, its envelope): the level keys do
 not depend on the observation, so they are computed once here; a step is the tokens, the encoders, the
-attention layers and the heads, in float32 as the torch model computes them (within 1e-5). Rebuild it
-when the weights or the envelope change. ``benchmark`` times one-observation calls.
+attention layers and the heads, in float32 as the torch model computes them (within 1e-5). One
+observation, the control loop's call, takes a path of its own (_OneObservation: a fixed list of numpy
+calls on preallocated buffers, no value head); batches take the general one. Rebuild it when the weights
+or the envelope change. ``benchmark`` times one-observation calls (experiments/bench_set_infer.py runs it).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class SetNumpyActor(NumpyActor):
     The maths is the torch model's, rearranged once at construction: LayerNorm gains and biases are folded
     into the layers after them, the attention scale into the queries, the three token encoders into one
     block-diagonal MLP, and each level field's query and level keys into one matrix per tenant, so every
-    head of every class is one matmul.
+    head of every class is one matmul. ``scores`` of one (obs_dim,) observation, and so ``act`` and the
+    log-probabilities of one, run _OneObservation, whose buffers make an actor serve one thread at a time.
     """
 
     def __init__(self, bound: BoundSetPolicy) -> None:  # no super().__init__: NumpyActor's is for flat MLPs
