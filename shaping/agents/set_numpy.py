@@ -263,11 +263,12 @@ def _augmented(w: Array, b: Array) -> Array:
     return _f32(np.hstack([w.T, b[:, None]]))
 
 
-def _buffer(rows: int, cols: int, last: float | None = None) -> Array:
-    """A float32 (rows, cols) buffer; ``last``: the value its last row keeps (ones under an input: the bias)."""
-    out = np.empty((rows, cols), dtype=np.float32)
+def _buffer(rows: int, cols: int, last: float | None = None, real: int | None = None) -> Array:
+    """A float32 (rows, cols) buffer of zeros; ``last``: the value its last row keeps in the first ``real``
+    columns (default all): ones under an input make a bias, zeros under the padding tokens keep them zero."""
+    out = np.zeros((rows, cols), dtype=np.float32)
     if last is not None:
-        out[-1] = last
+        out[-1, :real] = last
     return out
 
 
@@ -277,16 +278,17 @@ _Step = tuple[Callable[..., Any], tuple[Any, ...]]
 _TINY = np.float32(2.0**-64)
 
 
-def _attend(q: Array, k: Array, v: Array, s: Array, top: Array, o: Array) -> None:
+def _attend(q: Array, k: Array, v: Array, s: Array, top: Array, o: Array, denominators: Array) -> None:
     """Into ``o`` (h, dh + 1, queries): every head's softmax-weighted values (v's last row of ones gives the
     denominators) from (h, dh, queries) queries, (h, keys, dh) keys and (h, dh + 1, keys) values; ``s``
-    (h, keys, queries) and ``top`` (h, 1, queries) are scratch. The scores are shifted by their overall maximum
-    (one reduction instead of one per query; softmax does not depend on the shift) unless that underflows."""
+    (h, keys, queries) and ``top`` (h, 1, queries) are scratch; ``denominators``, the view of o's last rows
+    that counts (the real queries). The scores are shifted by their overall maximum (one reduction instead of
+    one per query; softmax does not depend on the shift) unless that underflows."""
     np.matmul(k, q, out=s)
     np.subtract(s, s.max(), out=s)
     np.exp(s, out=s)
     np.matmul(v, s, out=o)
-    if o[:, -1].min() < _TINY:
+    if denominators.min() < _TINY:
         np.matmul(k, q, out=s)
         np.maximum.reduce(s, axis=1, keepdims=True, out=top)
         np.subtract(s, top, out=s)
@@ -313,6 +315,9 @@ class _OneObservation:
     - Each head's values carry a row of ones, so the softmax's denominators come out of the same matmul.
     - The logits are one gather into the padded (D, width) array, forbidden choices and padding reading a
       -inf slot (the envelope's mask); no value head.
+    - The token axis is padded to a multiple of 8 with zero tokens (OpenBLAS 0.3's sgemm runs a (a, b) x (b, N)
+      product much slower when N is not): with no ones under them they get no bias, so their keys, values and
+      ones are zero and they change no real token; only the real queries are normalized and written back.
 
     The buffers make an instance serve one thread at a time.
     """
@@ -321,15 +326,16 @@ class _OneObservation:
         st = actor.structure
         self._c, self._p = st.n_classes, st.n_paths
         self._n = n = 1 + st.n_classes + st.n_paths
+        self._m = m = -(-n // 8) * 8  # with the padding tokens
         self._obs_dim = st.obs_dim
         d = model.config.d_model
         # The observation, the tenant's constants and a zero: every token feature is one gather from it.
         self._ext = np.concatenate([np.zeros(st.obs_dim), st.consts, [0.0]]).astype(np.float32)
         self._obs = self._ext[: st.obs_dim]
-        self._y = _buffer(d, n)  # the residual stream, centered
+        self._y = _buffer(d, m)  # the residual stream, centered
         self._mean = _f32(np.append(np.full(d, 1.0 / d), 1.0)[None])
-        self._var = _buffer(1, n)
-        self._xn = _buffer(d + 1, n, last=1.0)
+        self._var = _buffer(1, m)
+        self._xn = _buffer(d + 1, m, last=1.0, real=n)
         self._steps: list[_Step] = []
         self._encoder(model, st)
         for layer in model.layers:
@@ -347,7 +353,7 @@ class _OneObservation:
         """Steps of a LayerNorm of the stream into ``_xn`` (its gain and bias are in the next layer): the squares
         over a row of eps, whose mean with a 1 in the last place is mean(x^2) + eps."""
         _, _, eps = _affine(norm)
-        sq = _buffer(self._y.shape[0] + 1, self._n, last=eps)
+        sq = _buffer(self._y.shape[0] + 1, self._m, last=eps)
         y, var = self._y, self._var
         self._steps += [
             (np.multiply, (y, y, sq[:-1])),
@@ -360,7 +366,7 @@ class _OneObservation:
         """Steps of the three token encoders as one first layer over a (K, N) matrix of the varying features:
         rows of the classes' (then the four of the path each class is on), of the paths' (then the share of
         classes on the path), of the tenant's own, then the tenant's means of the class and path rows."""
-        c, p, n, od = self._c, self._p, self._n, self._obs_dim
+        c, p, n, m, od = self._c, self._p, self._n, self._m, self._obs_dim
 
         def varying(index: Array) -> list[int]:  # features that read the observation for some token
             return [j for j in range(index.shape[1]) if (index[:, j] < od).any()]
@@ -374,16 +380,16 @@ class _OneObservation:
         jc, jp, jt = len(cls_rows), len(path_rows), len(dyn_t)
         k = jc + jp + jt + jc + jp
         cls, paths = slice(1, 1 + c), slice(1 + c, n)
-        gidx = np.full(k * n + p * c, self._ext.shape[0] - 1, dtype=np.int64)  # the zero by default
-        cells = gidx[: k * n].reshape(k, n)
+        gidx = np.full(k * m + p * c, self._ext.shape[0] - 1, dtype=np.int64)  # the zero by default
+        cells = gidx[: k * m].reshape(k, m)
         cells[: len(dyn_c), cls] = st.class_index[:, dyn_c].T
         cells[jc : jc + len(dyn_p), paths] = st.path_index[:, dyn_p].T
         cells[jc + jp : jc + jp + jt, 0] = st.tenant_index[dyn_t]
-        gidx[k * n :] = st.plan_path_index.T.ravel()
+        gidx[k * m :] = st.plan_path_index.T.ravel()
         gathered = np.empty(gidx.shape[0], dtype=np.float32)
-        z = gathered[: k * n].reshape(k, n)
-        self._on_path = on_path = gathered[k * n :].reshape(p, c)  # (P, C)
-        pool = _f32(np.concatenate([[0.0], np.full(c, 1.0 / c), np.full(p, 1.0 / p)])[:, None])
+        z = gathered[: k * m].reshape(k, m)
+        self._on_path = on_path = gathered[k * m :].reshape(p, c)  # (P, C)
+        pool = _f32(np.concatenate([[0.0], np.full(c, 1.0 / c), np.full(p, 1.0 / p), np.zeros(m - n)])[:, None])
 
         val = self._ext.astype(np.float64)
         (tw1, tb1, tw2, tb2), (cw1, cb1, cw2, cb2), (pw1, pb1, pw2, pb2) = (
@@ -396,14 +402,14 @@ class _OneObservation:
         fixed_p = np.array([j for j in range(n_path) if j not in dyn_p], dtype=np.int64)
         fixed_t = np.array([j for j in range(own) if j not in dyn_t], dtype=np.int64)
         cls_const, path_const = val[st.class_index[:, fixed_c]], val[st.path_index[:, fixed_p]]  # (C or P, fixed)
-        b1 = np.empty((tb1.shape[0], n))
+        b1 = np.zeros((tb1.shape[0], m))
         b1[:, cls] = (cb1 + cls_const @ cw1[fixed_c]).T
         b1[:, paths] = (pb1 + path_const @ pw1[fixed_p]).T
         b1[:, 0] = (
             tb1 + val[st.tenant_index[fixed_t]] @ tw1[fixed_t]
             + cls_const.mean(0) @ tw1[own + fixed_c] + path_const.mean(0) @ tw1[own + CLASS_DIM + fixed_p]
         )  # fmt: skip
-        hid = _buffer(tb1.shape[0] + 1, n, last=1.0)
+        hid = _buffer(tb1.shape[0] + 1, m, last=1.0, real=n)
         y = self._y
         self._steps += [
             (np.take, (self._ext, gidx, None, gathered, "wrap")),  # every index is in range: "wrap" is unbuffered
@@ -422,7 +428,7 @@ class _OneObservation:
         softmax over the keys (the leading axis of the scores), the centered output and feed-forward block."""
         assert isinstance(layer, AttentionLayer)
         w, b = _dense(layer.qkv)
-        d, n, h = w.shape[0], self._n, layer.n_heads
+        d, n, m, h = w.shape[0], self._n, self._m, layer.n_heads
         dh = d // h
         w[:, :d] /= math.sqrt(dh)
         b[:d] /= math.sqrt(dh)
@@ -431,23 +437,23 @@ class _OneObservation:
         ones = np.zeros((h, 1, d + 1))
         ones[..., -1] = 1.0
         values = np.concatenate([qkv_w[2 * d :].reshape(h, dh, d + 1), ones], 1).reshape(-1, d + 1)
-        qkv = _buffer(2 * d + h * (dh + 1), n)
-        q, k_t = qkv[:d].reshape(h, dh, n), qkv[d : 2 * d].reshape(h, dh, n)
-        v = qkv[2 * d :].reshape(h, dh + 1, n)
-        s = np.empty((h, n, n), dtype=np.float32)  # (heads, keys, queries)
-        top = np.empty((h, 1, n), dtype=np.float32)
-        o = np.empty((h, dh + 1, n), dtype=np.float32)  # weighted values, then the softmax's denominators
-        att = _buffer(d + 1, n, last=1.0)
-        tmp = _buffer(d, n)
+        qkv = _buffer(2 * d + h * (dh + 1), m)
+        q, k_t = qkv[:d].reshape(h, dh, m), qkv[d : 2 * d].reshape(h, dh, m)
+        v = qkv[2 * d :].reshape(h, dh + 1, m)
+        s = np.empty((h, m, m), dtype=np.float32)  # (heads, keys, queries)
+        top = np.empty((h, 1, m), dtype=np.float32)
+        o = np.empty((h, dh + 1, m), dtype=np.float32)  # weighted values, then the softmax's denominators
+        att = _buffer(d + 1, m, last=1.0, real=n)
+        tmp = _buffer(d, m)
         g2, beta2, _ = _affine(layer.norm2)
         w1, b1 = _dense(layer.ff1)
-        ff = _buffer(w1.shape[1] + 1, n, last=1.0)
+        ff = _buffer(w1.shape[1] + 1, m, last=1.0, real=n)
         y, xn = self._y, self._xn
         self._norm(layer.norm1)
         self._steps += [
             (np.matmul, (_f32(np.vstack([qkv_w[: 2 * d], values])), xn, qkv)),
-            (_attend, (q, np.swapaxes(k_t, 1, 2), v, s, top, o)),
-            (np.divide, (o[:, :dh], o[:, dh:], att[:-1].reshape(h, dh, n))),
+            (_attend, (q, np.swapaxes(k_t, 1, 2), v, s, top, o, o[:, dh, :n])),
+            (np.divide, (o[:, :dh, :n], o[:, dh:, :n], att[:-1].reshape(h, dh, m)[..., :n])),
             (np.matmul, (_augmented(*_centered(*_dense(layer.out))), att, tmp)),
             (np.add, (y, tmp, y)),
         ]
@@ -462,19 +468,19 @@ class _OneObservation:
     def _heads(self, actor: SetNumpyActor, model: SetActorCritic) -> None:
         """Steps of the heads (the actor's matrix, feature-major) and the gather of the padded logits: the level
         and root logits from the heads' rows, the path logits from their own block, the forbidden from -inf."""
-        c, p, n = self._c, self._p, self._n
+        c, p, n, m = self._c, self._p, self._n, self._m
         nl, k = actor._n_levels, actor._k
         heads_w = _augmented(actor._heads_w, actor._heads_b)
         rows = heads_w.shape[0]
-        self._flat = flat = np.empty(rows * n + p * c + 1, dtype=np.float32)
+        self._flat = flat = np.empty(rows * m + p * c + 1, dtype=np.float32)
         flat[-1] = -np.inf
-        r = flat[: rows * n].reshape(rows, n)
-        path = flat[rows * n : -1].reshape(p, c)
+        r = flat[: rows * m].reshape(rows, m)
+        path = flat[rows * m : -1].reshape(p, c)
         stay_path = _buffer(p, c)
         self._norm(model.norm)
         self._steps += [
             (np.matmul, (heads_w, self._xn, r)),
-            (np.matmul, (r[nl + k : nl + 2 * k, 1 + c :].T, r[nl : nl + k, 1 : 1 + c], path)),
+            (np.matmul, (r[nl + k : nl + 2 * k, 1 + c : n].T, r[nl : nl + k, 1 : 1 + c], path)),
             (np.multiply, (self._on_path, actor._stay, stay_path)),
             (np.add, (path, stay_path, path)),
         ]
@@ -482,9 +488,9 @@ class _OneObservation:
         index = np.full((len(actor.nvec), width), inf, dtype=np.int64)
         body = index[:-1].reshape(c, nf * width)
         for i in range(c):
-            body[i, actor._level_pos] = np.arange(nl) * n + 1 + i
-            body[i, actor._path_pos] = rows * n + np.arange(p) * c + i
-        index[-1, : actor._n_root] = (nl + 2 * k + np.arange(actor._n_root)) * n
+            body[i, actor._level_pos] = np.arange(nl) * m + 1 + i
+            body[i, actor._path_pos] = rows * m + np.arange(p) * c + i
+        index[-1, : actor._n_root] = (nl + 2 * k + np.arange(actor._n_root)) * m
         self._scatter = np.where(actor.allowed, index, inf)
 
 

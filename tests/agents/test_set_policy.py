@@ -223,7 +223,7 @@ def test_attention_shift_falls_back_when_a_query_underflows() -> None:
     k[:, 0, :] = np.abs(k[:, 0, :]) * np.sign(q[:, :, 0])  # key 0 aligned with query 0: its score is the largest
     v = np.concatenate([rng.standard_normal((h, dh, n)), np.ones((h, 1, n))], 1).astype(np.float32)
     s, top, o = np.empty((h, n, n), np.float32), np.empty((h, 1, n), np.float32), np.empty((h, dh + 1, n), np.float32)
-    _attend(q, k, v, s, top, o)
+    _attend(q, k, v, s, top, o, o[:, dh])
     att = torch.softmax(torch.as_tensor(k) @ torch.as_tensor(q), 1)  # over the keys
     expected = (torch.as_tensor(v[:, :dh]) @ att).numpy()
     np.testing.assert_allclose(o[:, :dh] / o[:, dh:], expected, rtol=1e-5, atol=1e-5)
