@@ -393,7 +393,7 @@ class _OneObservation:
 
         val = self._ext.astype(np.float64)
         (tw1, tb1, tw2, tb2), (cw1, cb1, cw2, cb2), (pw1, pb1, pw2, pb2) = (
-            _dense(m[0]) + _dense(m[2]) for m in (model.tenant_encoder, model.class_encoder, model.path_encoder)
+            _dense(enc[0]) + _dense(enc[2]) for enc in (model.tenant_encoder, model.class_encoder, model.path_encoder)
         )
         t_cls, t_path = own + np.array(cls_rows), own + CLASS_DIM + np.array(path_rows)
         w1 = _f32(np.hstack([cw1[cls_rows].T, pw1[path_rows].T, tw1[dyn_t].T, tw1[t_cls].T, tw1[t_path].T]))
