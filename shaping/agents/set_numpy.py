@@ -278,20 +278,23 @@ _Step = tuple[Callable[..., Any], tuple[Any, ...]]
 _TINY = np.float32(2.0**-64)
 
 
-def _attend(q: Array, k: Array, v: Array, s: Array, top: Array, o: Array, denominators: Array) -> None:
+def _attend(q: Array, k: Array, v: Array, s: Array, top: Array, o: Array, n: int) -> None:
     """Into ``o`` (h, dh + 1, queries): every head's softmax-weighted values (v's last row of ones gives the
-    denominators) from (h, dh, queries) queries, (h, keys, dh) keys and (h, dh + 1, keys) values; ``s``
-    (h, keys, queries) and ``top`` (h, 1, queries) are scratch; ``denominators``, the view of o's last rows
-    that counts (the real queries). The scores are shifted by their overall maximum (one reduction instead of
-    one per query; softmax does not depend on the shift) unless that underflows."""
+    denominators) from (h, dh, queries) queries, (h, keys, dh) keys and (h, dh + 1, keys) values, of which the
+    first ``n`` are real and the others padding (zero keys, values and ones); ``s`` (h, keys, queries) and
+    ``top`` (h, 1, queries) are scratch. The scores are shifted by their overall maximum (one reduction instead
+    of one per query; softmax does not depend on the shift; the padding's zero scores keep every exp <= 1) unless
+    a real query's denominator underflows; then by each query's largest real score, the padding keys' weights
+    set to 0 (their exp could overflow)."""
     np.matmul(k, q, out=s)
     np.subtract(s, s.max(), out=s)
     np.exp(s, out=s)
     np.matmul(v, s, out=o)
-    if denominators.min() < _TINY:
+    if o[:, -1, :n].min() < _TINY:
         np.matmul(k, q, out=s)
-        np.maximum.reduce(s, axis=1, keepdims=True, out=top)
+        np.maximum.reduce(s[:, :n], axis=1, keepdims=True, out=top)
         np.subtract(s, top, out=s)
+        s[:, n:] = -np.inf
         np.exp(s, out=s)
         np.matmul(v, s, out=o)
 
@@ -452,7 +455,7 @@ class _OneObservation:
         self._norm(layer.norm1)
         self._steps += [
             (np.matmul, (_f32(np.vstack([qkv_w[: 2 * d], values])), xn, qkv)),
-            (_attend, (q, np.swapaxes(k_t, 1, 2), v, s, top, o, o[:, dh, :n])),
+            (_attend, (q, np.swapaxes(k_t, 1, 2), v, s, top, o, n)),
             (np.divide, (o[:, :dh, :n], o[:, dh:, :n], att[:-1].reshape(h, dh, m)[..., :n])),
             (np.matmul, (_augmented(*_centered(*_dense(layer.out))), att, tmp)),
             (np.add, (y, tmp, y)),

@@ -212,22 +212,32 @@ def test_one_observation_greedy_matches_torch(model: SetActorCritic, seed: int) 
         assert agent.envelope.contains(torch.as_tensor(np.stack([actor.act(o) for o in obs.numpy()]))).all()
 
 
-def test_attention_shift_falls_back_when_a_query_underflows() -> None:
+@pytest.mark.parametrize("padding", [0, 3])
+def test_attention_shift_falls_back_when_a_query_underflows(padding: int) -> None:
     """Scores shifted by their overall maximum: a query whose scores all lie ~200 below it would underflow to
-    0 / 0; the attention is then redone with each query's own maximum, as torch's softmax computes it."""
+    0 / 0; the attention is then redone with each query's own maximum over the real keys, as torch's softmax
+    computes it. Padding tokens (zero keys, values and ones) score 0, above every score of query 1 here."""
     rng = np.random.default_rng(0)
     h, dh, n = 2, 3, 5
-    q = rng.standard_normal((h, dh, n)).astype(np.float32)
-    k = rng.standard_normal((h, n, dh)).astype(np.float32)
-    q[:, :, 0] *= 200.0  # query 0 scores up to hundreds; the others a few units
-    k[:, 0, :] = np.abs(k[:, 0, :]) * np.sign(q[:, :, 0])  # key 0 aligned with query 0: its score is the largest
-    v = np.concatenate([rng.standard_normal((h, dh, n)), np.ones((h, 1, n))], 1).astype(np.float32)
-    s, top, o = np.empty((h, n, n), np.float32), np.empty((h, 1, n), np.float32), np.empty((h, dh + 1, n), np.float32)
-    _attend(q, k, v, s, top, o, o[:, dh])
-    att = torch.softmax(torch.as_tensor(k) @ torch.as_tensor(q), 1)  # over the keys
-    expected = (torch.as_tensor(v[:, :dh]) @ att).numpy()
-    np.testing.assert_allclose(o[:, :dh] / o[:, dh:], expected, rtol=1e-5, atol=1e-5)
-    assert ((k @ q).max() - (k @ q).max(1)).max() > 110  # the overall shift would have underflowed
+    m = n + padding
+    q = np.zeros((h, dh, m), np.float32)
+    k = np.zeros((h, m, dh), np.float32)
+    v = np.zeros((h, dh + 1, m), np.float32)
+    q[..., :n] = rng.standard_normal((h, dh, n))
+    k[:, :n] = rng.standard_normal((h, n, dh))
+    v[:, :dh, :n] = rng.standard_normal((h, dh, n))
+    v[:, dh, :n] = 1.0
+    k[:, :n] = np.abs(k[:, :n]) + 1.0  # positive keys
+    k[:, 0] *= 2.0
+    q[:, :, 0] = 200.0  # query 0 scores every real key in the hundreds, key 0 highest; the others a few units
+    q[:, :, 1] = -100.0  # query 1 scores every real key far below 0 (and so below the padding's zeros)
+    s, top, o = np.empty((h, m, m), np.float32), np.empty((h, 1, m), np.float32), np.empty((h, dh + 1, m), np.float32)
+    _attend(q, k, v, s, top, o, n)
+    scores = torch.as_tensor(k[:, :n]) @ torch.as_tensor(q[..., :n])
+    expected = (torch.as_tensor(v[:, :dh, :n]) @ torch.softmax(scores, 1)).numpy()  # softmax over the keys
+    np.testing.assert_allclose(o[:, :dh, :n] / o[:, dh:, :n], expected, rtol=1e-5, atol=1e-5)
+    assert (scores.max() - scores.amax(1)).max() > 110  # the overall shift would have underflowed
+    assert (scores[:, :, 1] < -110).all()  # query 1's own maximum is far below the padding's 0
 
 
 def test_masks_respected(model: SetActorCritic) -> None:
