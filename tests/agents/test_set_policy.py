@@ -212,6 +212,27 @@ def test_one_observation_greedy_matches_torch(model: SetActorCritic, seed: int) 
         assert agent.envelope.contains(torch.as_tensor(np.stack([actor.act(o) for o in obs.numpy()]))).all()
 
 
+def test_one_observation_with_saturated_attention_matches_torch() -> None:
+    """QKV weights scaled up until attention scores span hundreds: the single-observation path's softmax falls
+    back to per-query shifts (padded and unpadded token counts) and still agrees with torch."""
+    torch.manual_seed(1)
+    sharp = spread(SetActorCritic(), seed=1)
+    with torch.no_grad():
+        for layer in sharp.layers:
+            layer.qkv.weight.mul_(6.0)
+    for n_classes, n_paths in [(16, 4), (3, 2), (5, 2)]:  # 21 tokens (padded to 24), 6 (to 8), 8
+        spec = make_spec(n_classes, n_paths)
+        agent = bind(sharp, spec)
+        actor = SetNumpyActor(agent)
+        obs = random_obs(spec, 4, 9)
+        with torch.no_grad():
+            logits, greedy = agent.masked_logits(obs).numpy(), agent.act(obs).numpy()
+        for j in range(len(obs)):
+            np.testing.assert_array_equal(actor.act(obs[j].numpy()), greedy[j])
+            finite = np.isfinite(logits[j])
+            np.testing.assert_allclose(actor.scores(obs[j].numpy())[finite], logits[j][finite], rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("padding", [0, 3])
 def test_attention_shift_falls_back_when_a_query_underflows(padding: int) -> None:
     """Scores shifted by their overall maximum: a query whose scores all lie ~200 below it would underflow to
