@@ -11,7 +11,7 @@ import torch
 from shaping.agents import build_envelope
 from shaping.agents.envelope import Envelope
 from shaping.agents.ppo import collect_rollout, make_optimizer, ppo_update
-from shaping.agents.set_numpy import SetNumpyActor, benchmark, benchmark_layout, widened_spec
+from shaping.agents.set_numpy import SetNumpyActor, _attend, benchmark, benchmark_layout, widened_spec
 from shaping.agents.set_policy import (
     SetActorCritic,
     SetPolicyConfig,
@@ -173,6 +173,92 @@ def test_numpy_matches_torch(model: SetActorCritic, n_classes: int, n_paths: int
     np.testing.assert_allclose(np_value, value.numpy(), rtol=1e-5, atol=1e-5)
     assert (actor.act(obs.numpy()) == agent.act(obs).numpy()).all()
     assert (actor.act(obs[0].numpy()) == agent.act(obs[0]).numpy()).all()  # one observation
+
+
+def random_envelope(spec: TenantSpec, seed: int) -> Envelope:
+    """An envelope keeping about half of every dimension's choices (at least one)."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = []
+    for n in ActionLayout(spec).nvec:
+        keep = torch.rand(int(n), generator=gen) < 0.5
+        keep[int(torch.randint(int(n), (), generator=gen))] = True
+        masks.append(tuple(bool(k) for k in keep))
+    return Envelope(tuple(masks))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_observation_greedy_matches_torch(model: SetActorCritic, seed: int) -> None:
+    """The single-observation path (act and scores of one observation) on random tenants: every tenant of the
+    default scenario (own VMs, apps and SLAs) widened to random counts, under its envelope or a random one."""
+    rng = np.random.default_rng(seed)
+    tenants = scenario_specs(load_scenario("default"))
+    for i in range(4):
+        n_classes, n_paths = (16, 4) if seed == 0 and i == 0 else (int(rng.integers(1, 17)), int(rng.integers(1, 5)))
+        spec = widened_spec(tenants[int(rng.integers(len(tenants)))], n_classes, n_paths)
+        envelope = random_envelope(spec, seed * 10 + i) if i % 2 else None
+        agent = bind(model, spec, envelope)
+        actor = SetNumpyActor(agent)
+        obs = random_obs(spec, 8, seed * 10 + i)
+        with torch.no_grad():
+            logits = agent.masked_logits(obs).numpy()
+            greedy = agent.act(obs).numpy()
+        for j in range(len(obs)):
+            one = obs[j].numpy()
+            np.testing.assert_array_equal(actor.act(one), greedy[j])
+            scores = actor.scores(one)
+            finite = np.isfinite(logits[j])
+            assert (np.isfinite(scores) == finite).all()
+            np.testing.assert_allclose(scores[finite], logits[j][finite], rtol=1e-5, atol=1e-5)
+        assert agent.envelope.contains(torch.as_tensor(np.stack([actor.act(o) for o in obs.numpy()]))).all()
+
+
+def test_one_observation_with_saturated_attention_matches_torch() -> None:
+    """QKV weights scaled up until attention scores span hundreds: the single-observation path's softmax falls
+    back to per-query shifts (padded and unpadded token counts) and still agrees with torch."""
+    torch.manual_seed(1)
+    sharp = spread(SetActorCritic(), seed=1)
+    with torch.no_grad():
+        for layer in sharp.layers:
+            layer.qkv.weight.mul_(6.0)
+    for n_classes, n_paths in [(16, 4), (3, 2), (5, 2)]:  # 21 tokens (padded to 24), 6 (to 8), 8
+        spec = make_spec(n_classes, n_paths)
+        agent = bind(sharp, spec)
+        actor = SetNumpyActor(agent)
+        obs = random_obs(spec, 4, 9)
+        with torch.no_grad():
+            logits, greedy = agent.masked_logits(obs).numpy(), agent.act(obs).numpy()
+        for j in range(len(obs)):
+            np.testing.assert_array_equal(actor.act(obs[j].numpy()), greedy[j])
+            finite = np.isfinite(logits[j])
+            np.testing.assert_allclose(actor.scores(obs[j].numpy())[finite], logits[j][finite], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("padding", [0, 3])
+def test_attention_shift_falls_back_when_a_query_underflows(padding: int) -> None:
+    """Scores shifted by their overall maximum: a query whose scores all lie ~200 below it would underflow to
+    0 / 0; the attention is then redone with each query's own maximum over the real keys, as torch's softmax
+    computes it. Padding tokens (zero keys, values and ones) score 0, above every score of query 1 here."""
+    rng = np.random.default_rng(0)
+    h, dh, n = 2, 3, 5
+    m = n + padding
+    q = np.zeros((h, dh, m), np.float32)
+    k = np.zeros((h, m, dh), np.float32)
+    v = np.zeros((h, dh + 1, m), np.float32)
+    q[..., :n] = rng.standard_normal((h, dh, n))
+    k[:, :n] = rng.standard_normal((h, n, dh))
+    v[:, :dh, :n] = rng.standard_normal((h, dh, n))
+    v[:, dh, :n] = 1.0
+    k[:, :n] = np.abs(k[:, :n]) + 1.0  # positive keys
+    k[:, 0] *= 2.0
+    q[:, :, 0] = 200.0  # query 0 scores every real key in the hundreds, key 0 highest; the others a few units
+    q[:, :, 1] = -100.0  # query 1 scores every real key far below 0 (and so below the padding's zeros)
+    s, top, o = np.empty((h, m, m), np.float32), np.empty((h, 1, m), np.float32), np.empty((h, dh + 1, m), np.float32)
+    _attend(q, k, v, s, top, o, n)
+    scores = torch.as_tensor(k[:, :n]) @ torch.as_tensor(q[..., :n])
+    expected = (torch.as_tensor(v[:, :dh, :n]) @ torch.softmax(scores, 1)).numpy()  # softmax over the keys
+    np.testing.assert_allclose(o[:, :dh, :n] / o[:, dh:, :n], expected, rtol=1e-5, atol=1e-5)
+    assert (scores.max() - scores.amax(1)).max() > 110  # the overall shift would have underflowed
+    assert (scores[:, :, 1] < -110).all()  # query 1's own maximum is far below the padding's 0
 
 
 def test_masks_respected(model: SetActorCritic) -> None:
