@@ -44,21 +44,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SetModelConfig:
-    """Sizes of the set policy (shaping.agents.set_policy.SetPolicyConfig, which is frozen, so not a schema)."""
-
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 128
-    d_key: int = 32
-
-    def __post_init__(self) -> None:
-        at_least("model", self, 1, "d_model", "n_layers", "n_heads", "d_ff", "d_key")
-        SetPolicyConfig(**asdict(self))  # its own checks (d_model a multiple of n_heads)
-
-
-@dataclass
 class TeacherConfig:
     """Behaviour cloning before PPO: each task's best static baseline is its teacher."""
 
@@ -123,7 +108,7 @@ class TrainSetConfig:
     """Scenarios are the generator's seeds scenario_seed .. scenario_seed + scenarios_per_family - 1."""
     num_envs: int = 16
     """Environments per task per rollout."""
-    model: SetModelConfig = field(default_factory=SetModelConfig)
+    model: SetPolicyConfig = field(default_factory=SetPolicyConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     ppo: SetPPOConfig = field(default_factory=SetPPOConfig)
     evaluation: SetEvalConfig = field(default_factory=SetEvalConfig)
@@ -198,7 +183,7 @@ def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
                     anneal_lr=p.anneal_lr, update_epochs=p.update_epochs, num_minibatches=p.num_minibatches,
                     ent_coef=p.ent_coef, clip_coef=p.clip_coef)  # fmt: skip
     torch.manual_seed(cfg.seed)
-    model = SetActorCritic(SetPolicyConfig(**asdict(cfg.model)))
+    model = SetActorCritic(cfg.model)
     te = cfg.teacher
     teachers: list[str] = []
     cloned = None

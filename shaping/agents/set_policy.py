@@ -45,9 +45,9 @@ LEVEL_DIMS: dict[str, int] = {"dscp": 6, "rate": 1, "ceil": 1, "priority": 1, "d
 MAX_PRIORITY = 7
 
 
-@dataclass(frozen=True)
+@dataclass
 class SetPolicyConfig:
-    """Sizes of a SetActorCritic."""
+    """Sizes of a SetActorCritic (not frozen: it is also the ``model`` schema of experiments.train_set)."""
 
     d_model: int = 64
     """Width of every token."""
@@ -61,6 +61,9 @@ class SetPolicyConfig:
     """Width of the queries and keys that score levels and paths."""
 
     def __post_init__(self) -> None:
+        small = [f"{k}={v}" for k, v in asdict(self).items() if not v >= 1]
+        if small:
+            raise ValueError(f"model sizes must be >= 1, got {', '.join(small)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
 
