@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shaping.agents.universal import TenantTask, UniversalLayout, make_env
+from shaping.config import ScenarioConfig
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.variants import class_pool, tenant_variant, write_scenario, write_variants
 from shaping.spec import scenario_specs
@@ -15,12 +17,20 @@ from shaping.spec import scenario_specs
 PAIRS = [("default", "bank"), ("default", "saas"), ("datacenter", "cloudgaming"), ("edge_gaming", "streamer")]
 
 
-def _scenarios():
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, ScenarioConfig]:
+    """The three scenarios the pool draws from, loaded once for the module (each load validates the YAML
+    through OmegaConf, about a second on a busy host)."""
     return {n: load_scenario(n) for n in ("default", "datacenter", "edge_gaming")}
 
 
-def test_pool_holds_exactly_the_named_tenants_classes():
-    scs = _scenarios()
+@pytest.fixture
+def scs(loaded: dict[str, ScenarioConfig]) -> dict[str, ScenarioConfig]:
+    """A copy of the loaded scenarios per test, so no test sees another's changes."""
+    return copy.deepcopy(loaded)
+
+
+def test_pool_holds_exactly_the_named_tenants_classes(scs):
     pool = class_pool(list(scs.values()), PAIRS)
     expected = [c for s, t in PAIRS for c in next(x for x in scs[s].tenants if x.name == t).classes]
     assert pool == expected
@@ -31,8 +41,7 @@ def test_pool_holds_exactly_the_named_tenants_classes():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_variant_is_a_valid_scenario_that_only_changes_the_tenants_classes(tmp_path, seed):
-    scs = _scenarios()
+def test_variant_is_a_valid_scenario_that_only_changes_the_tenants_classes(tmp_path, seed, scs):
     pool = class_pool(list(scs.values()), PAIRS)
     base = scs["default"]
     v = tenant_variant(base, "bank", pool, np.random.default_rng(seed), name=f"v{seed}")
@@ -58,8 +67,7 @@ def test_variant_is_a_valid_scenario_that_only_changes_the_tenants_classes(tmp_p
     env.reset_torch(seed=0)
 
 
-def test_variants_are_reproducible_and_differ_between_draws():
-    scs = _scenarios()
+def test_variants_are_reproducible_and_differ_between_draws(scs):
     pool = class_pool(list(scs.values()), PAIRS)
     a = tenant_variant(scs["default"], "bank", pool, np.random.default_rng(3))
     b = tenant_variant(scs["default"], "bank", pool, np.random.default_rng(3))
@@ -69,8 +77,7 @@ def test_variants_are_reproducible_and_differ_between_draws():
     assert len(mixes) >= 5
 
 
-def test_refuses_an_unknown_tenant_or_a_pool_too_small():
-    scs = _scenarios()
+def test_refuses_an_unknown_tenant_or_a_pool_too_small(scs):
     pool = class_pool(list(scs.values()), PAIRS[:1])
     with pytest.raises(KeyError, match="no tenant"):
         tenant_variant(scs["default"], "nobody", pool, np.random.default_rng(0))
@@ -78,8 +85,7 @@ def test_refuses_an_unknown_tenant_or_a_pool_too_small():
         tenant_variant(scs["default"], "bank", pool, np.random.default_rng(0), min_classes=5)
 
 
-def test_path_scale_randomizes_the_network_within_its_bounds_and_1_keeps_it():
-    scs = _scenarios()
+def test_path_scale_randomizes_the_network_within_its_bounds_and_1_keeps_it(scs):
     pool = class_pool(list(scs.values()), PAIRS)
     plain = tenant_variant(scs["default"], "bank", pool, np.random.default_rng(4))
     assert plain.paths == scs["default"].paths
