@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +12,15 @@ from shaping.config import ScenarioConfig
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.variants import class_pool, tenant_variant, write_scenario, write_variants
 from shaping.spec import scenario_specs
+from tests.shipped import shipped_scenario
 
 PAIRS = [("default", "bank"), ("default", "saas"), ("datacenter", "cloudgaming"), ("edge_gaming", "streamer")]
 
 
-@pytest.fixture(scope="module")
-def loaded() -> dict[str, ScenarioConfig]:
-    """The three scenarios the pool draws from, loaded once for the module (each load validates the YAML
-    through OmegaConf, about a second on a busy host)."""
-    return {n: load_scenario(n) for n in ("default", "datacenter", "edge_gaming")}
-
-
 @pytest.fixture
-def scs(loaded: dict[str, ScenarioConfig]) -> dict[str, ScenarioConfig]:
-    """A copy of the loaded scenarios per test, so no test sees another's changes."""
-    return copy.deepcopy(loaded)
+def scs() -> dict[str, ScenarioConfig]:
+    """The three scenarios the pool draws from (fresh copies, parsed once per session)."""
+    return {n: shipped_scenario(n) for n in ("default", "datacenter", "edge_gaming")}
 
 
 def test_pool_holds_exactly_the_named_tenants_classes(scs):
@@ -121,7 +114,7 @@ def test_random_tenants_under_random_actions_keep_every_metric_finite_and_in_ran
     from shaping.sim.vector_env import ShapingVectorEnv
 
     slots = [(n, t.name) for n in ("default", "small_congested", "single_path", "datacenter", "edge_gaming")
-             for t in load_scenario(n).tenants]  # fmt: skip
+             for t in shipped_scenario(n).tenants]  # fmt: skip
     g = torch.Generator().manual_seed(3)
     for path, tenant in write_variants(slots, slots, 8, 11, tmp_path, path_scale=4.0):
         env = ShapingVectorEnv(4, load_scenario(path), tenant=tenant)
