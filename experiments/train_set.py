@@ -162,6 +162,7 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
     ax2.set_ylabel("SLA violation rate (evaluation mean)")
     for ax in (ax1, ax2):
         ax.set_xlabel("environment steps")
+    fig.suptitle("Set policy training: greedy evaluation on the training tasks (the best is best.pt)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -188,10 +189,12 @@ def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
     teachers: list[str] = []
     cloned = None
     if te.candidates:
+        log.info("picking each task's teacher of %s (%d x %d steps each)", te.candidates, te.pick_envs, te.pick_steps)
         teachers = pick_teachers(tasks, te.candidates, envs=te.pick_envs, steps=te.pick_steps, seed=te.pick_seed)
         log.info("teachers: %s", {b: teachers.count(b) for b in te.candidates})
         clone_cfg = PPOConfig(num_steps=p.num_steps, learning_rate=te.learning_rate,
                               update_epochs=p.update_epochs, num_minibatches=p.num_minibatches)  # fmt: skip
+        log.info("cloning the teachers: %d rollouts of %d x %d steps", te.iterations, cfg.num_envs, p.num_steps)
         cloned = clone_teachers(model, tasks, teachers, te.iterations, clone_cfg, seed=cfg.seed,
                                 smoothing=te.smoothing)  # fmt: skip
         log.info("cloned: %s", cloned)

@@ -132,7 +132,7 @@ def clone_teachers(
     *, seed: int = 0, smoothing: float = 0.2, reward: RewardConfig | None = None,
 ) -> CloneStats:
     """Behaviour cloning of each task's teacher baseline into the shared model (shaping.agents.imitation),
-    one rollout of cfg.num_steps steps per task in turn; returns the last iteration's fit."""
+    one rollout of cfg.num_steps steps per task in turn; returns the fit on each task's last rollout."""
     envs = [ShapingVectorEnv(t.num_envs, load_scenario(t.scenario), tenant=t.tenant, reward=reward) for t in tasks]
     agents = [bind(model, env.view.observation.spec) for env in envs]
     actions = [baseline_action(agent.binding.spec, name) for agent, name in zip(agents, teachers, strict=True)]
