@@ -7,6 +7,8 @@ OmegaConf (Hydra's config library) validates the YAML against the dataclass sche
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -73,8 +75,17 @@ def load_scenario(name: str = "default") -> ScenarioConfig:
         path = conf_dir() / "scenario" / f"{name}.yaml"
     if not path.is_file():
         raise UnknownScenarioError(f"unknown scenario {name!r}; available: {available_scenarios()}")
+    text = path.read_text()
+    # Validating against the schema costs 0.2-0.4 s a file and the same files are read again and again
+    # (every environment, evaluation and tuned plan of a scenario); a copy keeps callers apart.
+    return copy.deepcopy(_parse(str(path), text))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(path: str, text: str) -> ScenarioConfig:
+    """The file's text validated against the schema (cached by path and content; errors are not cached)."""
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        data = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
         return scenario_from_dict(cast(dict[str, Any], data))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
