@@ -204,7 +204,6 @@ class RunTotals:
 
 def _summary(totals: RunTotals, loop: ControlLoop, backend: KernelBackend,
              updater: ModelUpdater | None) -> dict[str, Any]:  # fmt: skip
-    recorded = getattr(getattr(backend.enforcer, "backend", None), "log", None)
     return {
         "tenant": loop.spec.name,
         "steps": totals.steps,
@@ -214,9 +213,21 @@ def _summary(totals: RunTotals, loop: ControlLoop, backend: KernelBackend,
         ),
         "mean_reward": totals.reward / totals.steps if totals.steps else None,
         "policy": loop.policy.name,
-        "recorded_operations": len(recorded) if recorded is not None else None,
+        "recorded_operations": recorded_operations(backend),
         **({"model_update": updater.summary()} if updater is not None else {}),
     }  # fmt: skip
+
+
+def recorded_operations(backend: KernelBackend) -> int | None:
+    """Operations a dry run's recording backend took; None on the kernel."""
+    log = getattr(getattr(backend.enforcer, "backend", None), "log", None)
+    return len(log) if log is not None else None
+
+
+def loop_config(args: argparse.Namespace, interval_s: float) -> LoopConfig:
+    """The loop's interval and watchdog (--sla-threshold, --recover-intervals)."""
+    return LoopConfig(interval_s=interval_s, watchdog=WatchdogConfig(sla_threshold=sla_threshold(args),
+                      recover_intervals=args.recover_intervals))  # fmt: skip
 
 
 def build_policy(args: argparse.Namespace, spec: TenantSpec, rules: ShapingPlan,
@@ -328,8 +339,7 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     registry = CollectorRegistry()
     if args.metrics_port is not None:
         start_http_server(args.metrics_port, registry=registry)
-    config = LoopConfig(interval_s=interval, watchdog=WatchdogConfig(sla_threshold=sla_threshold(args),
-                        recover_intervals=args.recover_intervals))  # fmt: skip
+    config = loop_config(args, interval)
     store = ExperienceStore(Path(args.experience), spec) if args.experience else None
     notifier = notifier or SdNotifier(None)
 

@@ -23,15 +23,21 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import Metric
 
 from shaping.config import ScenarioConfig
-from shaping.control.cli import build_monitor, build_policy, build_updater, sla_threshold, update_config
+from shaping.control.cli import (
+    build_monitor,
+    build_policy,
+    build_updater,
+    loop_config,
+    recorded_operations,
+    update_config,
+)
 from shaping.control.experience import ExperienceStore
 from shaping.control.kernel_backend import KernelBackend, KernelSetup, make_enforcer
-from shaping.control.loop import ControlLoop, LoopConfig
+from shaping.control.loop import ControlLoop
 from shaping.control.metrics import ControlMetrics
 from shaping.control.notify import SdNotifier
 from shaping.control.policy import ControlPolicy
 from shaping.control.update import ModelUpdater
-from shaping.control.watchdog import WatchdogConfig
 from shaping.rules.compile import CompiledRules, compile_rules
 from shaping.rules.validate import RulesError
 from shaping.service._proto.fedshape.v1 import rules_pb2 as pb
@@ -111,10 +117,9 @@ class _CurrentRegistry:
 def _recorded(loop: ControlLoop | None) -> int:
     """Operations the recording backend under a loop took (through the agent's wrappers); 0 on the kernel."""
     backend: Any = loop.backend if loop is not None else None
-    while backend is not None and not hasattr(backend, "enforcer"):
+    while backend is not None and not isinstance(backend, KernelBackend):
         backend = getattr(backend, "inner", None)
-    log = getattr(getattr(getattr(backend, "enforcer", None), "backend", None), "log", None)
-    return len(log) if log is not None else 0
+    return (recorded_operations(backend) or 0) if backend is not None else 0
 
 
 class ServiceLoops:
@@ -159,9 +164,7 @@ class ServiceLoops:
             layout = hashlib.sha256(spec.fingerprint().encode()).hexdigest()[:12]
             store = ExperienceStore(Path(args.experience) / layout, spec)
         registry = CollectorRegistry()
-        config = LoopConfig(interval_s=self.interval_s, watchdog=WatchdogConfig(
-            sla_threshold=sla_threshold(args), recover_intervals=args.recover_intervals))
-        loop = build_loop(compiled, backend, policy, config=config, store=store,
+        loop = build_loop(compiled, backend, policy, config=loop_config(args, self.interval_s), store=store,
                           metrics=ControlMetrics(spec.name, [c.name for c in spec.classes], registry))
         self.metrics.registry = registry
         if self.loop is not None:
