@@ -70,7 +70,7 @@ def benchmark_files(cfg: BenchmarkConfig) -> list[str]:
 
 def _listed(ref: str, suite_root: Path | None) -> Path:
     path = scenario_path(ref)
-    if not path.is_file() and suite_root is not None and path.suffix == ".yaml" and Path(ref).suffix == "":
+    if not path.is_file() and suite_root is not None and Path(ref).suffix not in (".yaml", ".yml"):
         return suite_root / f"{ref}.yaml"
     return path
 

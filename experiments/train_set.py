@@ -207,7 +207,6 @@ def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
                         eval_seed=ev.seed, progress=cfg.progress, tensorboard=False, max_wall_s=left)  # fmt: skip
     result = train_set_ppo(tasks, ppo, train, model=model, out_dir=out_dir)
     _plot(result.history, out_dir / "train.png")
-    planned = max(1, round(ppo.total_timesteps / (cfg.num_envs * ppo.num_steps)))
     summary: dict[str, Any] = {
         "best": str(result.best_path) if result.best_path else None,
         "cloned": str(out_dir / "cloned.pt") if cloned else None,
@@ -216,9 +215,9 @@ def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
         "tasks": [{"task": _label(t), "teacher": teachers[i] if teachers else None} for i, t in enumerate(tasks)],
         "cloning": asdict(cloned) if cloned else None,
         "iterations": result.iterations,
-        "planned_iterations": planned,
+        "planned_iterations": result.planned_iterations,
         "env_steps": result.env_steps,
-        "stopped_early": result.iterations < planned,
+        "stopped_early": result.iterations < result.planned_iterations,
         "wall_s": round(time.perf_counter() - start, 1),
         # On a shared machine the wall time follows the load; the process's CPU time much less so.
         "cpu_s": round(time.process_time() - cpu_start, 1),

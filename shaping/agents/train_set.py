@@ -57,6 +57,8 @@ class SetTrainResult:
     """The model after the last iteration."""
     iterations: int
     """Iterations run (one rollout of one task each)."""
+    planned_iterations: int
+    """Iterations the step budget asked for (more than ``iterations`` when the wall-clock cap stopped it)."""
     env_steps: int
     """Environment steps collected over every task."""
     wall_s: float
@@ -230,7 +232,7 @@ def train_set_ppo(
         extra = {"tasks": [t.name for t in tasks], "iteration": iteration, "env_steps": env_steps}
         last_path = save_set_policy(out_dir / "last.pt", net, extra)
     return SetTrainResult(
-        model=net, iterations=iteration, env_steps=env_steps, wall_s=time.perf_counter() - start, best_eval=best,
-        evals=best_evals, best_path=best_path if best is not None else None, last_path=last_path,
-        history=logger.rows,
+        model=net, iterations=iteration, planned_iterations=num_iterations, env_steps=env_steps,
+        wall_s=time.perf_counter() - start, best_eval=best, evals=best_evals,
+        best_path=best_path if best is not None else None, last_path=last_path, history=logger.rows,
     )  # fmt: skip
