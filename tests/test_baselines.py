@@ -10,16 +10,15 @@ import pytest
 from shaping.baselines import BASELINES, EF, SHAPER_HEADROOM, fq_codel_plan, static_priority_plan
 from shaping.config import ScenarioConfig
 from shaping.path_assignment import assign_paths, latency_sensitive, path_shares
-from shaping.sim.scenarios import available_scenarios
+from shaping.sim.scenarios import available_scenarios, load_scenario
 from shaping.spec import TenantSpec, scenario_specs
 from tests.path_scenarios import four_paths
-from tests.shipped import shipped_scenario
 
 
 @cache
 def _specs(name: str) -> list[TenantSpec]:
     """Every tenant's spec of a shipped scenario or of four_paths, loaded once (YAML validation is slow)."""
-    scenario: ScenarioConfig = four_paths() if name == "four_paths" else shipped_scenario(name)
+    scenario: ScenarioConfig = four_paths() if name == "four_paths" else load_scenario(name)
     return scenario_specs(scenario)
 
 

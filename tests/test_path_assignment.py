@@ -8,18 +8,18 @@ import dataclasses
 import pytest
 
 from shaping.path_assignment import assign_paths, latency_sensitive, path_shares
+from shaping.sim.scenarios import load_scenario
 from shaping.spec import scenario_specs, tenant_spec
 from tests.path_scenarios import four_paths
-from tests.shipped import shipped_scenario
 
 
 def _by_name(scenario: str, tenant: str) -> dict[str, int]:
-    spec = tenant_spec(shipped_scenario(scenario), tenant)
+    spec = tenant_spec(load_scenario(scenario), tenant)
     return {tc.name: p for tc, p in zip(spec.classes, assign_paths(spec), strict=True)}
 
 
 def test_shares_are_the_first_paths_fraction_on_every_path():
-    gameco = tenant_spec(shipped_scenario("default"), "gameco")  # 4 x 100 Mbit/s caps on 200 + 100 Mbit/s
+    gameco = tenant_spec(load_scenario("default"), "gameco")  # 4 x 100 Mbit/s caps on 200 + 100 Mbit/s
     assert path_shares(gameco) == pytest.approx((50.0, 25.0))
     acme = tenant_spec(four_paths(), "acme")
     assert path_shares(acme) == pytest.approx((100.0, 25.0, 50.0, 75.0))
@@ -62,7 +62,7 @@ def test_several_bulk_classes_spread_over_the_paths():
     paths = assign_paths(spec)
     assert paths[3] != paths[4]  # backup and sync
     # Two bulk classes of a two-path tenant: one on the spare path, the next where share is left.
-    gameco = tenant_spec(shipped_scenario("default"), "gameco")
+    gameco = tenant_spec(load_scenario("default"), "gameco")
     second = dataclasses.replace(gameco.classes[3], name="backup2")
     two_bulk = dataclasses.replace(gameco, classes=(*gameco.classes, second))
     assert assign_paths(two_bulk) == (0, 0, 0, 1, 0)
@@ -83,9 +83,9 @@ def test_no_path_within_the_budget_means_the_lowest_delay_path():
 
 
 def test_one_path_or_unpublished_paths_keep_every_class_on_path_0():
-    for spec in scenario_specs(shipped_scenario("single_path")):
+    for spec in scenario_specs(load_scenario("single_path")):
         assert assign_paths(spec) == (0,) * len(spec.classes)
-    gameco = tenant_spec(shipped_scenario("default"), "gameco")
+    gameco = tenant_spec(load_scenario("default"), "gameco")
     unknown = dataclasses.replace(gameco, path_mbps=(), path_delay_ms=())
     assert assign_paths(unknown) == (0, 0, 0, 0)
     assert path_shares(unknown) == (gameco.bottleneck_share_mbps, 0.0)

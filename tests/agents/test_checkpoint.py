@@ -18,13 +18,13 @@ from shaping.agents import (
     read_checkpoint,
     save_checkpoint,
 )
+from shaping.sim.scenarios import load_scenario
 from shaping.spec import SPEC_VERSION, ActionLayout, ObservationLayout, TenantSpec, scenario_specs
-from tests.shipped import shipped_scenario
 
 
 @pytest.fixture(scope="module")
 def specs() -> list[TenantSpec]:
-    return scenario_specs(shipped_scenario("default"))
+    return scenario_specs(load_scenario("default"))
 
 
 def _agent(spec: TenantSpec) -> ActorCritic:

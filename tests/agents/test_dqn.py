@@ -21,8 +21,8 @@ from shaping.agents.dqn import (
 )
 from shaping.agents.replay import ReplayBatch, ReplayBuffer
 from shaping.sim import ShapingVectorEnv
+from shaping.sim.scenarios import load_scenario
 from tests.agents.test_ppo import ContextBandit
-from tests.shipped import shipped_scenario
 
 
 def _no_last_choice(nvec: tuple[int, ...]) -> Envelope:
@@ -193,7 +193,7 @@ def test_collection_skips_autoreset_steps_and_bootstraps_truncations():
 
 
 def test_checkpoint_round_trip_gives_the_same_actions(tmp_path):
-    env = ShapingVectorEnv(num_envs=2, scenario=shipped_scenario("default"), tenant="gameco")
+    env = ShapingVectorEnv(num_envs=2, scenario=load_scenario("default"), tenant="gameco")
     spec = env.view.action.spec
     torch.manual_seed(0)
     agent = BranchingQNetwork(env.single_observation_space.shape[0], env.single_action_space.nvec, (32, 16))
@@ -212,7 +212,7 @@ def test_checkpoint_round_trip_gives_the_same_actions(tmp_path):
 
 
 def test_collect_and_update_on_the_simulator_change_the_parameters():
-    env = ShapingVectorEnv(num_envs=8, scenario=shipped_scenario("default"), tenant="gameco")
+    env = ShapingVectorEnv(num_envs=8, scenario=load_scenario("default"), tenant="gameco")
     envelope = build_envelope(env.view.action.spec)
     agent = BranchingQNetwork(env.single_observation_space.shape[0], env.single_action_space.nvec, envelope=envelope)
     target = make_target(agent)

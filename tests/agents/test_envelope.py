@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from shaping.agents import ActorCritic, Envelope, EnvelopeConfig, build_envelope, mask_logits, random_actions
+from shaping.sim.scenarios import load_scenario
 from shaping.spec import ACTION_FIELDS, ActionLayout, ObservationLayout, QoSRequirement, TenantSpec, scenario_specs
-from tests.shipped import shipped_scenario
 
 F = len(ACTION_FIELDS)
 RATE, CEIL, DROP = ACTION_FIELDS.index("rate"), ACTION_FIELDS.index("ceil"), ACTION_FIELDS.index("drop")
@@ -17,7 +17,7 @@ RATE, CEIL, DROP = ACTION_FIELDS.index("rate"), ACTION_FIELDS.index("ceil"), ACT
 
 @pytest.fixture(scope="module")
 def specs() -> list[TenantSpec]:
-    return scenario_specs(shipped_scenario("default"))
+    return scenario_specs(load_scenario("default"))
 
 
 def _allowed_levels(spec: TenantSpec, env: Envelope, cls: str, field: int) -> list[float]:

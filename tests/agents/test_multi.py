@@ -15,7 +15,7 @@ from shaping.config import PPOConfig, TrainConfig
 from shaping.evaluation import evaluate_policies
 from shaping.policies import baseline_policy
 from shaping.sim import ShapingVectorEnv
-from tests.shipped import shipped_scenario
+from shaping.sim.scenarios import load_scenario
 
 TINY_PPO = PPOConfig(total_timesteps=2 * 4 * 4, num_steps=4, num_minibatches=2, update_epochs=1, hidden_sizes=[16])
 TINY_TRAIN = TrainConfig(num_envs=4, eval_every=1, eval_envs=2, eval_steps=3, progress=False, tensorboard=False)
@@ -98,7 +98,7 @@ def test_collect_joint_and_update_change_every_learner(env, shared):
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_train_multi_then_evaluate_against_baselines(tmp_path, shared):
-    sc = shipped_scenario("small_congested")
+    sc = load_scenario("small_congested")
     res = train_multi(sc, TINY_PPO, TINY_TRAIN, shared=shared, out_dir=tmp_path)
     assert res.iterations == 2 and res.tenants == [t.name for t in sc.tenants]
     assert res.best_eval is not None and set(res.best_eval.rewards) == set(res.tenants)

@@ -22,7 +22,7 @@ from shaping.agents import (
     set_lr,
 )
 from shaping.sim import ShapingVectorEnv
-from tests.shipped import shipped_scenario
+from shaping.sim.scenarios import load_scenario
 
 
 class ToyStep(NamedTuple):
@@ -160,7 +160,7 @@ def test_linear_lr_anneals_from_the_rate_to_nearly_zero():
 
 
 def test_collect_and_update_on_the_simulator_change_the_parameters():
-    env = ShapingVectorEnv(num_envs=8, scenario=shipped_scenario("default"), tenant="gameco")
+    env = ShapingVectorEnv(num_envs=8, scenario=load_scenario("default"), tenant="gameco")
     spec = env.view.action.spec
     envelope = build_envelope(spec)
     agent = ActorCritic(env.single_observation_space.shape[0], env.single_action_space.nvec, envelope=envelope)

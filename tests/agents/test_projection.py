@@ -12,15 +12,15 @@ from shaping.agents.envelope import build_envelope
 from shaping.agents.global_model import get_weights, make_model, save_weights
 from shaping.agents.projection import load_global_model, project, read_model_card, tenant_model
 from shaping.agents.universal import UniversalLayout, tenant_mapping
+from shaping.sim.scenarios import load_scenario
 from shaping.spec import ActionLayout, ObservationLayout, scenario_specs
-from tests.shipped import shipped_scenario
 
 #: Tenants of several shapes (classes, entities, paths) that fit the default layout.
 TENANTS = [("default", "gameco"), ("edge_gaming", "arena"), ("small_congested", "studio"), ("single_path", "office")]
 
 
 def _spec(scenario: str, tenant: str):
-    return next(s for s in scenario_specs(shipped_scenario(scenario)) if s.name == tenant)
+    return next(s for s in scenario_specs(load_scenario(scenario)) if s.name == tenant)
 
 
 def _trained_looking(layout: UniversalLayout, hidden=(16, 8)):

@@ -15,8 +15,8 @@ from shaping.agents.train_dqn import DQN_CSV_FIELDS, steps_per_iteration, train_
 from shaping.config import DQNConfig, TrainConfig
 from shaping.evaluation import evaluate_policies
 from shaping.policies import baseline_policy, make_policy
+from shaping.sim.scenarios import load_scenario
 from shaping.spec import scenario_specs
-from tests.shipped import shipped_scenario
 
 # 4 environments x 2 steps (target_network_frequency 8) = 8 transitions per iteration, 4 iterations.
 TINY_DQN = DQNConfig(total_timesteps=32, learning_starts=16, batch_size=8, buffer_size=64,
@@ -27,7 +27,7 @@ TINY_TRAIN = TrainConfig(num_envs=4, eval_every=2, eval_envs=2, eval_steps=4, pr
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[TrainResult, object]:
     out = tmp_path_factory.mktemp("dqn")
-    return train_dqn([shipped_scenario("small_congested")], TINY_DQN, TINY_TRAIN, tenant=1, out_dir=out), out
+    return train_dqn([load_scenario("small_congested")], TINY_DQN, TINY_TRAIN, tenant=1, out_dir=out), out
 
 
 def test_iterations_cover_one_target_period():
@@ -57,7 +57,7 @@ def test_loop_runs_logs_learns_and_checkpoints(trained):
 
 def test_checkpoint_is_a_dqn_model_for_its_tenant(trained):
     result, out = trained
-    spec = scenario_specs(shipped_scenario("small_congested"))[1]
+    spec = scenario_specs(load_scenario("small_congested"))[1]
     ckpt = load_checkpoint(out / "last.pt", spec)
     assert ckpt.kind == "dqn" and isinstance(ckpt.model, BranchingQNetwork)
     obs = torch.rand(5, result.agent.obs_dim)
@@ -70,7 +70,7 @@ def test_dqn_policy_in_the_comparison(trained):
     ref = f"dqn:{out / 'best.pt'}"
     policy = make_policy(ref)
     assert isinstance(policy, AgentPolicy) and policy.name == ref
-    sc = shipped_scenario("small_congested")
+    sc = load_scenario("small_congested")
     results = evaluate_policies(sc, [baseline_policy("fq_codel"), policy], seeds=2, steps=4)
     r = results[ref]
     assert 0.0 <= r.sla_violation_rate <= 1.0 and math.isfinite(r.mean_reward)

@@ -15,9 +15,9 @@ from shaping.agents.train import CSV_FIELDS, ReturnScaler, TrainResult, train_pp
 from shaping.config import PPOConfig, TrainConfig
 from shaping.evaluation import evaluate_policies
 from shaping.policies import PolicyInput, baseline_policy, make_policy
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import Simulator
 from shaping.spec import scenario_specs
-from tests.shipped import shipped_scenario
 
 TINY_PPO = PPOConfig(total_timesteps=3 * 4 * 8, num_steps=8, num_minibatches=2, update_epochs=1, hidden_sizes=[16])
 TINY_TRAIN = TrainConfig(num_envs=4, eval_every=2, eval_envs=2, eval_steps=4, progress=False)
@@ -26,7 +26,7 @@ TINY_TRAIN = TrainConfig(num_envs=4, eval_every=2, eval_envs=2, eval_steps=4, pr
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[TrainResult, object]:
     out = tmp_path_factory.mktemp("train")
-    return train_ppo([shipped_scenario("small_congested")], TINY_PPO, TINY_TRAIN, tenant=1, out_dir=out), out
+    return train_ppo([load_scenario("small_congested")], TINY_PPO, TINY_TRAIN, tenant=1, out_dir=out), out
 
 
 def test_loop_runs_logs_and_checkpoints(trained):
@@ -46,7 +46,7 @@ def test_loop_runs_logs_and_checkpoints(trained):
 
 def test_checkpoint_loads_for_the_trained_tenant(trained):
     result, out = trained
-    specs = scenario_specs(shipped_scenario("small_congested"))
+    specs = scenario_specs(load_scenario("small_congested"))
     ckpt = load_checkpoint(out / "last.pt", specs[1])
     obs = torch.rand(5, result.agent.obs_dim)
     assert torch.equal(ckpt.model.act(obs), result.agent.act(obs))  # type: ignore[operator]
@@ -56,7 +56,7 @@ def test_checkpoint_loads_for_the_trained_tenant(trained):
 
 def test_agent_policy_drives_its_tenant_and_leaves_the_others_on_their_baseline(trained):
     _, out = trained
-    sc = shipped_scenario("small_congested")
+    sc = load_scenario("small_congested")
     policy = make_policy(f"ppo:{out / 'best.pt'}")
     assert isinstance(policy, AgentPolicy) and not policy.aqm
     sim = Simulator(sc, batch_size=3, seed=5)
@@ -74,7 +74,7 @@ def test_agent_policy_drives_its_tenant_and_leaves_the_others_on_their_baseline(
 
 def test_agent_policy_in_the_comparison_evaluation(trained):
     _, out = trained
-    sc = shipped_scenario("small_congested")
+    sc = load_scenario("small_congested")
     results = evaluate_policies(sc, [baseline_policy("fq_codel"), AgentPolicy(out / "best.pt", name="ppo")],
                                 seeds=2, steps=4)  # fmt: skip
     r = results["ppo"]
@@ -85,7 +85,7 @@ def test_agent_policy_errors(tmp_path, trained):
     _, out = trained
     with pytest.raises(FileNotFoundError, match="does not exist"):
         make_policy(f"ppo:{tmp_path / 'missing.pt'}")
-    other = shipped_scenario("default")  # no tenant of small_congested's names
+    other = load_scenario("default")  # no tenant of small_congested's names
     sim = Simulator(other, batch_size=1, seed=0)
     with pytest.raises(ValueError, match="is for tenant"):
         AgentPolicy(out / "best.pt")(PolicyInput(0, sim.tensors, sim.state, None))
@@ -93,7 +93,7 @@ def test_agent_policy_errors(tmp_path, trained):
 
 def test_scenarios_with_different_tenant_specs_are_refused():
     with pytest.raises(ValueError, match="different specs"):
-        train_ppo([shipped_scenario("small_congested"), shipped_scenario("default")], TINY_PPO, TINY_TRAIN, tenant=0)
+        train_ppo([load_scenario("small_congested"), load_scenario("default")], TINY_PPO, TINY_TRAIN, tenant=0)
 
 
 def test_return_scaler_divides_by_the_std_of_discounted_returns():

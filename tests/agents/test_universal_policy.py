@@ -12,8 +12,8 @@ from shaping.agents.global_model import get_weights, make_model, save_weights
 from shaping.agents.universal import UniversalLayout
 from shaping.evaluation import evaluate_policy
 from shaping.policies import PolicyInput, make_policy
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import Simulator
-from tests.shipped import shipped_scenario
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def weights(tmp_path):
 
 
 def test_it_drives_only_the_controlled_tenants_and_their_envelope(weights):
-    sc = shipped_scenario("small_congested")
+    sc = load_scenario("small_congested")
     policy = make_policy(f"universal:{weights}")
     r = evaluate_policy(sc, policy, seeds=2, steps=4, controlled=["studio"])
     assert r.controlled == ["studio"] and 0.0 <= r.sla_violation_rate <= 1.0
@@ -41,7 +41,7 @@ def test_it_drives_only_the_controlled_tenants_and_their_envelope(weights):
 
 
 def test_a_tenant_that_does_not_fit_the_layout_is_refused(weights):
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     extra = [dataclasses.replace(c, name=f"{c.name}2") for c in sc.tenants[0].classes]
     sc.tenants[0].classes = sc.tenants[0].classes + extra  # eight classes: the layout holds four
     with pytest.raises(ValueError, match="layout holds"):

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 from shaping.agents.train import train_ppo, wall_clock_spent
 from shaping.config import TrainConfig
+from shaping.sim.scenarios import load_scenario
 from tests.agents.test_train_smoke import TINY_PPO, TINY_TRAIN
-from tests.shipped import shipped_scenario
 
 
 def test_no_cap_by_default():
@@ -30,6 +30,6 @@ def test_a_stop_before_the_planned_iterations_is_a_warning(caplog):
 def test_training_records_a_wall_clock_stop(caplog):
     train = replace(TINY_TRAIN, max_wall_s=1e-9)
     with caplog.at_level(logging.WARNING, logger="shaping.agents.train"):
-        res = train_ppo([shipped_scenario("small_congested")], TINY_PPO, train, tenant=1)
+        res = train_ppo([load_scenario("small_congested")], TINY_PPO, train, tenant=1)
     assert res.iterations == 1 and res.planned_iterations == 3 and res.wall_clock_stopped
     assert any("WALL-CLOCK STOP" in m for m in caplog.messages)

@@ -15,7 +15,7 @@ import pytest
 from experiments.compare import run_compare
 from experiments.config import CompareConfig, OutputConfig
 from shaping.policies import POLICY_KINDS
-from tests.shipped import shipped_scenario
+from shaping.sim.scenarios import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ def test_compare_entry_point(tmp_path):
 
 def test_run_compare_function(tmp_path):
     cfg = CompareConfig(
-        scenario=shipped_scenario("small_congested"),
+        scenario=load_scenario("small_congested"),
         policies=["fifo", "greedy_premium"],
         seeds=1,
         steps=3,
@@ -76,7 +76,7 @@ def test_run_compare_function(tmp_path):
 
 def test_compare_states_the_controlled_tenants(tmp_path):
     cfg = CompareConfig(
-        scenario=shipped_scenario("small_congested"),
+        scenario=load_scenario("small_congested"),
         policies=["fifo", "static_priority"],
         controlled=["studio"],
         seeds=1,
@@ -109,7 +109,7 @@ def test_compare_refuses_tenants_a_policy_cannot_drive(tmp_path, monkeypatch):
 
     monkeypatch.setitem(POLICY_KINDS, "narrow", lambda arg: Narrow())
     cfg = CompareConfig(
-        scenario=shipped_scenario("small_congested"), policies=["fifo", "narrow:x"], controlled=["studio"], seeds=1,
+        scenario=load_scenario("small_congested"), policies=["fifo", "narrow:x"], controlled=["studio"], seeds=1,
         steps=2, progress=False, output=OutputConfig(plots=False, print_table=False),
     )  # fmt: skip
     with pytest.raises(ValueError, match="controls only \\['shop'\\]"):

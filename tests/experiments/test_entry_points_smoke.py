@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from shaping.baselines import get_baseline
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import Simulator
 from shaping.spec import PlanBatch, stack_plans
-from tests.shipped import shipped_scenario
 
 
 def run_module(*args: str) -> dict:
@@ -46,7 +46,7 @@ def test_validate_sim_runs_selected_checks():
 def test_compiled_simulator_matches_eager():
     """torch.compile fuses the step (preparation, sub-steps, accounting); it must compute the same
     metrics and next state as eager, for tenants with and without CoDel leaves (float32 tolerance)."""
-    cfg = shipped_scenario("default")
+    cfg = load_scenario("default")
     b = 16
     eager = Simulator(cfg, batch_size=b, seed=5, cpu_kernel=False)
     fused = Simulator(cfg, batch_size=b, seed=5, compile=True, cpu_kernel=False)

@@ -12,10 +12,9 @@ from shaping.baselines import Baseline, fifo_plan
 from shaping.config import ClassConfig, EntityConfig, PathConfig, QoSConfig, RewardConfig, ScenarioConfig, TenantConfig
 from shaping.evaluation import evaluate_policies, evaluate_policy, jain_index
 from shaping.policies import POLICY_KINDS, Policy, PolicyInput, StaticPolicy, make_policy
-from shaping.sim.scenarios import available_scenarios
+from shaping.sim.scenarios import available_scenarios, load_scenario
 from shaping.sim.simulator import Simulator
 from shaping.spec import PlanBatch, ShapingPlan, TenantSpec, compute_reward
-from tests.shipped import shipped_scenario
 
 
 def _tiny(qos: list[QoSConfig], capacity: float = 100.0) -> ScenarioConfig:
@@ -48,7 +47,7 @@ def test_sla_violation_rate_counts_only_classes_with_an_sla():
 
 
 def test_aggregates_match_a_hand_rolled_loop():
-    scenario = shipped_scenario("small_congested")
+    scenario = load_scenario("small_congested")
     weights = RewardConfig(sla_penalty=2.0)
     steps, seeds = 8, 3
     r = evaluate_policy(scenario, make_policy("static_priority"), seeds=seeds, steps=steps, reward=weights, seed=7)
@@ -77,7 +76,7 @@ def test_aggregates_match_a_hand_rolled_loop():
 
 
 def test_result_shapes_and_ranges():
-    scenario = shipped_scenario("default")
+    scenario = load_scenario("default")
     results = evaluate_policies(scenario, [make_policy("fifo"), make_policy("fq_codel")], seeds=2, steps=5, episodes=2)
     assert list(results) == ["fifo", "fq_codel"]
     for r in results.values():
@@ -97,7 +96,7 @@ def test_result_shapes_and_ranges():
 
 
 def test_same_seed_same_load_for_every_policy():
-    scenario = shipped_scenario("single_path")
+    scenario = load_scenario("single_path")
     a = evaluate_policy(scenario, make_policy("fifo"), seeds=2, steps=4, seed=3)
     b = evaluate_policy(scenario, make_policy("fifo"), seeds=2, steps=4, seed=3)
     assert a.series.reward == b.series.reward
@@ -134,7 +133,7 @@ def test_custom_policy_kind(monkeypatch):
 
     monkeypatch.setitem(POLICY_KINDS, "recorder", Recorder)
     policy = make_policy("recorder:static_priority")
-    r = evaluate_policy(shipped_scenario("small_congested"), policy, seeds=1, steps=3, episodes=2)
+    r = evaluate_policy(load_scenario("small_congested"), policy, seeds=1, steps=3, episodes=2)
     assert r.policy == "recorder"
     assert seen == [(0, True), (1, False), (2, False)] * 2
 
@@ -153,7 +152,7 @@ def test_every_scenario_congests(name):
     relieves much of the congestion, so the unmanaged reference keeps every class on the first path. The
     question is about the link, not about one tenant, so every tenant runs the row's policy even where the
     scenario controls only some (`controlled`): one tenant's rules change little of a link four share."""
-    scenario = replace(shipped_scenario(name), controlled=[])
+    scenario = replace(load_scenario(name), controlled=[])
     unmanaged = StaticPolicy(Baseline("one_path_fifo", _one_path_fifo))
     results = evaluate_policies(scenario, [unmanaged, make_policy("static_priority")], seeds=2, steps=30)
     fifo, prio = results["one_path_fifo"], results["static_priority"]

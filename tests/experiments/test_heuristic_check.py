@@ -6,11 +6,11 @@ import json
 
 from experiments.heuristic_check import EVENTS, main, with_event
 from shaping.sim.events import event_kinds
-from tests.shipped import shipped_scenario
+from shaping.sim.scenarios import load_scenario
 
 
 def test_events_added_to_a_handwritten_scenario():
-    base = shipped_scenario("default")
+    base = load_scenario("default")
     for kind in EVENTS:
         sc = with_event(base, kind)
         assert sc.name == f"default+{kind}" and kind in event_kinds(sc) and kind not in event_kinds(base)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from experiments.config import PretrainConfig, register_configs
 from experiments.pretrain import heldout_mismatch
 from shaping.config import DQNConfig
-from tests.shipped import shipped_scenario
+from shaping.sim.scenarios import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,12 +29,12 @@ def test_agent_dqn_composes_to_a_dqn_config():
 
 
 def test_heldout_scenarios_hold_the_default_tenants_with_the_same_specs():
-    default = shipped_scenario("default")
+    default = load_scenario("default")
     for name in ("default_heldout_paths", "default_heldout_neighbours"):
-        assert heldout_mismatch(shipped_scenario(name), "gameco", default) is None
-    assert heldout_mismatch(shipped_scenario("default_heldout_paths"), "bank", default) is None
-    assert "no tenant" in str(heldout_mismatch(shipped_scenario("default_heldout_neighbours"), "bank", default))
-    assert "no tenant" in str(heldout_mismatch(shipped_scenario("small_congested"), "gameco", default))
+        assert heldout_mismatch(load_scenario(name), "gameco", default) is None
+    assert heldout_mismatch(load_scenario("default_heldout_paths"), "bank", default) is None
+    assert "no tenant" in str(heldout_mismatch(load_scenario("default_heldout_neighbours"), "bank", default))
+    assert "no tenant" in str(heldout_mismatch(load_scenario("small_congested"), "gameco", default))
 
 
 def test_pretrain_dqn_entry_point_with_heldout_scenarios(tmp_path):

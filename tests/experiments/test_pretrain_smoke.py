@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from experiments.compare import run_compare
 from experiments.config import CompareConfig, OutputConfig, PretrainConfig, register_configs
 from shaping.config import PPOConfig
-from tests.shipped import shipped_scenario
+from shaping.sim.scenarios import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ def test_pretrain_entry_point_then_compare(tmp_path):
     assert "neighbour_sla_violation_delta" in doc["vs_best_baseline"]
 
     cfg = CompareConfig(
-        scenario=shipped_scenario("small_congested"),
+        scenario=load_scenario("small_congested"),
         policies=["static_priority", f"ppo:{out / 'best.pt'}"],
         seeds=1, steps=3, progress=False, output=OutputConfig(plots=False, print_table=False),
     )  # fmt: skip

@@ -23,9 +23,7 @@ from experiments.federated import (
 )
 from fed_server.strategy import IncompatibleSettings, check_compatible
 from shaping.baselines import BASELINES
-from shaping.config import ScenarioConfig
 from shaping.fed_settings import RunSettings
-from tests.shipped import shipped_scenario
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FL = sorted(p.stem for p in (CONF / "fl").glob("*.yaml"))
@@ -195,20 +193,9 @@ def test_scratch_long_config_runs_longer_with_the_sum_of_the_updates_an_annealed
     check_compatible(RunSettings.from_config(_flat(long)))
 
 
-def test_population_adds_randomized_tenants_that_the_run_settings_carry(tmp_path, monkeypatch):
+def test_population_adds_randomized_tenants_that_the_run_settings_carry(tmp_path):
     from experiments.federated import PopulationConfig, run_config, with_population
-    from shaping.sim import scenarios, variants
 
-    # with_population parses every shipped scenario twice a call (its slots, then its pool): 40 parses here.
-    # The test is about what it writes and appends, so the shipped ones come from the session's parsed
-    # copies; the variants it writes are still parsed from their files.
-    parse = scenarios.load_scenario
-
-    def load(name: str) -> ScenarioConfig:
-        return shipped_scenario(name) if name in scenarios.available_scenarios() else parse(name)
-
-    monkeypatch.setattr(scenarios, "load_scenario", load)
-    monkeypatch.setattr(variants, "load_scenario", load)
     base = FederatedConfig(tenants=[TenantEntry("default", "gameco", 4)])
     assert with_population(base, tmp_path) is base  # no population: unchanged
     cfg = FederatedConfig(tenants=[TenantEntry("default", "gameco", 4)],

@@ -7,10 +7,10 @@ import torch
 
 from shaping.agents.universal import PaddedEnv, UniversalLayout, class_slots, tenant_mapping
 from shaping.config import APPS
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.vector_env import ShapingVectorEnv
 from shaping.spec import ObservationLayout
 from shaping.spec.tenant import scenario_specs
-from tests.shipped import shipped_scenario
 
 SCENARIOS = ("default", "datacenter", "edge_gaming", "small_congested", "single_path")
 
@@ -18,7 +18,7 @@ SCENARIOS = ("default", "datacenter", "edge_gaming", "small_congested", "single_
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_every_tenant_fits_the_default_layout(name):
     layout = UniversalLayout()
-    for spec in scenario_specs(shipped_scenario(name)):
+    for spec in scenario_specs(load_scenario(name)):
         m = tenant_mapping(spec, layout)
         assert len(m.envelope.masks) == len(layout.nvec)
         assert m.envelope.nvec == layout.nvec
@@ -31,14 +31,14 @@ def test_measured_features_and_constant_features_are_apart(name):
     layout = UniversalLayout()
     constant = layout.constant_features()
     assert constant.shape == (layout.obs_dim,) and not constant[: layout.dynamic_dim].any()
-    for spec in scenario_specs(shipped_scenario(name)):
+    for spec in scenario_specs(load_scenario(name)):
         m = tenant_mapping(spec, layout)
         assert not constant[m.obs_dst].any()
         assert (m.static[~constant] == 0).all() and (m.static[constant] != 0).any()
 
 
 def test_observation_values_land_in_their_slots():
-    spec = scenario_specs(shipped_scenario("default"))[0]  # gameco: gaming, web, video, bulk
+    spec = scenario_specs(load_scenario("default"))[0]  # gameco: gaming, web, video, bulk
     layout = UniversalLayout()
     m = tenant_mapping(spec, layout)
     names = ObservationLayout(spec).names
@@ -71,13 +71,13 @@ def test_observation_values_land_in_their_slots():
 
 
 def test_slots_follow_application_order():
-    spec = scenario_specs(shipped_scenario("default"))[0]
+    spec = scenario_specs(load_scenario("default"))[0]
     apps = [spec.classes[c].app for c in sorted(range(len(spec.classes)), key=lambda c: class_slots(spec)[c])]
     assert apps == sorted(apps, key=APPS.index)
 
 
 def test_actions_map_back_and_padding_is_forbidden():
-    spec = scenario_specs(shipped_scenario("small_congested"))[0]  # 3 classes, 2 paths
+    spec = scenario_specs(load_scenario("small_congested"))[0]  # 3 classes, 2 paths
     layout = UniversalLayout()
     m = tenant_mapping(spec, layout)
     universal = torch.arange(len(layout.nvec)).unsqueeze(0)
@@ -91,7 +91,7 @@ def test_actions_map_back_and_padding_is_forbidden():
 
 
 def test_a_tenant_larger_than_the_layout_is_refused():
-    spec = scenario_specs(shipped_scenario("default"))[0]
+    spec = scenario_specs(load_scenario("default"))[0]
     with pytest.raises(ValueError, match="layout holds"):
         tenant_mapping(spec, UniversalLayout(max_classes=2))
 
@@ -112,7 +112,7 @@ def _context(out, layout):
 
 
 def test_context_carries_the_class_slas_and_the_published_paths():
-    scenario = shipped_scenario("small_congested")
+    scenario = load_scenario("small_congested")
     spec = scenario_specs(scenario)[1]  # studio: gaming (40 ms SLA), video, bulk; uplink and an LTE backup
     layout = UniversalLayout()
     m = tenant_mapping(spec, layout)
@@ -132,8 +132,8 @@ def test_context_carries_the_class_slas_and_the_published_paths():
 
 def test_context_tells_networks_apart_and_clips_huge_paths():
     layout = UniversalLayout()
-    dc = scenario_specs(shipped_scenario("datacenter"))[0]
-    small = scenario_specs(shipped_scenario("small_congested"))[0]
+    dc = scenario_specs(load_scenario("datacenter"))[0]
+    small = scenario_specs(load_scenario("small_congested"))[0]
     _, dc_paths = _context(tenant_mapping(dc, layout).static, layout)
     _, small_paths = _context(tenant_mapping(small, layout).static, layout)
     assert not torch.equal(dc_paths, small_paths)
@@ -143,7 +143,7 @@ def test_context_tells_networks_apart_and_clips_huge_paths():
 def test_context_of_a_spec_without_published_paths_is_only_the_present_flags():
     import dataclasses
 
-    spec = dataclasses.replace(scenario_specs(shipped_scenario("default"))[0], path_mbps=(), path_delay_ms=())
+    spec = dataclasses.replace(scenario_specs(load_scenario("default"))[0], path_mbps=(), path_delay_ms=())
     layout = UniversalLayout()
     _, paths = _context(tenant_mapping(spec, layout).static, layout)
     assert paths[:, 0].tolist() == [1.0, 1.0, 0.0] and paths[:, 1:].abs().sum() == 0

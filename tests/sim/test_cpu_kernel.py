@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from shaping.sim import cpu_kernel
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import SimState, Simulator
 from shaping.spec import PlanBatch
-from tests.shipped import shipped_scenario
 
 SCENARIOS = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "scenario").glob("*.yaml"))
 
@@ -52,7 +52,7 @@ def _copy(state: SimState) -> SimState:
 
 def _assert_same_step(scenario: str, batch: int, steps: int, seed: int) -> None:
     """From the same state, with the same plans and load draws, both paths give the same step."""
-    cfg = shipped_scenario(scenario)
+    cfg = load_scenario(scenario)
     ref = Simulator(cfg, batch_size=batch, seed=seed, cpu_kernel=False)
     fast = Simulator(cfg, batch_size=batch, seed=seed, cpu_kernel=True)
     gen = torch.Generator().manual_seed(seed)
@@ -86,7 +86,7 @@ def test_kernel_handles_batches_that_do_not_fill_its_blocks(batch: int):
 def test_kernel_trajectory_stays_with_torch_and_is_deterministic_across_threads():
     """Over an episode the two paths stay together (only float rounding differs), and the kernel's
     result does not depend on how many threads share the batch."""
-    cfg = shipped_scenario("default")
+    cfg = load_scenario("default")
     b = 96
     ref = Simulator(cfg, batch_size=b, seed=7, cpu_kernel=False)
     fast = Simulator(cfg, batch_size=b, seed=7, cpu_kernel=True)
@@ -114,7 +114,7 @@ def test_kernel_trajectory_stays_with_torch_and_is_deterministic_across_threads(
 
 def test_kernel_refuses_other_devices():
     with pytest.raises(ValueError, match="CPU"):
-        Simulator(shipped_scenario("default"), batch_size=2, device="meta", cpu_kernel=True)
+        Simulator(load_scenario("default"), batch_size=2, device="meta", cpu_kernel=True)
 
 
 def test_unavailable_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
@@ -130,11 +130,11 @@ def test_unavailable_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch
     try:
         expected = r"(?s)no C\+\+ compiler.*apt-get install g\+\+.*cpu_kernel=False"
         with pytest.raises(cpu_kernel.KernelUnavailable, match=expected):
-            Simulator(shipped_scenario("default"), batch_size=2, cpu_kernel=True)
+            Simulator(load_scenario("default"), batch_size=2, cpu_kernel=True)
         # By default the simulator falls back to the torch sub-step, and logs it: once per process, in one line.
         with caplog.at_level(logging.WARNING, logger="shaping.sim.cpu_kernel"):
-            sim = Simulator(shipped_scenario("default"), batch_size=2)
-            again = Simulator(shipped_scenario("default"), batch_size=2)
+            sim = Simulator(load_scenario("default"), batch_size=2)
+            again = Simulator(load_scenario("default"), batch_size=2)
         assert not sim.uses_cpu_kernel and not again.uses_cpu_kernel
         fallbacks = [r for r in caplog.records if "falls back to the torch sub-step" in r.getMessage()]
         assert len(fallbacks) == 1 and fallbacks[0].levelno == logging.WARNING
@@ -146,5 +146,5 @@ def test_unavailable_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch
 
 @needs_kernel
 def test_kernel_is_the_default_on_the_cpu_only():
-    assert Simulator(shipped_scenario("default"), batch_size=2).uses_cpu_kernel
-    assert not Simulator(shipped_scenario("default"), batch_size=2, cpu_kernel=False).uses_cpu_kernel
+    assert Simulator(load_scenario("default"), batch_size=2).uses_cpu_kernel
+    assert not Simulator(load_scenario("default"), batch_size=2, cpu_kernel=False).uses_cpu_kernel

@@ -7,10 +7,10 @@ import torch
 
 from shaping.baselines import get_baseline
 from shaping.config import LoadConfig
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import SimState, Simulator
 from shaping.spec import PlanBatch, stack_plans
 from shaping.traffic.load import LoadState
-from tests.shipped import shipped_scenario
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -23,7 +23,7 @@ def _to(state: SimState, device: str) -> SimState:
 @pytest.mark.parametrize("baseline", ["static_priority", "fq_codel"])
 def test_cuda_matches_cpu_without_randomness(baseline: str):
     """With load variation off, the only randomness is the initial state: copy it and compare."""
-    cfg = shipped_scenario("default")
+    cfg = load_scenario("default")
     cfg.load = LoadConfig(diurnal_amplitude=0.0, burst_prob=0.0, flash_crowd_prob=0.0, web_pareto=False)
     b = 32
     cpu = Simulator(cfg, batch_size=b, seed=1)

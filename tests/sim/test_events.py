@@ -10,9 +10,9 @@ import torch
 from shaping.config import LoadConfig, LoadEventConfig, PathEventConfig
 from shaping.policies import PolicyInput, make_policy
 from shaping.sim.events import EventError, compile_events, event_kinds, validate_events
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import Simulator
 from shaping.traffic.load import diurnal_factor
-from tests.shipped import shipped_scenario
 
 
 def _run(scenario, steps, *, cpu_kernel, seeds=2, seed=0):
@@ -26,7 +26,7 @@ def _run(scenario, steps, *, cpu_kernel, seeds=2, seed=0):
 
 
 def test_tables_hold_each_event_in_its_steps_only():
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     sc.path_events = [
         PathEventConfig(path="eth1", start_step=3, end_step=6, capacity_factor=0.5, extra_delay_ms=20.0, loss=0.1),
         PathEventConfig(path="eth0", start_step=5, capacity_factor=0.0),
@@ -67,7 +67,7 @@ def test_tables_hold_each_event_in_its_steps_only():
     ],
 )
 def test_impossible_events_are_refused_naming_the_event(event, message):
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     if isinstance(event, PathEventConfig):
         sc.path_events = [event]
     else:
@@ -78,7 +78,7 @@ def test_impossible_events_are_refused_naming_the_event(event, message):
 
 @pytest.mark.parametrize("cpu_kernel", [False, True])
 def test_a_scheduled_failure_takes_the_path_down_at_its_step_and_back(cpu_kernel):
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     sc.path_events = [PathEventConfig(path="eth0", start_step=4, end_step=8, capacity_factor=0.0)]
     outs = _run(sc, 12, cpu_kernel=cpu_kernel)
     loss = torch.stack([o.path_loss[:, 0] for o in outs])  # (T, B)
@@ -92,7 +92,7 @@ def test_a_scheduled_failure_takes_the_path_down_at_its_step_and_back(cpu_kernel
 
 
 def test_kernel_and_torch_agree_under_events():
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     sc.path_events = [
         PathEventConfig(path="eth0", start_step=2, end_step=5, capacity_factor=0.3, extra_delay_ms=15.0, loss=0.05),
         PathEventConfig(path="eth1", start_step=4, capacity_factor=0.0),
@@ -107,7 +107,7 @@ def test_kernel_and_torch_agree_under_events():
 
 
 def test_added_delay_and_loss_reach_the_classes_on_the_path():
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     sc.path_events = [PathEventConfig(path="eth0", start_step=2, end_step=4, extra_delay_ms=50.0, loss=0.2)]
     outs = _run(sc, 5, cpu_kernel=True)
     on_eth0 = outs[2].plan.path == 0
@@ -123,7 +123,7 @@ def test_added_delay_and_loss_reach_the_classes_on_the_path():
 
 
 def test_a_flash_crowd_raises_only_the_chosen_classes_demand_in_its_window():
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     sc.load = LoadConfig(diurnal_amplitude=0.0, burst_prob=0.0, flash_crowd_prob=0.0, web_pareto=False)
     sc.load_events = [LoadEventConfig(start_step=3, end_step=5, factor=3.0, tenants=["gameco"], classes=["video"])]
     outs = _run(sc, 6, cpu_kernel=True)
@@ -135,7 +135,7 @@ def test_a_flash_crowd_raises_only_the_chosen_classes_demand_in_its_window():
 
 
 def test_an_absent_tenant_sends_nothing_and_is_reported_absent():
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     sc.tenants[1].arrive_step = 3
     sc.tenants[2].leave_step = 2
     outs = _run(sc, 5, cpu_kernel=True)
@@ -160,7 +160,7 @@ def test_diurnal_curve_interpolates_and_wraps():
 
 
 def test_without_a_random_phase_every_environment_starts_the_day_together():
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     sc.load = LoadConfig(diurnal_curve=[0.5, 1.5], diurnal_random_phase=False, burst_prob=0.0, flash_crowd_prob=0.0,
                          web_pareto=False, diurnal_period_steps=100)  # fmt: skip
     outs = _run(sc, 1, cpu_kernel=True, seeds=4)
@@ -171,7 +171,7 @@ def test_without_a_random_phase_every_environment_starts_the_day_together():
 def test_ef_policing_is_not_the_paths_loss():
     """Neighbours marking everything EF past the admission cap are policed; a best-effort probe is not, so
     the path's loss stays 0 while the policed classes see their own loss."""
-    sc = shipped_scenario("default")
+    sc = load_scenario("default")
     sc.paths = sc.paths[:1]
     sim = Simulator(sc, batch_size=2, seed=0, cpu_kernel=True)
     policy = make_policy("greedy_premium")  # every class EF: far above the 30% EF cap of the path

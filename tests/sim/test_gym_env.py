@@ -12,15 +12,15 @@ from gymnasium.utils.env_checker import check_env
 import shaping
 from shaping.config import ScenarioConfig
 from shaping.sim import ShapingEnv
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import StepOutput
 from shaping.spec import ActionLayout, ClassMetrics, HostMetrics, ObservationLayout, PathMetrics, PlanBatch, TenantSpec
-from tests.shipped import shipped_scenario
 
 
 @pytest.fixture(scope="module")
 def scenario() -> ScenarioConfig:
     """The default scenario, loaded once (validating the YAML is the slow part of building an env)."""
-    return shipped_scenario("default")
+    return load_scenario("default")
 
 
 def expected_observation(spec: TenantSpec, out: StepOutput, k: int, env: int = 0) -> np.ndarray:

@@ -10,14 +10,14 @@ from pettingzoo.test import parallel_api_test
 
 from shaping.config import ScenarioConfig
 from shaping.sim import ShapingParallelEnv, parallel_env
+from shaping.sim.scenarios import load_scenario
 from tests.sim.test_gym_env import expected_observation
-from tests.shipped import shipped_scenario
 
 
 @pytest.fixture(scope="module")
 def scenario() -> ScenarioConfig:
     """The default scenario, loaded once (validating the YAML is the slow part of building an env)."""
-    return shipped_scenario("default")
+    return load_scenario("default")
 
 
 def test_parallel_api_test_passes_without_warnings(scenario):

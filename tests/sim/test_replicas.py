@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from shaping.policies import neighbour_plans
+from shaping.sim.scenarios import load_scenario
 from shaping.sim.simulator import Simulator
-from tests.shipped import shipped_scenario
 
 
 def test_each_replica_runs_the_seeds_of_the_small_batch():
-    scenario = shipped_scenario("small_congested")
+    scenario = load_scenario("small_congested")
     small = Simulator(scenario, batch_size=2, seed=7)
     tiled = Simulator(scenario, batch_size=6, seed=7, replicas=3)
     plans, aqm = neighbour_plans(small.tensors, scenario, 2)
@@ -28,4 +28,4 @@ def test_each_replica_runs_the_seeds_of_the_small_batch():
 
 def test_replicas_must_divide_the_batch():
     with pytest.raises(ValueError, match="multiple of replicas"):
-        Simulator(shipped_scenario("small_congested"), batch_size=5, replicas=2)
+        Simulator(load_scenario("small_congested"), batch_size=5, replicas=2)

@@ -9,19 +9,19 @@ import pytest
 
 from shaping.config import ScenarioConfig
 from shaping.sim import ShapingEnv, ShapingVectorEnv
+from shaping.sim.scenarios import load_scenario
 
 sb3 = pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.env_checker import check_env  # noqa: E402 (after the importorskip)
 from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor  # noqa: E402
 
 from shaping.sim.sb3_vec_env import ShapingSB3VecEnv  # noqa: E402
-from tests.shipped import shipped_scenario  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def scenario() -> ScenarioConfig:
     """The default scenario, loaded once (validating the YAML is the slow part of building an env)."""
-    return shipped_scenario("default")
+    return load_scenario("default")
 
 
 def _actions(env: ShapingSB3VecEnv, rng: np.random.Generator) -> np.ndarray:

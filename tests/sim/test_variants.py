@@ -8,22 +8,19 @@ import numpy as np
 import pytest
 
 from shaping.agents.universal import TenantTask, UniversalLayout, make_env
-from shaping.config import ScenarioConfig
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.variants import class_pool, tenant_variant, write_scenario, write_variants
 from shaping.spec import scenario_specs
-from tests.shipped import shipped_scenario
 
 PAIRS = [("default", "bank"), ("default", "saas"), ("datacenter", "cloudgaming"), ("edge_gaming", "streamer")]
 
 
-@pytest.fixture
-def scs() -> dict[str, ScenarioConfig]:
-    """The three scenarios the pool draws from (fresh copies, parsed once per session)."""
-    return {n: shipped_scenario(n) for n in ("default", "datacenter", "edge_gaming")}
+def _scenarios():
+    return {n: load_scenario(n) for n in ("default", "datacenter", "edge_gaming")}
 
 
-def test_pool_holds_exactly_the_named_tenants_classes(scs):
+def test_pool_holds_exactly_the_named_tenants_classes():
+    scs = _scenarios()
     pool = class_pool(list(scs.values()), PAIRS)
     expected = [c for s, t in PAIRS for c in next(x for x in scs[s].tenants if x.name == t).classes]
     assert pool == expected
@@ -34,7 +31,8 @@ def test_pool_holds_exactly_the_named_tenants_classes(scs):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_variant_is_a_valid_scenario_that_only_changes_the_tenants_classes(tmp_path, seed, scs):
+def test_variant_is_a_valid_scenario_that_only_changes_the_tenants_classes(tmp_path, seed):
+    scs = _scenarios()
     pool = class_pool(list(scs.values()), PAIRS)
     base = scs["default"]
     v = tenant_variant(base, "bank", pool, np.random.default_rng(seed), name=f"v{seed}")
@@ -60,7 +58,8 @@ def test_variant_is_a_valid_scenario_that_only_changes_the_tenants_classes(tmp_p
     env.reset_torch(seed=0)
 
 
-def test_variants_are_reproducible_and_differ_between_draws(scs):
+def test_variants_are_reproducible_and_differ_between_draws():
+    scs = _scenarios()
     pool = class_pool(list(scs.values()), PAIRS)
     a = tenant_variant(scs["default"], "bank", pool, np.random.default_rng(3))
     b = tenant_variant(scs["default"], "bank", pool, np.random.default_rng(3))
@@ -70,7 +69,8 @@ def test_variants_are_reproducible_and_differ_between_draws(scs):
     assert len(mixes) >= 5
 
 
-def test_refuses_an_unknown_tenant_or_a_pool_too_small(scs):
+def test_refuses_an_unknown_tenant_or_a_pool_too_small():
+    scs = _scenarios()
     pool = class_pool(list(scs.values()), PAIRS[:1])
     with pytest.raises(KeyError, match="no tenant"):
         tenant_variant(scs["default"], "nobody", pool, np.random.default_rng(0))
@@ -78,7 +78,8 @@ def test_refuses_an_unknown_tenant_or_a_pool_too_small(scs):
         tenant_variant(scs["default"], "bank", pool, np.random.default_rng(0), min_classes=5)
 
 
-def test_path_scale_randomizes_the_network_within_its_bounds_and_1_keeps_it(scs):
+def test_path_scale_randomizes_the_network_within_its_bounds_and_1_keeps_it():
+    scs = _scenarios()
     pool = class_pool(list(scs.values()), PAIRS)
     plain = tenant_variant(scs["default"], "bank", pool, np.random.default_rng(4))
     assert plain.paths == scs["default"].paths
@@ -114,7 +115,7 @@ def test_random_tenants_under_random_actions_keep_every_metric_finite_and_in_ran
     from shaping.sim.vector_env import ShapingVectorEnv
 
     slots = [(n, t.name) for n in ("default", "small_congested", "single_path", "datacenter", "edge_gaming")
-             for t in shipped_scenario(n).tenants]  # fmt: skip
+             for t in load_scenario(n).tenants]  # fmt: skip
     g = torch.Generator().manual_seed(3)
     for path, tenant in write_variants(slots, slots, 8, 11, tmp_path, path_scale=4.0):
         env = ShapingVectorEnv(4, load_scenario(path), tenant=tenant)

@@ -11,13 +11,13 @@ from gymnasium.vector import AutoresetMode
 import shaping
 from shaping.config import ScenarioConfig
 from shaping.sim import ShapingEnv, ShapingVectorEnv
-from tests.shipped import shipped_scenario
+from shaping.sim.scenarios import load_scenario
 
 
 @pytest.fixture(scope="module")
 def scenario() -> ScenarioConfig:
     """The default scenario, loaded once (validating the YAML is the slow part of building an env)."""
-    return shipped_scenario("default")
+    return load_scenario("default")
 
 
 def test_make_vec_uses_the_vector_entry_point():
