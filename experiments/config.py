@@ -289,7 +289,7 @@ class BenchmarkConfig:
     """Suite under conf/suite/ (or a directory written by experiments.make_suite), used when `scenarios` is empty."""
     scenarios: list[str] = field(default_factory=list)
     """Scenario names (conf/scenario/NAME.yaml) or YAML paths; when not empty, these instead of the suite."""
-    seeds: int = 4
+    seeds: int = 16
     """Environments per (scenario, policy), simulated as one batch; the same seeds for every policy."""
     steps: int | None = None
     """Control steps per scenario; None: each scenario's episode_steps (its events are scheduled within them)."""

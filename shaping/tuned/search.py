@@ -227,7 +227,7 @@ def tune_static(
             when it names none). The others run their scenario policies.
         device: torch device of the simulator.
         progress: show a tqdm progress bar (one tick per batch).
-        validation: step 4's settings; None: ValidationSettings() (16 seeds).
+        validation: step 4's settings; None: ValidationSettings() (64 seeds).
     Returns:
         The best candidate ever evaluated, never worse than a static baseline on the training seeds, with
         its validation (final_plans: never worse than a static baseline on the validation seeds).

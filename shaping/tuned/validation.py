@@ -35,7 +35,7 @@ class ValidationSettings:
     """How the search's winner is checked against the baselines (not part of the search's cache key: a
     cached search is validated again when these change)."""
 
-    seeds: int = 16
+    seeds: int = 64
     """Validation environments per candidate; 0: no validation (the search's winner is kept)."""
     seed: int = VALIDATION_SEED
     """Base seed of the validation environments."""

@@ -134,7 +134,7 @@ def test_benchmark_defaults():
     assert cfg.yardstick == [*STATIC_BASELINES, "tuned_static", "adaptive_heuristic"]
     assert cfg.static == [*STATIC_BASELINES, "tuned_static"]
     assert STATIC_BASELINES == list(BASELINES)
-    assert (cfg.seeds, cfg.steps, cfg.workers, cfg.torch_threads, cfg.floor) == (4, None, 2, 1, 0.005)
+    assert (cfg.seeds, cfg.steps, cfg.workers, cfg.torch_threads, cfg.floor) == (16, None, 2, 1, 0.005)
     assert cfg.reward == RewardConfig() and cfg.output.dir is None
     # The config's defaults are the schema's, so code building a BenchmarkConfig gets the same run.
     assert cfg == BenchmarkConfig()
