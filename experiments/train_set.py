@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,24 +33,34 @@ from omegaconf import DictConfig
 from experiments.config import CONF_PATH, exits_2_on_config_error, register_configs, to_typed
 from experiments.threads import torch_threads
 from shaping.agents.set_policy import SetActorCritic, SetPolicyConfig, save_set_policy
-from shaping.agents.train_set import clone_teachers, pick_teachers, train_set_ppo
+from shaping.agents.train_set import baseline_teachers, clone_teachers, pick_teachers, train_set_ppo, tune_teachers
 from shaping.agents.universal import TenantTask
 from shaping.checks import above, at_least, within
 from shaping.config import PPOConfig, TrainConfig
 from shaping.sim.families import FAMILIES, families, get_family
 from shaping.sim.generator import generate_scenario
 from shaping.sim.suite import scenario_yaml
+from shaping.tuned.search import TuneSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TeacherConfig:
-    """Behaviour cloning before PPO: each task's best static baseline is its teacher."""
+    """Behaviour cloning before PPO: each task's best static baseline, or the best constant plan a search finds
+    for its tenant, is its teacher."""
 
     candidates: list[str] = field(default_factory=lambda: ["static_priority", "fair_share", "fifo", "greedy_premium"])
-    """Baselines a teacher is picked from (empty: PPO starts from the random initialization). fq_codel's
-    CoDel is not an action, so it cannot be one."""
+    """Baselines a teacher is picked from (empty: no cloning, PPO starts from the random initialization).
+    fq_codel's CoDel is not an action, so it cannot be one."""
+    search_generations: int = 0
+    """0: the teacher is the best of the candidates. Above 0: tuned_static's search for each task's tenant (CoDel
+    off), from every static baseline's plan, with this many CatCMAwM generations, on the picking seeds."""
+    search_population: int = 16
+    search_polish_rounds: int = 2
+    search_cache: str | None = None
+    """Directory where each task's search is kept and found again (None: searched every run). The searches
+    depend on the scenarios and these settings, not on the training seed, so seeds can share one."""
     iterations: int = 168
     """Cloning rollouts (each task's in turn)."""
     learning_rate: float = 1e-3
@@ -62,6 +73,8 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         at_least("teacher", self, 1, "iterations", "pick_envs", "pick_steps")
+        at_least("teacher", self, 0, "search_generations", "search_polish_rounds")
+        at_least("teacher", self, 4, "search_population")
         above("teacher", self, 0.0, "learning_rate")
         within("teacher", self, 0.0, 0.99, "smoothing")
 
@@ -168,6 +181,28 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _teachers(
+    tasks: list[TenantTask], te: TeacherConfig, progress: bool
+) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+    """Each task's teacher (its name and, for a search, its SLA violation rate on the picking seeds) and action."""
+    if te.search_generations == 0:
+        log.info("picking each task's teacher of %s (%d x %d steps each)", te.candidates, te.pick_envs, te.pick_steps)
+        names = pick_teachers(tasks, te.candidates, envs=te.pick_envs, steps=te.pick_steps, seed=te.pick_seed)
+        return [{"teacher": n} for n in names], baseline_teachers(tasks, names)
+    settings = TuneSettings(population=te.search_population, generations=te.search_generations, seeds=te.pick_envs,
+                            steps=te.pick_steps, seed=te.pick_seed, polish_rounds=te.search_polish_rounds,
+                            aqm=(False,))  # fmt: skip
+    log.info("searching each task's teacher (%d generations x %d, %d x %d steps each)", te.search_generations,
+             te.search_population, te.pick_envs, te.pick_steps)  # fmt: skip
+    cache = Path(te.search_cache) if te.search_cache else None
+    tuned = tune_teachers(tasks, settings, cache_dir=cache, progress=progress)
+    labels = [{"teacher": t.source, "sla_violation_rate": round(t.sla_violation_rate, 5),
+               "best_baseline": min(t.baselines.items(), key=lambda kv: kv[1].sla_violation_rate)[0],
+               "best_baseline_rate": round(min(b.sla_violation_rate for b in t.baselines.values()), 5)}
+              for t in tuned]  # fmt: skip
+    return labels, [torch.as_tensor(t.actions[0]) for t in tuned]
+
+
 def run_train_set(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
     """Draw the tasks, clone their teachers, train with PPO; write the models, log, plot and summary.json."""
     with torch_threads(cfg.torch_threads):
@@ -186,16 +221,15 @@ def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = SetActorCritic(cfg.model)
     te = cfg.teacher
-    teachers: list[str] = []
+    teachers: list[dict[str, Any]] = []
     cloned = None
     if te.candidates:
-        log.info("picking each task's teacher of %s (%d x %d steps each)", te.candidates, te.pick_envs, te.pick_steps)
-        teachers = pick_teachers(tasks, te.candidates, envs=te.pick_envs, steps=te.pick_steps, seed=te.pick_seed)
-        log.info("teachers: %s", {b: teachers.count(b) for b in te.candidates})
+        teachers, actions = _teachers(tasks, te, cfg.progress)
+        log.info("teachers: %s", Counter(t["teacher"] for t in teachers))
         clone_cfg = PPOConfig(num_steps=p.num_steps, learning_rate=te.learning_rate,
                               update_epochs=p.update_epochs, num_minibatches=p.num_minibatches)  # fmt: skip
         log.info("cloning the teachers: %d rollouts of %d x %d steps", te.iterations, cfg.num_envs, p.num_steps)
-        cloned = clone_teachers(model, tasks, teachers, te.iterations, clone_cfg, seed=cfg.seed,
+        cloned = clone_teachers(model, tasks, actions, te.iterations, clone_cfg, seed=cfg.seed,
                                 smoothing=te.smoothing)  # fmt: skip
         log.info("cloned: %s", cloned)
         # PPO's start, kept so a benchmark can tell what PPO added to the cloned teachers.
@@ -212,7 +246,7 @@ def _run(cfg: TrainSetConfig, out_dir: Path) -> dict[str, Any]:
         "cloned": str(out_dir / "cloned.pt") if cloned else None,
         "last": str(result.last_path) if result.last_path else None,
         "config": asdict(cfg),
-        "tasks": [{"task": _label(t), "teacher": teachers[i] if teachers else None} for i, t in enumerate(tasks)],
+        "tasks": [{"task": _label(t), **(teachers[i] if teachers else {"teacher": None})} for i, t in enumerate(tasks)],
         "cloning": asdict(cloned) if cloned else None,
         "iterations": result.iterations,
         "planned_iterations": result.planned_iterations,

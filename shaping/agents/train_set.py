@@ -12,9 +12,10 @@ scaling, seeded resets, evaluation, the CSV log, the wall-clock stop)::
 The best model (by the mean greedy evaluation reward over the tasks) and the last are written with
 save_set_policy.
 
-Before PPO the model can start from behaviour cloning (``clone_teachers``): on each task, the static
-baseline that serves that tenant best (``pick_teachers``, scored on seeds of its own) is the teacher, so the
-model learns which rule fits which traffic instead of one rule for all.
+Before PPO the model can start from behaviour cloning (``clone_teachers``) of one constant action per task, so
+the model learns which plan fits which traffic instead of one rule for all. The teacher is either the static
+baseline that serves that tenant best (``pick_teachers``, scored on seeds of its own) or the best constant plan
+a search finds for that tenant, starting from every baseline's plan (``tune_teachers``, tuned_static's search).
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ from shaping.agents.train import (
 from shaping.agents.universal import TenantTask
 from shaping.baselines import get_baseline
 from shaping.config import PPOConfig, RewardConfig, TrainConfig
-from shaping.spec import ActionLayout, TenantSpec
+from shaping.spec import ActionLayout, TenantSpec, tenant_spec
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.vector_env import ShapingVectorEnv
+from shaping.tuned.cache import load_or_tune
+from shaping.tuned.search import TunedPlan, TuneSettings, tune_static
+from shaping.tuned.validation import ValidationSettings
 
 
 @dataclass
@@ -108,7 +112,12 @@ def _constant(action: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def pick_teachers(
-    tasks: Sequence[TenantTask], candidates: Sequence[str], *, envs: int = 8, steps: int = 100, seed: int = 20_000,
+    tasks: Sequence[TenantTask],
+    candidates: Sequence[str],
+    *,
+    envs: int = 8,
+    steps: int = 100,
+    seed: int = 20_000,
     reward: RewardConfig | None = None,
 ) -> list[str]:
     """Per task, the candidate baseline with the lowest SLA violation rate (ties: the highest reward), each run
@@ -129,16 +138,56 @@ def pick_teachers(
     return picks
 
 
+def baseline_teachers(tasks: Sequence[TenantTask], baselines: Sequence[str]) -> list[torch.Tensor]:
+    """Each task's teacher action: its baseline's plan for the task's tenant (baseline_action)."""
+    return [baseline_action(tenant_spec(load_scenario(t.scenario), t.tenant), name)
+            for t, name in zip(tasks, baselines, strict=True)]  # fmt: skip
+
+
+def tune_teachers(
+    tasks: Sequence[TenantTask], settings: TuneSettings, *, cache_dir: Path | None = None, progress: bool = False
+) -> list[TunedPlan]:
+    """Per task, tuned_static's search for that tenant alone (shaping.tuned.search.tune_static, no validation):
+    the best constant action found from every static baseline's plan, on settings' seeds. Its teacher action
+    is ``torch.as_tensor(tuned.actions[0])``. With cache_dir, each search is read from there when its key (the
+    scenario's whole config, the tenant, the settings) matches, else run and written there.
+
+    Raises:
+        ValueError: settings search with CoDel on, which no action expresses.
+    """
+    if any(settings.aqm):
+        raise ValueError(f"a teacher's search must keep CoDel off (aqm=(False,)), got aqm={settings.aqm}")
+    unvalidated = ValidationSettings(seeds=0)
+    out = []
+    for task in tqdm(tasks, desc="tuning teachers", disable=not progress):
+        scenario = load_scenario(task.scenario)
+        if cache_dir is None:
+            out.append(tune_static(scenario, settings, controlled=[task.tenant], validation=unvalidated))
+        else:
+            # verify=False: a teacher is a starting point, not a reported result; the key already changes with
+            # the scenario and the settings.
+            out.append(load_or_tune(scenario, settings, cache_dir=cache_dir, controlled=[task.tenant],
+                                    verify=False, validation=unvalidated))  # fmt: skip
+    return out
+
+
 def clone_teachers(
-    model: SetActorCritic, tasks: Sequence[TenantTask], teachers: Sequence[str], iterations: int, cfg: PPOConfig,
-    *, seed: int = 0, smoothing: float = 0.2, reward: RewardConfig | None = None,
+    model: SetActorCritic,
+    tasks: Sequence[TenantTask],
+    teachers: Sequence[torch.Tensor],
+    iterations: int,
+    cfg: PPOConfig,
+    *,
+    seed: int = 0,
+    smoothing: float = 0.2,
+    reward: RewardConfig | None = None,
 ) -> CloneStats:
-    """Behaviour cloning of each task's teacher baseline into the shared model (shaping.agents.imitation),
-    one rollout of cfg.num_steps steps per task in turn; returns the fit on each task's last rollout."""
+    """Behaviour cloning of each task's teacher action (its flat action, baseline_teachers or tune_teachers) into
+    the shared model (shaping.agents.imitation), one rollout of cfg.num_steps steps per task in turn; returns the
+    fit on each task's last rollout."""
     envs = [ShapingVectorEnv(t.num_envs, load_scenario(t.scenario), tenant=t.tenant, reward=reward) for t in tasks]
     agents = [bind(model, env.view.observation.spec) for env in envs]
-    actions = [baseline_action(agent.binding.spec, name) for agent, name in zip(agents, teachers, strict=True)]
-    return clone_actions(model, agents.__getitem__, envs, actions, iterations, cfg, seed=seed, smoothing=smoothing)
+    return clone_actions(model, agents.__getitem__, envs, teachers, iterations, cfg, seed=seed, smoothing=smoothing)
 
 
 def train_set_ppo(

@@ -7,12 +7,13 @@ import torch
 
 from shaping.agents.set_policy import SetActorCritic, SetPolicyConfig, bind
 from shaping.agents.train import evaluate_agent
-from shaping.agents.train_set import baseline_action, clone_teachers, pick_teachers
+from shaping.agents.train_set import baseline_action, baseline_teachers, clone_teachers, pick_teachers, tune_teachers
 from shaping.agents.universal import TenantTask
 from shaping.config import PPOConfig
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.vector_env import ShapingVectorEnv
 from shaping.spec import ActionLayout, tenant_spec
+from shaping.tuned.search import TuneSettings
 
 FAST = PPOConfig(num_steps=8, learning_rate=1e-2, update_epochs=4, num_minibatches=2)
 SMALL = SetPolicyConfig(d_model=32, n_heads=2, d_ff=64, d_key=16)
@@ -48,7 +49,7 @@ def test_cloning_teaches_each_tenant_its_own_teacher():
     teachers = ["static_priority", "fair_share"]
     torch.manual_seed(0)
     model = SetActorCritic(SMALL)
-    stats = clone_teachers(model, tasks, teachers, 24, FAST, seed=1, smoothing=0.0)
+    stats = clone_teachers(model, tasks, baseline_teachers(tasks, teachers), 24, FAST, seed=1, smoothing=0.0)
     assert stats.iterations == 24 and stats.accuracy > 0.9
     for task, teacher in zip(tasks, teachers, strict=True):
         env = ShapingVectorEnv(4, load_scenario(task.scenario), tenant=task.tenant)
@@ -58,3 +59,33 @@ def test_cloning_teaches_each_tenant_its_own_teacher():
         obs = env.step_torch(target.expand(env.num_envs, -1)).obs
         teachable = agent._allowed[torch.arange(len(target)), target]  # choices the envelope allows
         assert float((agent.act(obs) == target)[:, teachable].float().mean()) > 0.9
+
+
+def test_a_searched_teacher_is_at_least_as_good_as_every_baseline_on_its_seeds():
+    tasks = [TenantTask("small_congested", "shop", 2)]
+    settings = TuneSettings(population=4, generations=1, seeds=2, steps=10, seed=5, polish_rounds=1, aqm=(False,))
+    (tuned,) = tune_teachers(tasks, settings)
+    assert tuned.controlled == ("shop",) and not tuned.aqm
+    # The search starts from every baseline's plan (CoDel off), so none beats its pick on the same seeds.
+    assert tuned.sla_violation_rate <= min(b.sla_violation_rate for b in tuned.baselines.values() if not b.aqm)
+    spec = tenant_spec(load_scenario("small_congested"), "shop")
+    assert len(tuned.actions[0]) == len(ActionLayout(spec).nvec)
+    with pytest.raises(ValueError, match="CoDel off"):
+        tune_teachers(tasks, TuneSettings(population=4, generations=1, seeds=1, steps=2, aqm=(False, True)))
+
+
+def test_baseline_teachers_are_the_baselines_actions_for_each_tenant():
+    tasks = [TenantTask("small_congested", "shop", 2), TenantTask("default", "gameco", 2)]
+    actions = baseline_teachers(tasks, ["static_priority", "fifo"])
+    for task, name, action in zip(tasks, ["static_priority", "fifo"], actions, strict=True):
+        assert torch.equal(action, baseline_action(tenant_spec(load_scenario(task.scenario), task.tenant), name))
+
+
+def test_searched_teachers_are_found_again_in_their_cache(tmp_path):
+    tasks = [TenantTask("small_congested", "shop", 2)]
+    settings = TuneSettings(population=4, generations=1, seeds=1, steps=4, seed=5, polish_rounds=0, aqm=(False,))
+    (first,) = tune_teachers(tasks, settings, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.json")
+    written = path.stat().st_mtime_ns
+    (again,) = tune_teachers(tasks, settings, cache_dir=tmp_path)
+    assert again.actions == first.actions and path.stat().st_mtime_ns == written

@@ -43,3 +43,23 @@ def test_entry_point_trains_on_training_families_and_writes_a_model_the_benchmar
     heldout = load_suite("heldout")[0]
     result = evaluate_policy(heldout, make_policy(f"set:{doc['best']}"), seeds=1, steps=2)
     assert result.controlled
+
+
+def test_searched_teachers_are_reported_with_their_rates_and_kept_in_the_cache(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "teachers"
+    overrides = [
+        "families=[train_mixed]", "scenarios_per_family=1", "num_envs=2", "ppo.total_timesteps=8",
+        "ppo.num_steps=4", "ppo.update_epochs=1", "ppo.num_minibatches=1", "teacher.iterations=1",
+        "teacher.pick_envs=1", "teacher.pick_steps=3", "teacher.search_generations=1", "teacher.search_population=4",
+        "teacher.search_polish_rounds=1", f"teacher.search_cache={cache}", "evaluation.every=1",
+        "evaluation.envs=1", "evaluation.steps=2", "model.d_model=16", "model.n_heads=2", "model.d_ff=16",
+        "model.d_key=8", "progress=false", f"output_dir={out}",
+    ]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "experiments.train_set", *overrides], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["tasks"] and len(list(cache.glob("*.json"))) == len(doc["tasks"])
+    for task in doc["tasks"]:
+        assert task["teacher"].split(":")[0] in {"search", "baseline", "encoded"}
+        assert 0.0 <= task["sla_violation_rate"] <= task["best_baseline_rate"] <= 1.0
