@@ -15,6 +15,12 @@ from shaping.sim.suite import load_suite
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _train_set(overrides: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "experiments.train_set", *overrides], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_entry_point_trains_on_training_families_and_writes_a_model_the_benchmark_runs(tmp_path):
     out = tmp_path / "run"
     overrides = [
@@ -24,9 +30,7 @@ def test_entry_point_trains_on_training_families_and_writes_a_model_the_benchmar
         "evaluation.steps=3", "model.d_model=16", "model.n_heads=2", "model.d_ff=16", "model.d_key=8",
         "progress=false", f"output_dir={out}",
     ]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "experiments.train_set", *overrides], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _train_set(overrides)
     for name in ("best.pt", "last.pt", "cloned.pt", "train.csv", "train.png", "summary.json"):
         assert (out / name).stat().st_size > 0, name
     doc = json.loads((out / "summary.json").read_text())
@@ -55,9 +59,7 @@ def test_searched_teachers_are_reported_with_their_rates_and_kept_in_the_cache(t
         "evaluation.envs=1", "evaluation.steps=2", "model.d_model=16", "model.n_heads=2", "model.d_ff=16",
         "model.d_key=8", "progress=false", f"output_dir={out}",
     ]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "experiments.train_set", *overrides], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _train_set(overrides)
     doc = json.loads((out / "summary.json").read_text())
     assert doc["tasks"] and len(list(cache.glob("*.json"))) == len(doc["tasks"])
     for task in doc["tasks"]:
