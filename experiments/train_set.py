@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,29 +34,44 @@ from omegaconf import DictConfig
 from experiments.config import CONF_PATH, exits_2_on_config_error, register_configs, to_typed
 from experiments.threads import torch_threads
 from shaping.agents.set_policy import SetActorCritic, SetPolicyConfig, save_set_policy
-from shaping.agents.train_set import baseline_teachers, clone_teachers, pick_teachers, train_set_ppo, tune_teachers
+from shaping.agents.imitation import TeacherFn
+from shaping.agents.train_set import (
+    baseline_teachers,
+    clone_teachers,
+    heuristic_teacher,
+    pick_teachers,
+    train_set_ppo,
+    tune_teachers,
+)
 from shaping.agents.universal import TenantTask
 from shaping.checks import above, at_least, within
 from shaping.config import PPOConfig, TrainConfig
 from shaping.sim.families import FAMILIES, families, get_family
 from shaping.sim.generator import generate_scenario
 from shaping.sim.suite import scenario_yaml
+from shaping.sim.vector_env import ShapingVectorEnv
 from shaping.tuned.search import TuneSettings
 
 log = logging.getLogger(__name__)
 
 
+#: What a task's teacher can be (TeacherConfig.kind).
+TEACHER_KINDS = ("baseline", "search", "heuristic")
+
+
 @dataclass
 class TeacherConfig:
-    """Behaviour cloning before PPO: each task's best static baseline, or the best constant plan a search finds
-    for its tenant, is its teacher."""
+    """Behaviour cloning before PPO: what each task's teacher is (kind) and how it is cloned."""
 
+    kind: str = "baseline"
+    """'baseline': the best of the candidates on the picking seeds; 'search': the best constant plan
+    tuned_static's search finds for the task's tenant (CoDel off), from every static baseline's plan, on the
+    picking seeds; 'heuristic': adaptive_heuristic, the feedback controller, step by step."""
     candidates: list[str] = field(default_factory=lambda: ["static_priority", "fair_share", "fifo", "greedy_premium"])
     """Baselines a teacher is picked from (empty: no cloning, PPO starts from the random initialization).
     fq_codel's CoDel is not an action, so it cannot be one."""
-    search_generations: int = 0
-    """0: the teacher is the best of the candidates. Above 0: tuned_static's search for each task's tenant (CoDel
-    off), from every static baseline's plan, with this many CatCMAwM generations, on the picking seeds."""
+    search_generations: int = 20
+    """CatCMAwM generations of a 'search' teacher."""
     search_population: int = 16
     search_polish_rounds: int = 2
     search_cache: str | None = None
@@ -74,6 +90,8 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         at_least("teacher", self, 1, "iterations", "pick_envs", "pick_steps")
         at_least("teacher", self, 0, "search_generations", "search_polish_rounds")
+        if self.kind not in TEACHER_KINDS:
+            raise ValueError(f"teacher.kind must be one of {list(TEACHER_KINDS)}, got {self.kind!r}")
         at_least("teacher", self, 4, "search_population")
         above("teacher", self, 0.0, "learning_rate")
         within("teacher", self, 0.0, 0.99, "smoothing")
@@ -183,12 +201,16 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
 
 def _teachers(
     tasks: list[TenantTask], te: TeacherConfig, progress: bool
-) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
-    """Each task's teacher (its name and, for a search, its SLA violation rate on the picking seeds) and action."""
-    if te.search_generations == 0:
+) -> tuple[list[dict[str, Any]], list[torch.Tensor | Callable[[ShapingVectorEnv], TeacherFn]]]:
+    """Each task's teacher (its name and, for a search, its SLA violation rate on the picking seeds) and what
+    clone_teachers takes for it."""
+    if te.kind == "heuristic":
+        log.info("every task's teacher is adaptive_heuristic, step by step")
+        return [{"teacher": "adaptive_heuristic"} for _ in tasks], [heuristic_teacher for _ in tasks]
+    if te.kind == "baseline":
         log.info("picking each task's teacher of %s (%d x %d steps each)", te.candidates, te.pick_envs, te.pick_steps)
         names = pick_teachers(tasks, te.candidates, envs=te.pick_envs, steps=te.pick_steps, seed=te.pick_seed)
-        return [{"teacher": n} for n in names], baseline_teachers(tasks, names)
+        return [{"teacher": n} for n in names], list(baseline_teachers(tasks, names))
     settings = TuneSettings(population=te.search_population, generations=te.search_generations, seeds=te.pick_envs,
                             steps=te.pick_steps, seed=te.pick_seed, polish_rounds=te.search_polish_rounds,
                             aqm=(False,))  # fmt: skip

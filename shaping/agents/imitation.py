@@ -24,11 +24,21 @@ from shaping.agents.universal import PaddedEnv
 from shaping.config import PPOConfig
 
 
-class _Teacher:
-    """The baseline's fixed action on the model's normalizer and critic (what collect_rollout calls)."""
+#: A teacher that acts on what it sees: called once per step of its environment with the (B, obs_dim) normalized
+#: observations, it returns its (B, D) actions (a feedback controller may read the environment's last step).
+TeacherFn = Callable[[torch.Tensor], torch.Tensor]
 
-    def __init__(self, model: PPOAgent, action: torch.Tensor) -> None:
-        self.model, self.action = model, action
+
+def constant_teacher(action: torch.Tensor) -> TeacherFn:
+    """The teacher that takes one fixed (D,) action at every step (a static baseline's)."""
+    return lambda nobs: action.to(nobs.device).expand(nobs.shape[0], -1)
+
+
+class _Teacher:
+    """The teacher's actions on the model's normalizer and critic (what collect_rollout calls)."""
+
+    def __init__(self, model: PPOAgent, act: TeacherFn) -> None:
+        self.model, self.act = model, act
         self.obs_norm, self.obs_dim, self.nvec = model.obs_norm, model.obs_dim, model.nvec
 
     def get_value(self, nobs: torch.Tensor) -> torch.Tensor:
@@ -36,7 +46,7 @@ class _Teacher:
 
     def get_action_and_value(self, nobs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         zeros = torch.zeros(nobs.shape[0], device=nobs.device)
-        return self.action.expand(nobs.shape[0], -1), zeros, zeros, self.model.get_value(nobs)
+        return self.act(nobs), zeros, zeros, self.model.get_value(nobs)
 
 
 @dataclass
@@ -102,20 +112,21 @@ def clone_actions(
     params: nn.Module,
     agent_on: Callable[[int], ClonableAgent],
     envs: Sequence[TorchVecEnv],
-    actions: Sequence[torch.Tensor],
+    actions: Sequence[torch.Tensor | TeacherFn],
     iterations: int,
     cfg: PPOConfig,
     *,
     seed: int = 0,
     smoothing: float = 0.2,
 ) -> CloneStats:
-    """Behaviour cloning of one constant teacher action per environment into a model shared by all of them.
+    """Behaviour cloning of one teacher per environment into a model shared by all of them.
 
     Args:
         params: the module whose parameters are trained (the model every agent shares).
         agent_on: the model bound to environment k (called before each of k's rollouts).
         envs: the environments, one rollout each in turn.
-        actions: environment k's teacher action, (D_k,) in its agent's flat action layout.
+        actions: environment k's teacher: a constant action, (D_k,) in its agent's flat action layout, or a
+            TeacherFn (the teacher drives the rollouts, and each step's action is that step's target).
         iterations, cfg, seed, smoothing: as clone_baseline.
     """
     if not 0.0 <= smoothing < 1.0:
@@ -124,6 +135,7 @@ def clone_actions(
         raise ValueError(f"cloning needs iterations >= 1 and environments, got {iterations} and {len(envs)}")
     if len(actions) != len(envs):
         raise ValueError(f"{len(actions)} teacher actions for {len(envs)} environments")
+    teachers = [a if callable(a) else constant_teacher(a) for a in actions]
     torch.manual_seed(seed)
     optimizer = make_optimizer(params, cfg.learning_rate)
     obs = [env.reset_torch(seed=seed + 7919 * i) for i, env in enumerate(envs)]
@@ -132,7 +144,7 @@ def clone_actions(
     policy_loss = value_loss = torch.zeros(())
     for it in range(iterations):
         k = it % len(envs)
-        batches[k] = _teacher_batch(agent_on(k), envs[k], actions[k], obs, k, scalers[k], cfg, smoothing)
+        batches[k] = _teacher_batch(agent_on(k), envs[k], teachers[k], obs, k, scalers[k], cfg, smoothing)
         # Each gradient step takes a minibatch of one environment drawn at random among those with a batch:
         # many steps on one tenant in a row would undo what the previous tenants taught.
         filled = list(batches)
@@ -143,7 +155,7 @@ def clone_actions(
             model.train()
             logp = torch.log_softmax(model.masked_logits(b.obs[idx]), -1)  # (mb, D, max choices)
             safe = torch.where(b.allowed, logp, torch.zeros_like(logp))  # no 0 * -inf
-            policy_loss = -(b.dist * safe).sum(-1)[:, b.teach].sum(-1).mean()
+            policy_loss = -((b.dist[idx] * safe).sum(-1) * b.teach[idx]).sum(-1).mean()
             value_loss = 0.5 * (model.get_value(b.obs[idx]) - b.returns[idx]).square().mean()
             loss = policy_loss + cfg.vf_coef * value_loss
             optimizer.zero_grad()
@@ -170,30 +182,37 @@ class _CloneBatch:
     returns: torch.Tensor
     """(N,) TD(lambda) returns of the scaled rewards, the critic's targets."""
     target: torch.Tensor
-    """(D,) the teacher's action."""
+    """(N, D) the teacher's actions."""
     dist: torch.Tensor
-    """(D, max choices) smoothed target distribution."""
+    """(N, D, max choices) smoothed target distributions."""
     teach: torch.Tensor
-    """(D,) bool: fields whose teacher choice lies in the envelope (the others teach nothing)."""
+    """(N, D) 1.0 where the teacher's choice lies in the envelope (the other fields teach nothing), else 0.0."""
     allowed: torch.Tensor
     """(D, max choices) the envelope's choices."""
 
 
 def _teacher_batch(
-    model: ClonableAgent, env: TorchVecEnv, action: torch.Tensor, obs: list[torch.Tensor], k: int,
-    scaler: ReturnScaler, cfg: PPOConfig, smoothing: float,
+    model: ClonableAgent,
+    env: TorchVecEnv,
+    act: TeacherFn,
+    obs: list[torch.Tensor],
+    k: int,
+    scaler: ReturnScaler,
+    cfg: PPOConfig,
+    smoothing: float,
 ) -> _CloneBatch:
     """Run the teacher for cfg.num_steps steps of env (obs[k] moves on) and build its cloning targets."""
-    teacher = cast(ActorCritic, _Teacher(model, action))
+    teacher = cast(ActorCritic, _Teacher(model, act))
     rollout, obs[k] = collect_rollout(env, teacher, obs[k], cfg.num_steps)
     rollout = scaler(rollout)
     _, returns = compute_gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminations,
                              rollout.truncations, cfg.gamma, cfg.gae_lambda)  # fmt: skip
     keep = rollout.valid.reshape(-1)
-    target = action.to(rollout.obs.device)
-    fields = torch.arange(len(target))
+    target = rollout.actions.reshape(-1, rollout.actions.shape[-1])[keep]  # (N, D)
+    fields = torch.arange(target.shape[1], device=target.device).expand_as(target)
     allowed = model._allowed  # (D, max choices) for this tenant's envelope
-    dist = allowed.float() * (smoothing / allowed.sum(-1, keepdim=True).clamp(min=1))
-    dist[fields, target] += 1.0 - smoothing
+    spread = allowed.float() * (smoothing / allowed.sum(-1, keepdim=True).clamp(min=1))
+    dist = spread.expand(len(target), -1, -1).clone()
+    dist.scatter_add_(-1, target.unsqueeze(-1), torch.full_like(dist[..., :1], 1.0 - smoothing))
     return _CloneBatch(obs=rollout.obs.reshape(-1, model.obs_dim)[keep], returns=returns.reshape(-1)[keep],
-                       target=target, dist=dist, teach=allowed[fields, target], allowed=allowed)  # fmt: skip
+                       target=target, dist=dist, teach=allowed[fields, target].float(), allowed=allowed)  # fmt: skip

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from shaping.agents.imitation import CloneStats, clone_actions
+from shaping.agents.imitation import CloneStats, TeacherFn, clone_actions
 from shaping.agents.ppo import collect_rollout, linear_lr, make_optimizer, ppo_update, set_lr
 from shaping.agents.set_policy import BoundSetPolicy, SetActorCritic, SetPolicyConfig, bind, save_set_policy
 from shaping.agents.train import (
@@ -43,8 +43,10 @@ from shaping.agents.train import (
     wall_clock_spent,
 )
 from shaping.agents.universal import TenantTask
+from shaping import heuristic
 from shaping.baselines import get_baseline
 from shaping.config import PPOConfig, RewardConfig, TrainConfig
+from shaping.heuristic import HeuristicSettings, TenantRules
 from shaping.spec import ActionLayout, TenantSpec, tenant_spec
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.vector_env import ShapingVectorEnv
@@ -171,10 +173,33 @@ def tune_teachers(
     return out
 
 
+def heuristic_teacher(env: ShapingVectorEnv, settings: HeuristicSettings | None = None) -> TeacherFn:
+    """adaptive_heuristic as a teacher of env's tenant: each step its controller reads the environment's last
+    interval (as the benchmark's AdaptiveHeuristicPolicy does) and its plan is encoded to the nearest action.
+    A new episode (elapsed steps 0) starts the controller again from the tenant's static rules."""
+    s = settings or HeuristicSettings()
+    spec = env.view.observation.spec
+    rules, layout = TenantRules.of(spec, s, env.device), ActionLayout(spec)
+    state = heuristic.initial_state(rules, s, env.num_envs)
+
+    def act(nobs: torch.Tensor) -> torch.Tensor:
+        nonlocal state
+        last = env.last_output
+        if last is not None:
+            m, _ = env.view.metrics(last)
+            state = heuristic.step(rules, s, state, m, env.view.paths(last))
+        fresh = torch.as_tensor(env.elapsed_steps == 0, device=env.device) | (last is None)
+        if bool(fresh.any()):
+            state = heuristic.reset_where(state, heuristic.initial_state(rules, s, env.num_envs), fresh)
+        return layout.encode_batch(heuristic.plan(rules, state)).to(nobs.device)
+
+    return act
+
+
 def clone_teachers(
     model: SetActorCritic,
     tasks: Sequence[TenantTask],
-    teachers: Sequence[torch.Tensor],
+    teachers: Sequence[torch.Tensor | Callable[[ShapingVectorEnv], TeacherFn]],
     iterations: int,
     cfg: PPOConfig,
     *,
@@ -182,12 +207,14 @@ def clone_teachers(
     smoothing: float = 0.2,
     reward: RewardConfig | None = None,
 ) -> CloneStats:
-    """Behaviour cloning of each task's teacher action (its flat action, baseline_teachers or tune_teachers) into
-    the shared model (shaping.agents.imitation), one rollout of cfg.num_steps steps per task in turn; returns the
-    fit on each task's last rollout."""
+    """Behaviour cloning of each task's teacher into the shared model (shaping.agents.imitation), one rollout of
+    cfg.num_steps steps per task in turn; returns the fit on each task's last rollout. A teacher is a constant
+    flat action (baseline_teachers, tune_teachers) or a factory of a per-step teacher for the task's
+    environment (heuristic_teacher)."""
     envs = [ShapingVectorEnv(t.num_envs, load_scenario(t.scenario), tenant=t.tenant, reward=reward) for t in tasks]
     agents = [bind(model, env.view.observation.spec) for env in envs]
-    return clone_actions(model, agents.__getitem__, envs, teachers, iterations, cfg, seed=seed, smoothing=smoothing)
+    acts = [t(env) if callable(t) else t for t, env in zip(teachers, envs, strict=True)]
+    return clone_actions(model, agents.__getitem__, envs, acts, iterations, cfg, seed=seed, smoothing=smoothing)
 
 
 def train_set_ppo(

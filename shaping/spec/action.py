@@ -120,6 +120,36 @@ class ActionLayout:
         out.append(_nearest(s.root_levels, plan.root_mbps / s.cap_mbps))
         return np.array(out, dtype=np.int64)
 
+    def encode_batch(self, plan: PlanBatch) -> torch.Tensor:
+        """``encode`` of one tenant's plans in B environments at once: fields (B, C) with C >= the spec's
+        classes (the first ones are the tenant's), root_mbps repeated over the classes; returns (B, D) int64.
+        A teacher whose plan changes every step (a feedback controller) is encoded this way."""
+        s = self.spec
+        n, dev = len(s.classes), plan.rate_mbps.device
+
+        def nearest(levels: tuple[float, ...] | tuple[int, ...], value: torch.Tensor) -> torch.Tensor:
+            table = torch.tensor(levels, dtype=torch.float64, device=dev)
+            return (value.double().unsqueeze(-1) - table).abs().argmin(-1)  # first of equals, as _nearest
+
+        rate = plan.rate_mbps[:, :n].double() / s.cap_mbps
+        ceil = plan.ceil_mbps[:, :n].double() / s.cap_mbps
+        ceil_levels = torch.tensor(s.ceil_levels, dtype=torch.float64, device=dev)
+        # _ceil_index: a ceil at the rate (no borrowing) takes the highest level at or below the rate.
+        below = ceil_levels <= rate.unsqueeze(-1) * (1 + 1e-6)  # (B, n, L)
+        highest_below = torch.where(below, ceil_levels, torch.full_like(ceil_levels, -1.0)).argmax(-1)
+        no_borrow = (ceil <= rate * (1 + 1e-6)) & below.any(-1)
+        fields = [
+            nearest(s.dscp_set, plan.dscp[:, :n]),
+            nearest(s.rate_levels, rate),
+            torch.where(no_borrow, highest_below, nearest(s.ceil_levels, ceil)),
+            plan.priority[:, :n].clamp(0, s.priority_levels - 1),
+            nearest(s.drop_levels, plan.drop_prob[:, :n]),
+            plan.path[:, :n],
+        ]
+        per_class = torch.stack([f.long() for f in fields], dim=-1).reshape(plan.rate_mbps.shape[0], -1)
+        root = nearest(s.root_levels, plan.root_mbps[:, 0].double() / s.cap_mbps)
+        return torch.cat([per_class, root.unsqueeze(-1)], dim=-1)
+
 
 def _nearest(levels: tuple[float, ...] | tuple[int, ...], value: float) -> int:
     return int(np.argmin([abs(float(v) - value) for v in levels]))

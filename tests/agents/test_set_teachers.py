@@ -7,7 +7,16 @@ import torch
 
 from shaping.agents.set_policy import SetActorCritic, SetPolicyConfig, bind
 from shaping.agents.train import evaluate_agent
-from shaping.agents.train_set import baseline_action, baseline_teachers, clone_teachers, pick_teachers, tune_teachers
+from shaping.agents.train_set import (
+    baseline_action,
+    baseline_teachers,
+    clone_teachers,
+    heuristic_teacher,
+    pick_teachers,
+    tune_teachers,
+)
+from shaping.heuristic import HeuristicSettings, TenantRules
+from shaping import heuristic
 from shaping.agents.universal import TenantTask
 from shaping.config import PPOConfig
 from shaping.sim.scenarios import load_scenario
@@ -89,3 +98,27 @@ def test_searched_teachers_are_found_again_in_their_cache(tmp_path):
     written = path.stat().st_mtime_ns
     (again,) = tune_teachers(tasks, settings, cache_dir=tmp_path)
     assert again.actions == first.actions and path.stat().st_mtime_ns == written
+
+
+def test_the_heuristic_teacher_starts_on_the_static_rules_and_then_reacts():
+    env = ShapingVectorEnv(3, load_scenario("edge_gaming"), tenant="arena", max_episode_steps=30)
+    spec, layout = env.view.observation.spec, ActionLayout(env.view.observation.spec)
+    teach = heuristic_teacher(env)
+    obs = env.reset_torch(seed=4)
+    rules = TenantRules.of(spec, HeuristicSettings())
+    home = layout.encode_batch(heuristic.plan(rules, heuristic.initial_state(rules, HeuristicSettings(), 3)))
+    actions = [teach(obs)]
+    assert torch.equal(actions[0], home)  # an episode starts from the tenant's static rules
+    for _ in range(29):
+        obs = env.step_torch(actions[-1]).obs
+        actions.append(teach(obs))
+    assert all(a.shape == (3, len(layout.nvec)) for a in actions)
+    assert any(not torch.equal(a, home) for a in actions)  # on a congested edge it changes the plan
+
+
+def test_cloning_a_per_step_teacher_fits_its_changing_actions():
+    tasks = [TenantTask("edge_gaming", "arena", 4)]
+    torch.manual_seed(0)
+    model = SetActorCritic(SMALL)
+    stats = clone_teachers(model, tasks, [heuristic_teacher], 24, FAST, seed=1, smoothing=0.0)
+    assert stats.iterations == 24 and stats.accuracy > 0.8

@@ -54,8 +54,9 @@ def test_searched_teachers_are_reported_with_their_rates_and_kept_in_the_cache(t
     overrides = [
         "families=[train_mixed]", "scenarios_per_family=1", "num_envs=2", "ppo.total_timesteps=8",
         "ppo.num_steps=4", "ppo.update_epochs=1", "ppo.num_minibatches=1", "teacher.iterations=1",
-        "teacher.pick_envs=1", "teacher.pick_steps=3", "teacher.search_generations=1", "teacher.search_population=4",
-        "teacher.search_polish_rounds=1", f"teacher.search_cache={cache}", "evaluation.every=1",
+        "teacher.pick_envs=1", "teacher.pick_steps=3", "teacher.kind=search", "teacher.search_generations=1",
+        "teacher.search_population=4", "teacher.search_polish_rounds=1", f"teacher.search_cache={cache}",
+        "evaluation.every=1",
         "evaluation.envs=1", "evaluation.steps=2", "model.d_model=16", "model.n_heads=2", "model.d_ff=16",
         "model.d_key=8", "progress=false", f"output_dir={out}",
     ]  # fmt: skip

@@ -7,7 +7,17 @@ import pytest
 import torch
 
 from shaping.baselines import BASELINES
-from shaping.spec import ACTION_FIELDS, ActionLayout, SpecError, TenantSpec, decode_batch
+from shaping.sim.scenarios import load_scenario
+from shaping.spec import (
+    ACTION_FIELDS,
+    ActionLayout,
+    PlanBatch,
+    SpecError,
+    TenantSpec,
+    decode_batch,
+    scenario_specs,
+    stack_plans,
+)
 
 
 def test_sizes_follow_the_levels(spec: TenantSpec):
@@ -120,3 +130,16 @@ def test_nvec_is_cached_but_callers_get_a_copy(spec: TenantSpec):
     first = layout.nvec
     first[0] = 99
     assert layout.nvec[0] == 4 and layout.nvec is not layout.nvec
+
+
+def test_encode_batch_is_encode_of_each_plan():
+    rng = np.random.default_rng(0)
+    for name in ("default", "edge_gaming", "small_congested"):
+        for spec in scenario_specs(load_scenario(name)):
+            layout = ActionLayout(spec)
+            plans = [layout.decode(rng.integers(0, layout.nvec)) for _ in range(16)]
+            plans += [b.plan(spec) for b in BASELINES.values()]  # off the grid: nearest levels
+            stacked = stack_plans([[p] for p in plans], len(spec.classes))
+            batch = PlanBatch(*(x[:, 0] for x in stacked))
+            want = torch.tensor(np.stack([layout.encode(p) for p in plans]))
+            assert torch.equal(layout.encode_batch(batch), want)
