@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=float, default=0.0, help="epsilon-greedy exploration inside the envelope")
     p.add_argument("--sample", action="store_true", help="sample the policy's actions instead of greedy ones")
     p.add_argument("--experience", help="directory of the experience store (default: not recorded)")
+    p.add_argument("--experience-segment", type=int, default=256,
+                   help="transitions per experience segment file: a trainer reading the store sees steps once "
+                        "their segment is written (at 10 Hz, 256 is 26 s)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--app-socket", help="Unix datagram socket for pushed application metrics (JSON lines)")
     p.add_argument("--cgroup", action="append", default=[], metavar="VM=PATH", help="cgroup v2 path of a VM")
@@ -340,7 +343,8 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     if args.metrics_port is not None:
         start_http_server(args.metrics_port, registry=registry)
     config = loop_config(args, interval)
-    store = ExperienceStore(Path(args.experience), spec) if args.experience else None
+    store = (ExperienceStore(Path(args.experience), spec, segment_size=args.experience_segment)
+             if args.experience else None)  # fmt: skip
     notifier = notifier or SdNotifier(None)
 
     def pacing_sleep(seconds: float) -> None:
