@@ -153,9 +153,18 @@ def run_config(cfg: LiveFederationConfig) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the same finally blocks tear everything down."""
+    """SIGTERM unwinds like Ctrl-C, so the same finally blocks tear everything down.
+
+    Only in this process: pyroute2 forks helpers (NetNS) that inherit the handler and are ended with SIGTERM;
+    unwinding there would run this process's teardown in a copy of it, so a fork dies as SIGTERM says.
+    """
+    owner = os.getpid()
 
     def interrupt(*_: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)

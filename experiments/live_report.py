@@ -87,7 +87,7 @@ def round_rows(
                  and version_at(swaps, s["start"]) == version_at(swaps, s["end"])]  # fmt: skip
         missed = [(s, name, violations(s["classes"].get(name, {}), q)) for s in clean for name, q in sla.items()]
         took = next((float(s["at"]) for s in swaps if int(s["version"]) == r), None)
-        m = lambda cls, key: _mean([s["classes"].get(cls, {}).get(key) for s in clean])  # noqa: E731
+        m = lambda cls, key, segs=clean: _mean([s["classes"].get(cls, {}).get(key) for s in segs])  # noqa: E731
         rows.append({
             "round": r,
             "published_at": None if r == STATIC else published.get(r),

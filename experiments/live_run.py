@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("experiments.live_federation")
 REPO = Path(__file__).resolve().parents[1]
-#: Seconds between two looks at the run (each `flwr ls` starts a Python process of its own).
+#: Seconds between two `flwr ls` once the ServerApp's record says the run ended.
 POLL_S = 5.0
 
 
@@ -147,7 +147,7 @@ class LiveRun:
         names = {"superlink": self.net.namespace, "flwr": self.net.namespace}
         names |= {f"node-{t.name}": tb.names.tenant_ns for t, tb in zip(self.cfg.tenants, self.beds, strict=True)}
         dep = LocalDeployment(self.workdir / "flower", host=self.net.superlink_addr, port=self.cfg.port,
-                              cli_timeout=120.0, launcher=fednet.in_namespace(names),
+                              cli_timeout=300.0, launcher=fednet.in_namespace(names),
                               connect=fednet.connector(self.net.namespace))  # fmt: skip
         self._stack.enter_context(dep)
         return dep
@@ -167,26 +167,36 @@ class LiveRun:
                  sorted(node_ids.values()))  # fmt: skip
         run_id = dep.run_app(staged, self.run_config)
         log.info("run %d started: %d rounds, SecAgg+ with distributed DP", run_id, self.cfg.rounds)
-        deadline = self._clock() + self.cfg.timeout_s
-        status, last = "running", self._clock()
-        while True:
-            self._check_agents()
-            self.inboxes.poll()
-            if self._clock() - last >= POLL_S:
-                last = self._clock()
-                run = dep.flwr("ls", "fedshape-local", "--run-id", str(run_id))["runs"][0]
-                status = str(run["status"])
-                log.info("run %d %s; %s", run_id, status, self._progress())
-                if status.startswith("finished:"):
-                    break
-            if self._clock() > deadline:
-                raise DeploymentError(f"run {run_id} still {status} after {self.cfg.timeout_s} s")
-            self._sleep(0.5)
+        self._follow(results_file)
+        # The ServerApp's record says it ended; Flower's own status decides (flwr 1.42's `flwr run` exits 0
+        # whatever becomes of the run).
+        status = str(dep.wait_run(run_id, timeout=self.cfg.timeout_s, poll=POLL_S)["status"])
+        log.info("run %d %s; %s", run_id, status, self._progress())
         record = json.loads(results_file.read_text()) if results_file.is_file() else {}
         rounds = record.get("rounds", [])
         return {"run_id": run_id, "status": status, "node_ids": node_ids, "rounds_record": rounds,
                 "epsilon": next((r["epsilon"] for r in reversed(rounds) if r.get("epsilon") is not None), None),
                 "delta": self.run_config.get("privacy.delta", 1e-5)}  # fmt: skip
+
+    def _follow(self, results_file: Path) -> None:
+        """Progress lines until the ServerApp's record says the run ended (each `flwr ls` would start a Python
+        process of its own: tens of seconds on a loaded host), bounded by timeout_s."""
+        deadline, last, said = self._clock() + self.cfg.timeout_s, self._clock(), ""
+        while self._clock() < deadline:
+            self._check_agents()
+            self.inboxes.poll()
+            try:
+                record = json.loads(results_file.read_text())
+            except (OSError, ValueError):
+                record = {}  # not written yet, or being replaced
+            done = len(record.get("rounds", []))
+            line = f"rounds done {done}/{self.cfg.rounds}; {self._progress()}"
+            if line != said or self._clock() - last >= 30.0:
+                log.info("%s", line)
+                said, last = line, self._clock()
+            if record.get("status", "running") != "running":
+                return
+            self._sleep(1.0)
 
     def run(self) -> dict[str, Any]:
         """Agents and traffic under the static rules, the federated run, traffic under the last models; the

@@ -78,10 +78,10 @@ def agent_argv(tb: Testbed, files: TenantFiles, *, steps: int, experience_segmen
     """The tenant's agent, run inside its namespace (the caller wraps it in `ip netns exec`): the static rules
     until a model arrives, experience recorded, the model inbox watched; bounded by ``steps`` intervals."""
     argv = [python, "-m", "shaping.control", "--tenant-config", str(files.scenario)]
-    for link in tb.names.tenant_links:
-        argv += ["--iface", link]
-    return argv + [
-        "--policy", "rules", "--steps", str(steps), "--experience", str(files.experience),
+    for link, gateway in zip(tb.names.tenant_links, tb.names.path_gateways, strict=True):
+        argv += ["--iface", link, "--gateway", gateway]
+    return [
+        *argv, "--policy", "rules", "--steps", str(steps), "--experience", str(files.experience),
         "--experience-segment", str(experience_segment), "--model-inbox", str(files.inbox),
         "--gate-seeds", str(gate_seeds), "--gate-steps", str(gate_steps),
         "--rollback-intervals", str(rollback_intervals), "--base-delay-ms", "0.1", "--base-delay-ms", "0.1",
@@ -128,12 +128,16 @@ class TrafficRecorder:
             if self._stop.is_set():
                 return
             marks: dict[str, float] = {}
+
+            def started(_elapsed: float, marks: dict[str, float] = marks) -> None:
+                marks["start"] = self.wall_clock()
+
             try:
-                run = run_flows(self.tb, flows, self.segment_s,
-                                during=lambda _e: marks.setdefault("start", self.wall_clock()))  # fmt: skip
+                run = run_flows(self.tb, flows, self.segment_s, during=started)
                 ms = measure(run, flows, self.warmup_s)
-            except (TestbedError, ValueError, KeyError) as err:  # one bad segment; the next may run
-                self.errors.append(f"{type(err).__name__}: {err}"[:300])
+            except (TestbedError, OSError, ValueError, KeyError) as err:  # one bad segment; the next may run
+                # OSError: pyroute2's namespace helpers time out on a host loaded far beyond its cores.
+                self.errors.append(f"{type(err).__name__}: {err}"[-600:])
                 log.warning("%s: traffic segment failed: %s", self.tb.names.tenant_ns, self.errors[-1])
                 continue
             start = marks["start"] + self.warmup_s

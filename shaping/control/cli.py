@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--netns", help="network namespace (under /run/netns) of the interfaces; default: this one")
     p.add_argument("--iface", required=True, action="append",
                    help="interface of a path, once per path of the scenario, in path order")  # fmt: skip
+    p.add_argument("--gateway", action="append", default=[],
+                   help="next hop of a path, once per path in path order (default: on-link): the route a class "
+                        "moved onto that path takes")  # fmt: skip
     p.add_argument("--policy", choices=POLICY_CHOICES,
                    help="what shapes adaptively: the static rules only, the --checkpoint's agent, or the rule-based "
                         "adaptive_heuristic (default: checkpoint with --checkpoint, else rules)")  # fmt: skip
@@ -298,7 +301,10 @@ def agent_setup(args: argparse.Namespace) -> AgentSetup:
                          f"{len(spec.paths)} times (got {args.iface})")  # fmt: skip
     rules = get_baseline(args.rules).plan(spec)
     interval = (args.interval_ms or scenario.control_interval_ms) / 1e3
-    return AgentSetup(scenario, spec, rules, KernelSetup(tuple(args.iface), args.netns), interval)
+    if args.gateway and len(args.gateway) != len(args.iface):
+        raise ValueError(f"give --gateway once per --iface ({len(args.iface)}), got {args.gateway}")
+    kernel = KernelSetup(tuple(args.iface), args.netns, tuple(args.gateway))
+    return AgentSetup(scenario, spec, rules, kernel, interval)
 
 
 def update_config(args: argparse.Namespace) -> UpdateConfig | None:
