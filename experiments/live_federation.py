@@ -11,7 +11,7 @@ results.json, report.md and one PNG per tenant go to Hydra's run directory (expe
 Everything started is stopped and every namespace removed at the end, also after a failure or Ctrl-C.
 
     python -m experiments.live_federation
-    python -m experiments.live_federation rounds=5 segment_s=8
+    python -m experiments.live_federation rounds=5 segment_s=15
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import CONF_PATH, exits_2_on_config_error, to_typed
+from shaping.checks import one_line
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -82,13 +83,13 @@ class LiveFederationConfig:
     """The tenants (at least three)."""
     rounds: int = 3
     """Federated rounds."""
-    segment_s: float = 8.0
+    segment_s: float = 10.0
     """Length of each measured traffic segment."""
     warmup_s: float = 1.0
     """Start of each segment left out of its measurements."""
-    static_s: float = 20.0
+    static_s: float = 30.0
     """Traffic under the static rules before the federation starts (the agents' first experience)."""
-    after_s: float = 25.0
+    after_s: float = 30.0
     """Traffic after the run finished, under the last model the agents took."""
     interval_ms: float = 200.0
     """The agents' control interval."""
@@ -111,7 +112,8 @@ class LiveFederationConfig:
     port: int = 19130
     """SuperLink port (in its namespace); SuperNode i uses port + 1 + i in its tenant's namespace."""
     timeout_s: float = 900.0
-    """Bound on the federated run; the traffic and the agents are bounded by it too."""
+    """Bound on the federated run and on each start-up wait (SuperLink, SuperNodes); the traffic and the agents
+    are bounded by it too."""
     output_dir: str | None = None
     """Where the results go; None: Hydra's run directory."""
     plots: bool = True
@@ -221,7 +223,17 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose, validate, run; exits 2 with one line without root."""
     conf = to_typed(cfg, LiveFederationConfig)
     out = Path(conf.output_dir) if conf.output_dir else Path(HydraConfig.get().runtime.output_dir)
-    results = run_live(conf, out)
+    from experiments.deploy_local import DeploymentError
+    from shaping.testbed.topology import TestbedError
+
+    try:
+        results = run_live(conf, out)
+    except KeyboardInterrupt:
+        print("live_federation: interrupted; every process and namespace it started is gone", flush=True)
+        raise SystemExit(130) from None
+    except (DeploymentError, TestbedError) as err:
+        print(f"live_federation: {one_line(err)[:400]} (logs under {out / 'work'}); everything torn down", flush=True)
+        raise SystemExit(1) from None
     if "skipped" in results:
         print(f"live_federation: {results['skipped']}", flush=True)
         raise SystemExit(2)

@@ -147,7 +147,7 @@ class LiveRun:
         names = {"superlink": self.net.namespace, "flwr": self.net.namespace}
         names |= {f"node-{t.name}": tb.names.tenant_ns for t, tb in zip(self.cfg.tenants, self.beds, strict=True)}
         dep = LocalDeployment(self.workdir / "flower", host=self.net.superlink_addr, port=self.cfg.port,
-                              cli_timeout=300.0, launcher=fednet.in_namespace(names),
+                              cli_timeout=max(120.0, self.cfg.timeout_s / 3), launcher=fednet.in_namespace(names),
                               connect=fednet.connector(self.net.namespace))  # fmt: skip
         self._stack.enter_context(dep)
         return dep
@@ -158,11 +158,12 @@ class LiveRun:
         dep.make_pki(nodes)
         results_file = self.workdir / "flower" / "fl_rounds.json"
         staged = dep.stage_app(REPO, {"output.results_file": str(results_file)})
-        dep.start_superlink(timeout=90.0)
+        # On a host loaded far beyond its cores each Flower process takes minutes to start: timeout_s bounds it.
+        dep.start_superlink(timeout=self.cfg.timeout_s)
         node_ids = dep.register(nodes)
         for i, node in enumerate(nodes):
             dep.start_supernode(i, node)
-        dep.wait_online([n.name for n in nodes], timeout=180.0)
+        dep.wait_online([n.name for n in nodes], timeout=self.cfg.timeout_s)
         log.info("SuperLink up over TLS, %d SuperNodes authenticated (node ids %s)", len(nodes),
                  sorted(node_ids.values()))  # fmt: skip
         run_id = dep.run_app(staged, self.run_config)

@@ -15,7 +15,7 @@ from experiments import live_federation
 from experiments.config import ConfigError, to_typed
 from experiments.live_federation import LiveFederationConfig, run_config
 from experiments.live_report import markdown_report, round_rows, version_at, violations, write_plots
-from experiments.live_tenants import InboxWatch, agent_summary, node_config, TenantFiles
+from experiments.live_tenants import InboxWatch, TenantFiles, agent_summary, node_config
 from shaping.config import ClassConfig, QoSConfig
 from shaping.control.handover import publish_model
 
@@ -98,8 +98,8 @@ def _results() -> dict:
         {"version": 1, "accepted": True, "reason": "ok"},
         {"version": 2, "accepted": False, "reason": "worse_than_rules"}]}}  # fmt: skip
     rows = round_rows(2, segments, {1: 100.0, 2: 130.0}, summary, [GAMING, TXN, BULK])
-    return {"settings": {"rounds": 2}, "federation": {"run_id": 7, "status": "finished:completed", "epsilon": 3.0,
-                                                      "delta": 1e-5}, "tenants": {"arena": {"rounds": rows}}}  # fmt: skip
+    federation = {"run_id": 7, "status": "finished:completed", "epsilon": 3.0, "delta": 1e-5}
+    return {"settings": {"rounds": 2}, "federation": federation, "tenants": {"arena": {"rounds": rows}}}
 
 
 def test_round_rows_split_the_segments_by_publication_and_skip_a_swap_inside_one():
