@@ -41,6 +41,9 @@ log = logging.getLogger("experiments.live_federation")
 REPO = Path(__file__).resolve().parents[1]
 #: Seconds between two `flwr ls` once the ServerApp's record says the run ended.
 POLL_S = 5.0
+#: Seconds an agent gets after SIGTERM to finish its step, wait for a gate under way and print its summary (the
+#: report's swaps and verdicts) before SIGKILL.
+AGENT_GRACE_S = 60.0
 
 
 class LiveRun:
@@ -95,7 +98,7 @@ class LiveRun:
     def __exit__(self, *exc: object) -> None:
         for rec in self.traffic:
             rec.stop(timeout=self.cfg.segment_s + 30.0)
-        self.agents.stop(grace=15.0)
+        self.agents.stop(grace=AGENT_GRACE_S)
         self._stack.close()  # the deployment (if started), then the namespaces, last in first out
 
     # ---- the run -----------------------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ class LiveRun:
         self._wait(cfg.after_s, f"run {federation['status']}; {cfg.after_s:.0f} s under the last models")
         for rec in self.traffic:
             rec.stop(timeout=cfg.segment_s + 30.0)
-        self.agents.stop(grace=15.0)
+        self.agents.stop(grace=AGENT_GRACE_S)
         tenants = {}
         for tenant, rec in zip(cfg.tenants, self.traffic, strict=True):
             summary = agent_summary((self.agents.log_dir / f"{tenant.name}.log").read_text(errors="replace"))
