@@ -142,6 +142,10 @@ def markdown_report(results: Mapping[str, Any]) -> str:
                 f"| {_fmt(row['control_latency_s'], 2)} | {row['segments']} | {sla} | {_fmt(row['gaming_owd_p99_ms'])} "
                 f"| {_fmt(row['txn_p99_ms'])} | {_fmt(row['txn_completion'], 3)} | {_fmt(row['bulk_mbps'])} |"
             )  # fmt: skip
+    failed = {name: len(t.get("traffic_errors", [])) for name, t in results["tenants"].items()}
+    if any(failed.values()):
+        lines += ["", "Traffic segments that failed to run (a generator or the sink did not start or answer in time; "
+                      "results.json lists why): " + ", ".join(f"{n} {c}" for n, c in failed.items()) + "."]
     if fed.get("rounds_record"):
         lines += ["", "Federation (ServerApp's record): " + ", ".join(
             f"round {r['round']}: {r.get('fit_clients', '-')} clients" for r in fed["rounds_record"])]  # fmt: skip

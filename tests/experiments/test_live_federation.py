@@ -120,6 +120,10 @@ def test_report_and_plots(tmp_path):
     md = markdown_report(results)
     assert "| arena | 0 | 0 | static rules |" in md and "| arena | 2 | 1 | rejected:worse_than_rules |" in md
     assert "epsilon 3" in md
+    assert "failed to run" not in md
+    results["tenants"]["arena"]["traffic_errors"] = ["TestbedError: sink did not start"]
+    assert "failed to run (a generator or the sink did not start or answer in time; results.json lists why): " \
+           "arena 1." in markdown_report(results)
     assert [p.name for p in write_plots(results, tmp_path)] == ["arena.png"]
     json.dumps(results)  # what results.json holds
 
