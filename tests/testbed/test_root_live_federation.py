@@ -18,7 +18,9 @@ BIN = Path(sys.executable).parent
 PREFIX, SUBNETS, PORT = "lft", 170, 19150
 
 
+@pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # about 90 s on an idle 2-core host; several times that on a loaded one
 def test_three_tenants_two_rounds_live(tmp_path):
     reason = root_skip_reason(("ip", "tc", "nft", "ethtool"))
     if reason is not None:
