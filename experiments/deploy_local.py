@@ -26,6 +26,8 @@ from shaping import pki
 from shaping.checks import one_line
 
 ConfigValue = str | int | float | bool
+#: Turns a process's argv into the argv that starts it (by the process's name: "superlink", a node's name, "flwr").
+Launcher = Callable[[str, Sequence[str]], list[str]]
 CONNECTION = "fedshape-local"
 # Flower 1.42: `flwr run` would `uv sync` the app's dependencies on the SuperLink side unless this is set.
 NO_RUNTIME_INSTALL = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
@@ -74,6 +76,10 @@ class LocalDeployment:
         cli_timeout: seconds allowed to one `flwr` CLI call.
         clock, sleep: the clock, for tests.
         proc_root: /proc, to find the processes Flower spawns (SuperExec, ServerApp, ClientApp).
+        launcher: wraps each process's argv, by name ("superlink", a node's name, "flwr"): e.g. to start it
+            in a network namespace (shaping.testbed.fednet.in_namespace); default: as is.
+        connect: opens the TCP connection of the SuperLink's readiness check (socket.create_connection's
+            signature); e.g. from inside the SuperLink's namespace (shaping.testbed.fednet.connector).
     """
 
     def __init__(
@@ -87,8 +93,12 @@ class LocalDeployment:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         proc_root: Path = Path("/proc"),
+        launcher: Launcher | None = None,
+        connect: Callable[[tuple[str, int], float], socket.socket] = socket.create_connection,
     ) -> None:
         self.workdir = workdir.resolve()
+        self._launch: Launcher = launcher or (lambda _name, argv: list(argv))
+        self._connect = connect
         self.host, self.port = host, port
         self.bin_dir = bin_dir or Path(sys.executable).parent
         self.cli_timeout = cli_timeout
@@ -122,7 +132,7 @@ class LocalDeployment:
 
     def spawn(self, name: str, argv: list[str], home: Path) -> None:
         """Start a process with FLWR_HOME=home, logging to WORKDIR/NAME.log; stop() ends it and its children."""
-        self.procs.spawn(name, argv, self._env(home), cwd=self.workdir)
+        self.procs.spawn(name, self._launch(name, argv), self._env(home), cwd=self.workdir)
 
     def log(self, name: str) -> str:
         """The log of a started process so far."""
@@ -144,7 +154,7 @@ class LocalDeployment:
             if (code := self.procs.poll("superlink")) is not None:
                 raise DeploymentError(f"SuperLink exited with {code}:\n{self.log('superlink')[-2000:]}")
             with contextlib.suppress(OSError):
-                with socket.create_connection((self.host, self.port), timeout=2) as sock:
+                with self._connect((self.host, self.port), 2.0) as sock:
                     with context.wrap_socket(sock, server_hostname=self.host):
                         return
             self._sleep(0.5)
@@ -159,7 +169,7 @@ class LocalDeployment:
         env = self._env(self.cli_home)
         running = [
             (call, subprocess.Popen(
-                [str(self.bin_dir / "flwr"), *call, "--format", "json"], stdout=subprocess.PIPE,
+                self._launch("flwr", [str(self.bin_dir / "flwr"), *call, "--format", "json"]), stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True, env=env, cwd=self.workdir,
             ))
             for call in calls

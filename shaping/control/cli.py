@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--netns", help="network namespace (under /run/netns) of the interfaces; default: this one")
     p.add_argument("--iface", required=True, action="append",
                    help="interface of a path, once per path of the scenario, in path order")  # fmt: skip
+    p.add_argument("--gateway", action="append", default=[],
+                   help="next hop of a path, once per path in path order (default: on-link): the route a class "
+                        "moved onto that path takes")  # fmt: skip
     p.add_argument("--policy", choices=POLICY_CHOICES,
                    help="what shapes adaptively: the static rules only, the --checkpoint's agent, or the rule-based "
                         "adaptive_heuristic (default: checkpoint with --checkpoint, else rules)")  # fmt: skip
@@ -105,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=float, default=0.0, help="epsilon-greedy exploration inside the envelope")
     p.add_argument("--sample", action="store_true", help="sample the policy's actions instead of greedy ones")
     p.add_argument("--experience", help="directory of the experience store (default: not recorded)")
+    p.add_argument("--experience-segment", type=int, default=256,
+                   help="transitions per experience segment file: a trainer reading the store sees steps once "
+                        "their segment is written (at 10 Hz, 256 is 26 s)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--app-socket", help="Unix datagram socket for pushed application metrics (JSON lines)")
     p.add_argument("--cgroup", action="append", default=[], metavar="VM=PATH", help="cgroup v2 path of a VM")
@@ -295,7 +301,10 @@ def agent_setup(args: argparse.Namespace) -> AgentSetup:
                          f"{len(spec.paths)} times (got {args.iface})")  # fmt: skip
     rules = get_baseline(args.rules).plan(spec)
     interval = (args.interval_ms or scenario.control_interval_ms) / 1e3
-    return AgentSetup(scenario, spec, rules, KernelSetup(tuple(args.iface), args.netns), interval)
+    if args.gateway and len(args.gateway) != len(args.iface):
+        raise ValueError(f"give --gateway once per --iface ({len(args.iface)}), got {args.gateway}")
+    kernel = KernelSetup(tuple(args.iface), args.netns, tuple(args.gateway))
+    return AgentSetup(scenario, spec, rules, kernel, interval)
 
 
 def update_config(args: argparse.Namespace) -> UpdateConfig | None:
@@ -340,7 +349,8 @@ def run(args: argparse.Namespace, notifier: SdNotifier | None = None) -> dict[st
     if args.metrics_port is not None:
         start_http_server(args.metrics_port, registry=registry)
     config = loop_config(args, interval)
-    store = ExperienceStore(Path(args.experience), spec) if args.experience else None
+    store = (ExperienceStore(Path(args.experience), spec, segment_size=args.experience_segment)
+             if args.experience else None)  # fmt: skip
     notifier = notifier or SdNotifier(None)
 
     def pacing_sleep(seconds: float) -> None:

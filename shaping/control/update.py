@@ -160,6 +160,8 @@ class ModelUpdater:
         self.last_rollback: tuple[int, int, float] | None = None
         self.swap_steps: list[tuple[int, int]] = []
         """(version, step) of every model that took control (rollbacks included)."""
+        self.swap_times: list[float] = []
+        """Wall-clock time of each of swap_steps, once its step applied the model's plan (seconds since the epoch)."""
         self._thread: threading.Thread | None = None
         self._pending: _Swap | None = None
         self._watching: _Swap | None = None
@@ -247,6 +249,7 @@ class ModelUpdater:
         with self._lock:
             self.version, self.previous, self.installed_at = swap.version, swap.previous, self.wall_clock()
         self.swap_steps.append((swap.version, step))
+        self.swap_times.append(self.installed_at)
         self.loop.metrics.model_version.labels(self.loop.spec.name).set(swap.version)
         self.log.info("tenant %s: model version %d controls from step %d", self.loop.spec.name, swap.version, step)
         if self.loop.n_sla > 0:  # without SLA classes there is no rate to watch, and the watch would never end
@@ -268,6 +271,7 @@ class ModelUpdater:
             self.installed_at = swap.previous_installed_at
         self.loop.metrics.model_version.labels(t).set(swap.previous_version or 0)
         self.swap_steps.append((swap.previous_version or 0, step + 1))
+        self.swap_times.append(self.wall_clock())  # the restored policy decides from the next step
 
     def close(self, timeout: float | None = None) -> None:
         """Wait for a gate under way (it cannot be interrupted; its verdict is then discarded with the loop)."""
@@ -286,4 +290,5 @@ class ModelUpdater:
             verdicts = [{"version": v, **d.to_dict()} for v, d in self.verdicts]
             counts = dict(self.counts)
         return {"model_version": self.version, "gate": counts, "verdicts": verdicts, "rollbacks": self.rollbacks,
-                "swaps": [{"version": v, "step": s} for v, s in self.swap_steps]}  # fmt: skip
+                "swaps": [{"version": v, "step": s, "at": t}
+                          for (v, s), t in zip(self.swap_steps, self.swap_times, strict=True)]}  # fmt: skip

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from shaping.agents.global_model import get_weights, make_model, save_weights
 from shaping.agents.universal import UniversalLayout
-from shaping.control.cli import main
+from shaping.control.cli import agent_setup, build_parser, main
 from tests.control.conftest import small_scenario
 
 
@@ -45,6 +45,15 @@ def test_configuration_errors_exit_2(tenant_file, capsys):
     assert main(["--tenant-config", str(tenant_file), "--tenant", "acme", "--iface", "a", "--iface", "b",
                  "--dry-run", "--probe", "nope=tcp:1.2.3.4:80"]) == 2  # fmt: skip
     assert "unknown class 'nope'" in capsys.readouterr().err
+
+
+def test_gateways_go_with_the_paths(tenant_file, capsys):
+    base = ["--tenant-config", str(tenant_file), "--tenant", "acme", "--iface", "a", "--iface", "b"]
+    assert main([*base, "--gateway", "10.200.1.2", "--dry-run", "--steps", "1"]) == 2
+    assert "give --gateway once per --iface (2)" in capsys.readouterr().err
+    args = build_parser().parse_args([*base, "--gateway", "10.200.1.2", "--gateway", "10.200.2.2"])
+    assert agent_setup(args).kernel.gateways == ("10.200.1.2", "10.200.2.2")
+    assert agent_setup(build_parser().parse_args(base)).kernel.gateways == ()  # on-link
 
 
 def _save(scenario, path):

@@ -10,7 +10,16 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from experiments import bench_train, federated, multiagent, pretrain_universal, testbed, train_sb3, train_set
+from experiments import (
+    bench_train,
+    federated,
+    live_federation,
+    multiagent,
+    pretrain_universal,
+    testbed,
+    train_sb3,
+    train_set,
+)
 from shaping.sim.scenarios import load_scenario
 from experiments.config import (
     BenchmarkConfig,
@@ -36,6 +45,7 @@ SCHEMAS: dict[str, type] = {
     "bench_train": bench_train.BenchTrainConfig,
     "multiagent": multiagent.MultiAgentConfig,
     "testbed": testbed.TestbedConfig,
+    "live_federation": live_federation.LiveFederationConfig,
     "train_sb3": train_sb3.TrainSB3Config,
     "train_set": train_set.TrainSetConfig,
 }
@@ -44,7 +54,8 @@ SCHEMAS: dict[str, type] = {
 @pytest.fixture(scope="module", autouse=True)
 def hydra_conf():
     register_configs()
-    for module in (federated, pretrain_universal, bench_train, multiagent, testbed, train_sb3, train_set):
+    for module in (federated, pretrain_universal, bench_train, multiagent, testbed, train_sb3, train_set,
+                   live_federation):
         module.register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         yield
