@@ -47,7 +47,7 @@ def test_the_default_config_composes_and_sets_secagg_with_dp(hydra_conf):
     [
         (["tenants=[{name: a}, {name: b}]"], "tenants: the live federation needs at least 3, got 2"),
         (["rounds=0"], "rounds must be >= 1, got 0"),
-        (["warmup_s=9"], "need 0 <= warmup_s < segment_s"),
+        (["warmup_s=10"], "need 0 <= warmup_s < segment_s"),
         (["static_s=2"], "static_s and after_s must be >= segment_s"),
         (["subnet_base=250"], "leave 10.200.0.0/16"),
         (["prefix=toolong"], "at most 5 letters or digits"),
