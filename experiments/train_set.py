@@ -2,8 +2,8 @@
 
 The universal shaping policy's offline training (shaping.agents.train_set): scenarios drawn from every
 training family (shaping.sim.families; never a held-out family), each controlled tenant of each one a task.
-Each task's best static baseline (scored on seeds of its own) is cloned into the one shared model, then PPO
-trains it on every task in turn for a fixed number of environment steps. The best model is chosen on the
+Each task's teacher (by default adaptive_heuristic, step by step; teacher.kind) is cloned into the one shared
+model, then PPO trains it on every task in turn for a fixed number of environment steps. The best model is chosen on the
 tasks' evaluation seeds. Writes into the output directory (Hydra's run directory unless output_dir is set):
 best.pt and last.pt (``set:PATH`` for experiments.benchmark), cloned.pt (PPO's start), train.csv,
 train.png, summary.json (the config, the tasks and their teachers, the fit of the cloning, the
@@ -63,13 +63,13 @@ TEACHER_KINDS = ("baseline", "search", "heuristic")
 class TeacherConfig:
     """Behaviour cloning before PPO: what each task's teacher is (kind) and how it is cloned."""
 
-    kind: str = "baseline"
-    """'baseline': the best of the candidates on the picking seeds; 'search': the best constant plan
-    tuned_static's search finds for the task's tenant (CoDel off), from every static baseline's plan, on the
-    picking seeds; 'heuristic': adaptive_heuristic, the feedback controller, step by step."""
+    kind: str = "heuristic"
+    """'heuristic' (the default): adaptive_heuristic, the feedback controller, step by step; 'baseline': the
+    best of the candidates on the picking seeds; 'search': the best constant plan tuned_static's search finds
+    for the task's tenant (CoDel off), from every static baseline's plan, on the picking seeds."""
     candidates: list[str] = field(default_factory=lambda: ["static_priority", "fair_share", "fifo", "greedy_premium"])
-    """Baselines a teacher is picked from (empty: no cloning, PPO starts from the random initialization).
-    fq_codel's CoDel is not an action, so it cannot be one."""
+    """Baselines a 'baseline' teacher is picked from (empty: no cloning of any kind, PPO starts from the random
+    initialization). fq_codel's CoDel is not an action, so it cannot be one."""
     search_generations: int = 20
     """CatCMAwM generations of a 'search' teacher."""
     search_population: int = 16

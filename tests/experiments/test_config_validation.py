@@ -100,6 +100,7 @@ def test_every_primary_config_passes(name: str):
         ("bench_train", ["num_envs=0"], "bench_train.num_envs must be >= 1"),
         ("train_set", ["families=[heldout_lte_edge]"], "family 'heldout_lte_edge' is held out"),
         ("train_set", ["families=[nope]"], "family 'nope' is unknown"),
+        ("train_set", ["teacher.kind=oracle"], "teacher.kind must be one of"),
         ("train_set", ["ppo.total_timesteps=0"], "ppo.total_timesteps must be >= 1"),
         ("train_set", ["model.n_heads=3"], "d_model 64 is not a multiple of n_heads 3"),
         ("train_set", ["teacher.smoothing=1"], "teacher.smoothing must be in [0, 0.99]"),

@@ -26,9 +26,9 @@ def test_entry_point_trains_on_training_families_and_writes_a_model_the_benchmar
     overrides = [
         "families=[train_mixed,train_failover]", "scenarios_per_family=1", "num_envs=2", "ppo.total_timesteps=24",
         "ppo.num_steps=4", "ppo.update_epochs=1", "ppo.num_minibatches=1", "teacher.iterations=2",
-        "teacher.pick_envs=1", "teacher.pick_steps=3", "evaluation.every=2", "evaluation.envs=1",
-        "evaluation.steps=3", "model.d_model=16", "model.n_heads=2", "model.d_ff=16", "model.d_key=8",
-        "progress=false", f"output_dir={out}",
+        "teacher.kind=baseline", "teacher.pick_envs=1", "teacher.pick_steps=3", "evaluation.every=2",
+        "evaluation.envs=1", "evaluation.steps=3", "model.d_model=16", "model.n_heads=2", "model.d_ff=16",
+        "model.d_key=8", "progress=false", f"output_dir={out}",
     ]  # fmt: skip
     _train_set(overrides)
     for name in ("best.pt", "last.pt", "cloned.pt", "train.csv", "train.png", "summary.json"):
