@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,10 @@ PREFIX, SUBNETS, PORT = "lft", 170, 19150
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # about 90 s on an idle 2-core host; several times that on a loaded one
 def test_three_tenants_two_rounds_live(tmp_path):
+    if os.environ.get("FEDSHAPE_LIVE_TEST") != "1":
+        # 3.5-6 minutes on 2 cores, more than CI's budget allows, and on a fresh clone its SuperNodes once did
+        # not connect within 300 s (docs/federation.md, "The whole loop, live"): run it on purpose.
+        pytest.skip("the live federation takes minutes: set FEDSHAPE_LIVE_TEST=1 to run it (root)")
     reason = root_skip_reason(("ip", "tc", "nft", "ethtool"))
     if reason is not None:
         pytest.skip(reason)
