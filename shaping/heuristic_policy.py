@@ -18,6 +18,7 @@ from shaping.baselines import static_priority_plan
 from shaping.heuristic import HeuristicSettings, HeuristicState, TenantRules
 from shaping.policies import PolicyInput
 from shaping.sim.layout import ScenarioTensors
+from shaping.sim.simulator import StepOutput
 from shaping.sim.tenant_view import TenantView
 from shaping.spec import PathMetrics, PlanBatch, stack_plans
 
@@ -83,16 +84,30 @@ class AdaptiveHeuristicPolicy:
             fresh = torch.ones_like(fresh)
         fields = [x.clone() for x in self._base]
         for k, t in self._tenants.items():
-            if inp.last is not None:
-                m, _ = t.view.metrics(inp.last)
-                paths: PathMetrics = t.view.paths(inp.last)
-                t.state = heuristic.step(t.rules, self.settings, t.state, m, paths)
-            if bool(fresh.any()):
-                t.state = heuristic.reset_where(t.state, heuristic.initial_state(t.rules, self.settings, batch), fresh)
+            t.state = advance(t.rules, self.settings, t.state, t.view, inp.last, fresh)
             n = t.view.n_classes
             for f, x in zip(fields, heuristic.plan(t.rules, t.state), strict=True):
                 f[:, k, :n] = x
         return PlanBatch(*fields)
+
+
+def advance(
+    rules: TenantRules,
+    settings: HeuristicSettings,
+    state: HeuristicState,
+    view: TenantView,
+    last: StepOutput | None,
+    fresh: torch.Tensor,
+) -> HeuristicState:
+    """One tenant's controller state after the interval ``last`` (its measurements through ``view``; None:
+    nothing measured yet), started again from the static rules where ``fresh`` (B,) is True (a new episode)."""
+    if last is not None:
+        m, _ = view.metrics(last)
+        paths: PathMetrics = view.paths(last)
+        state = heuristic.step(rules, settings, state, m, paths)
+    if bool(fresh.any()):
+        state = heuristic.reset_where(state, heuristic.initial_state(rules, settings, fresh.shape[0]), fresh)
+    return state
 
 
 def adaptive_heuristic_policy(arg: str = "") -> AdaptiveHeuristicPolicy:

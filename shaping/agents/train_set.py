@@ -12,10 +12,10 @@ scaling, seeded resets, evaluation, the CSV log, the wall-clock stop)::
 The best model (by the mean greedy evaluation reward over the tasks) and the last are written with
 save_set_policy.
 
-Before PPO the model can start from behaviour cloning (``clone_teachers``) of one constant action per task, so
-the model learns which plan fits which traffic instead of one rule for all. The teacher is either the static
-baseline that serves that tenant best (``pick_teachers``, scored on seeds of its own) or the best constant plan
-a search finds for that tenant, starting from every baseline's plan (``tune_teachers``, tuned_static's search).
+Before PPO the model can start from behaviour cloning (``clone_teachers``) of a teacher per task:
+adaptive_heuristic, step by step (``heuristic_teacher``), the static baseline that serves that tenant best
+(``pick_teachers``, scored on seeds of its own), or the best constant plan a search finds for that tenant,
+starting from every baseline's plan (``tune_teachers``, tuned_static's search).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from shaping.agents.imitation import CloneStats, TeacherFn, clone_actions
+from shaping.agents.imitation import CloneStats, TeacherFn, clone_actions, constant_teacher
 from shaping.agents.ppo import collect_rollout, linear_lr, make_optimizer, ppo_update, set_lr
 from shaping.agents.set_policy import BoundSetPolicy, SetActorCritic, SetPolicyConfig, bind, save_set_policy
 from shaping.agents.train import (
@@ -47,6 +47,7 @@ from shaping import heuristic
 from shaping.baselines import get_baseline
 from shaping.config import PPOConfig, RewardConfig, TrainConfig
 from shaping.heuristic import HeuristicSettings, TenantRules
+from shaping.heuristic_policy import advance
 from shaping.spec import ActionLayout, TenantSpec, tenant_spec
 from shaping.sim.scenarios import load_scenario
 from shaping.sim.vector_env import ShapingVectorEnv
@@ -109,10 +110,6 @@ def baseline_action(spec: TenantSpec, baseline: str) -> torch.Tensor:
     return torch.as_tensor(ActionLayout(spec).encode(base.plan(spec)))
 
 
-def _constant(action: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda obs: action.to(obs.device).expand(obs.shape[0], -1)
-
-
 def pick_teachers(
     tasks: Sequence[TenantTask],
     candidates: Sequence[str],
@@ -134,7 +131,7 @@ def pick_teachers(
         spec = env.view.observation.spec
         scores = {}
         for name in candidates:
-            res = evaluate_agent(env, _constant(baseline_action(spec, name)), steps, seed)
+            res = evaluate_agent(env, constant_teacher(baseline_action(spec, name)), steps, seed)
             scores[name] = (res.sla_violation_rate, -res.reward)
         picks.append(min(candidates, key=lambda name: scores[name]))
     return picks
@@ -185,12 +182,8 @@ def heuristic_teacher(env: ShapingVectorEnv, settings: HeuristicSettings | None 
     def act(nobs: torch.Tensor) -> torch.Tensor:
         nonlocal state
         last = env.last_output
-        if last is not None:
-            m, _ = env.view.metrics(last)
-            state = heuristic.step(rules, s, state, m, env.view.paths(last))
         fresh = torch.as_tensor(env.elapsed_steps == 0, device=env.device) | (last is None)
-        if bool(fresh.any()):
-            state = heuristic.reset_where(state, heuristic.initial_state(rules, s, env.num_envs), fresh)
+        state = advance(rules, s, state, env.view, last, fresh)
         return layout.encode_batch(heuristic.plan(rules, state)).to(nobs.device)
 
     return act
